@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make run` (install, get the data, run the pipeline) and `make test`.
+# Everything runs offline: no weights or data are downloaded at run time.
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install data run test
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# Raw inputs into data/ (sha256-verified against data.sha256), then into DVC's cache (data.dvc).
+data: install
+	$(BIN)/python -m ehrbert.rawdata fetch
+	$(BIN)/dvc add --quiet data
+
+run: data
+	$(BIN)/dvc repro
+
+test: install
+	$(BIN)/python -m pytest

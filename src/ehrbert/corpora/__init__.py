@@ -1,0 +1,1 @@
+"""Corpus readers: files in, plain records (`ehrbert.corpora.records`) out."""

@@ -1,0 +1,86 @@
+"""The three normalization tasks: which files, which vocabulary, which splits, how each is scored.
+
+- ``ncbi``: NCBI disease corpus -> MEDIC, scored by document-level macro P/R/F1 (as DNorm).
+- ``cdr``: BioCreative V CDR, Disease mentions only -> MEDIC, document-level (as the CDR evaluation).
+- ``cadec``: CADEC v2, standing in for MADE 1.0: ADRs -> MedDRA, other mentions -> SNOMED CT, one
+  vocabulary over both, scored by mention-level P/R/F1 (span and concept must match, as MADE).
+
+Gold IDs are mapped to the vocabulary's primary IDs on load (`Vocabulary.canonical`), so gold and
+predictions meet in one ID space. A mention becomes a *query* after the paper's preprocessing:
+abbreviations expanded with the ones Ab3P finds in its own document, then lowercased and stripped
+of punctuation (`ehrbert.text.preprocess_mention`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ehrbert.corpora.cadec import cadec_vocabulary, read_cadec, split_cadec
+from ehrbert.corpora.medic import read_medic
+from ehrbert.corpora.pubtator import CDR_TYPES, NCBI_TYPES, read_pubtator
+from ehrbert.corpora.records import Document, Mention, Vocabulary
+from ehrbert.text import find_abbreviations, preprocess_mention
+
+TASKS = ("ncbi", "cdr", "cadec")
+SPLITS = ("train", "dev", "test")
+
+NCBI_FILES = {"train": "NCBItrainset_corpus.txt", "dev": "NCBIdevelopset_corpus.txt", "test": "NCBItestset_corpus.txt"}
+CDR_FILES = {
+    "train": "CDR_TrainingSet.PubTator.txt",
+    "dev": "CDR_DevelopmentSet.PubTator.txt",
+    "test": "CDR_TestSet.PubTator.txt",
+}
+
+
+@dataclass
+class Task:
+    name: str
+    vocabulary: Vocabulary
+    splits: dict[str, list[Document]]
+    level: str  # "document" or "mention": how test results are scored
+    _abbreviations: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+
+    def mentions(self, split: str) -> list[Mention]:
+        return [m for doc in self.splits[split] for m in doc.mentions]
+
+    def queries(self, split: str) -> list[str]:
+        """The preprocessed query text of every mention of `split`, in `mentions(split)` order."""
+        out = []
+        for doc in self.splits[split]:
+            if doc.doc_id not in self._abbreviations:
+                self._abbreviations[doc.doc_id] = find_abbreviations(doc.text)
+            abbreviations = self._abbreviations[doc.doc_id]
+            out.extend(preprocess_mention(m.text, abbreviations) for m in doc.mentions)
+        return out
+
+
+def _canonical(documents: list[Document], vocabulary: Vocabulary) -> list[Document]:
+    for doc in documents:
+        doc.mentions = [vocabulary.canonical_mention(m) for m in doc.mentions]
+    return documents
+
+
+def load_pubtator_task(name: str, corpus_dir: Path, medic: Path) -> Task:
+    files, types = {"ncbi": (NCBI_FILES, NCBI_TYPES), "cdr": (CDR_FILES, CDR_TYPES)}[name]
+    vocabulary = read_medic(Path(medic))
+    splits = {s: _canonical(read_pubtator(Path(corpus_dir) / f, entity_types=types), vocabulary) for s, f in files.items()}
+    return Task(name, vocabulary, splits, level="document")
+
+
+def load_cadec_task(cadec_dir: Path, seed: int, dev_fraction: float, test_fraction: float) -> Task:
+    documents = read_cadec(Path(cadec_dir))
+    by_id = {doc.doc_id: doc for doc in documents}
+    split_ids = split_cadec(documents, seed=seed, dev_fraction=dev_fraction, test_fraction=test_fraction)
+    splits = {s: [by_id[i] for i in split_ids[s]] for s in SPLITS}
+    vocabulary = cadec_vocabulary(documents, name_documents=splits["train"])
+    return Task("cadec", vocabulary, {s: _canonical(d, vocabulary) for s, d in splits.items()}, level="mention")
+
+
+def load_task(name: str, paths: dict[str, str], cadec_split: dict | None = None) -> Task:
+    """`paths`: the `data` section of params.yaml; `cadec_split`: {seed, dev_fraction, test_fraction}."""
+    if name in ("ncbi", "cdr"):
+        return load_pubtator_task(name, Path(paths[f"{name}_dir"]), Path(paths["medic"]))
+    if name == "cadec":
+        return load_cadec_task(Path(paths["cadec_dir"]), **(cadec_split or {}))
+    raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
