@@ -11,7 +11,7 @@ mention ever becomes a name. An exact-match name shared by several concepts goes
 names most often in that list (training mentions included), then to the one whose preferred name
 it is, then to the first in vocabulary order.
 
-    python -m ehrbert.baseline --ncbi-dir ... --cdr-dir ... --medic ... --cadec-dir ... \
+    python -m ehrbert.baseline --ncbi-dir ... --ncbi-vocabulary ... --cdr-dir ... --cdr-vocabulary ... --cadec-dir ... \
         --out-dir outputs/baseline --metrics metrics/baseline.json
 """
 
@@ -32,7 +32,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ehrbert.corpora.records import Vocabulary
 from ehrbert.metrics import evaluate
-from ehrbert.tasks import SPLITS, Task, load_cadec_task, load_pubtator_task
+from ehrbert.tasks import SPLITS, TASKS, Task, add_data_arguments, load_task
 from ehrbert.text import normalize
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,7 @@ def run_task(task: Task, variant: str, ngram_range: tuple[int, int], k: int) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Dictionary baseline on ncbi, cdr and cadec (test split).")
-    parser.add_argument("--ncbi-dir", type=Path, required=True)
-    parser.add_argument("--cdr-dir", type=Path, required=True)
-    parser.add_argument("--medic", type=Path, required=True)
-    parser.add_argument("--cadec-dir", type=Path, required=True)
+    add_data_arguments(parser)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
@@ -123,15 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     config, split = params["baseline"], params["cadec_split"]
     ngram_range = (config["ngram_min"], config["ngram_max"])
 
-    tasks = {
-        "ncbi": lambda: load_pubtator_task("ncbi", args.ncbi_dir, args.medic),
-        "cdr": lambda: load_pubtator_task("cdr", args.cdr_dir, args.medic),
-        "cadec": lambda: load_cadec_task(args.cadec_dir, **split),
-    }
     results: dict[str, dict] = {}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name, load in tasks.items():
-        task = load()
+    for name in TASKS:
+        task = load_task(name, args, split)
         log.info("%s: vocabulary %d concepts; %s", name, len(task.vocabulary),
                  ", ".join(f"{s} {len(task.mentions(s))} mentions" for s in SPLITS))
         results[name] = {}

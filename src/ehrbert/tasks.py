@@ -13,11 +13,12 @@ of punctuation (`ehrbert.text.preprocess_mention`).
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ehrbert.corpora.cadec import cadec_vocabulary, read_cadec, split_cadec
-from ehrbert.corpora.medic import read_medic
+from ehrbert.corpora.medic import read_biosyn_dictionary, read_medic
 from ehrbert.corpora.pubtator import CDR_TYPES, NCBI_TYPES, read_pubtator
 from ehrbert.corpora.records import Document, Mention, Vocabulary
 from ehrbert.text import find_abbreviations, preprocess_mention
@@ -61,9 +62,15 @@ def _canonical(documents: list[Document], vocabulary: Vocabulary) -> list[Docume
     return documents
 
 
-def load_pubtator_task(name: str, corpus_dir: Path, medic: Path) -> Task:
+def read_disease_vocabulary(path: Path) -> Vocabulary:
+    """MEDIC as CTD ships it (`CTD_diseases.tsv.gz`) or as BioSyn's `ID||name` dictionary (`.txt`)."""
+    path = Path(path)
+    return read_medic(path) if path.name.endswith(".tsv.gz") else read_biosyn_dictionary(path)
+
+
+def load_pubtator_task(name: str, corpus_dir: Path, vocabulary_path: Path) -> Task:
     files, types = {"ncbi": (NCBI_FILES, NCBI_TYPES), "cdr": (CDR_FILES, CDR_TYPES)}[name]
-    vocabulary = read_medic(Path(medic))
+    vocabulary = read_disease_vocabulary(vocabulary_path)
     splits = {s: _canonical(read_pubtator(Path(corpus_dir) / f, entity_types=types), vocabulary) for s, f in files.items()}
     return Task(name, vocabulary, splits, level="document")
 
@@ -77,10 +84,23 @@ def load_cadec_task(cadec_dir: Path, seed: int, dev_fraction: float, test_fracti
     return Task("cadec", vocabulary, {s: _canonical(d, vocabulary) for s, d in splits.items()}, level="mention")
 
 
-def load_task(name: str, paths: dict[str, str], cadec_split: dict | None = None) -> Task:
-    """`paths`: the `data` section of params.yaml; `cadec_split`: {seed, dev_fraction, test_fraction}."""
-    if name in ("ncbi", "cdr"):
-        return load_pubtator_task(name, Path(paths[f"{name}_dir"]), Path(paths["medic"]))
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The raw-input paths every task-reading stage takes (dvc.yaml passes them from `data`)."""
+    parser.add_argument("--ncbi-dir", type=Path, help="NCBI disease corpus folder")
+    parser.add_argument("--ncbi-vocabulary", type=Path, help="MEDIC file used for NCBI")
+    parser.add_argument("--cdr-dir", type=Path, help="BC5CDR corpus folder")
+    parser.add_argument("--cdr-vocabulary", type=Path, help="MEDIC file used for BC5CDR")
+    parser.add_argument("--cadec-dir", type=Path, help="CADEC v2 folder")
+
+
+def load_task(name: str, args: argparse.Namespace, cadec_split: dict) -> Task:
+    """Task `name` from the paths in `args` (see add_data_arguments); `cadec_split` from params.yaml."""
+    needed = {"ncbi": ("ncbi_dir", "ncbi_vocabulary"), "cdr": ("cdr_dir", "cdr_vocabulary"), "cadec": ("cadec_dir",)}
+    if name not in needed:
+        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
+    missing = [f"--{a.replace('_', '-')}" for a in needed[name] if getattr(args, a) is None]
+    if missing:
+        raise SystemExit(f"task {name} needs {' and '.join(missing)}")
     if name == "cadec":
-        return load_cadec_task(Path(paths["cadec_dir"]), **(cadec_split or {}))
-    raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
+        return load_cadec_task(args.cadec_dir, **cadec_split)
+    return load_pubtator_task(name, getattr(args, f"{name}_dir"), getattr(args, f"{name}_vocabulary"))

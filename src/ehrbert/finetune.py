@@ -1,0 +1,204 @@
+"""Fine-tune one [CLS] normalizer (one model x one corpus x one seed) and log the run to MLflow.
+
+The paper's recipe: the train split's gold mentions, preprocessed, each labelled with its concept
+(a composite mention gives one example per concept; mentions without a concept are left out);
+Adam; early stopping when dev accuracy has not improved for `patience` epochs; the best-on-dev
+weights are the ones kept, evaluated once on test. Speed on CPU comes from work not done rather
+than from less science: identical (query, concept) pairs can be merged (`deduplicate`), queries are
+short (`max_length`), batches group queries of similar length, and dev is scored once per epoch.
+
+One script for 1 or N processes (Accelerate): `accelerate launch --multi_gpu --num_processes 2
+-m ehrbert.finetune ...` (add `--cpu` to this script on a CPU-only machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from ehrbert import normalizer
+from ehrbert.corpora.records import Mention
+from ehrbert.metrics import accuracy_at_k, evaluate
+from ehrbert.tasks import Task, add_data_arguments, load_task
+from ehrbert.tracking import start_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneConfig:
+    encoder_lr: float = 5e-5  # paper: 1e-5 for all weights
+    head_lr: float = 1e-3  # paper: 1e-5
+    batch_size: int = 32  # paper: 32
+    dropout: float = 0.1  # paper: 0.1
+    max_epochs: int = 30
+    patience: int = 5  # epochs without dev improvement before stopping; paper: 20
+    max_length: int = 24  # word pieces per query, [CLS]/[SEP] included
+    deduplicate: bool = True  # merge identical (query, concept) training pairs; paper: false
+    add_vocabulary_names: bool = False  # also train on every vocabulary name and synonym; paper: false
+    eval_batch_size: int = 256
+
+
+def training_pairs(task: Task, config: FinetuneConfig, label2id: dict[str, int]) -> list[tuple[str, int]]:
+    """(query, label) training examples from the train split (and, if asked, the vocabulary names)."""
+    from ehrbert.text import normalize
+
+    pairs = [
+        (query, label2id[cid])
+        for mention, query in zip(task.mentions("train"), task.queries("train"))
+        for cid in mention.concept_ids
+        if cid in label2id
+    ]
+    if config.add_vocabulary_names:
+        pairs += [(normalize(name), label2id[c.concept_id]) for c in task.vocabulary.concepts for name in c.names]
+    if config.deduplicate:
+        pairs = list(dict.fromkeys(pairs))
+    return pairs
+
+
+def train(
+    model,
+    tokenizer,
+    pairs: list[tuple[str, int]],
+    dev_queries: list[str],
+    dev_mentions: list[Mention],
+    config: FinetuneConfig,
+    accelerator: Accelerator,
+    seed: int,
+) -> list[dict]:
+    """Train in place; leaves the best-on-dev weights in `model`. Returns one record per epoch."""
+    features = [dict(tokenizer(q, truncation=True, max_length=config.max_length), labels=y) for q, y in pairs]
+    generator = torch.Generator().manual_seed(seed)
+    sampler = LengthGroupedSampler(config.batch_size, lengths=[len(f["input_ids"]) for f in features], generator=generator)
+    loader = DataLoader(features, batch_size=config.batch_size, sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer))
+    head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
+    encoder = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
+    optimizer = torch.optim.Adam([{"params": encoder, "lr": config.encoder_lr}, {"params": head, "lr": config.head_lr}])
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+
+    history: list[dict] = []
+    best, best_state, stale = -1.0, None, 0
+    for epoch in range(1, config.max_epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        total, steps = 0.0, 0
+        for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not accelerator.is_main_process):
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            total, steps = total + loss.item(), steps + 1
+        unwrapped = accelerator.unwrap_model(model)
+        ranked, _ = normalizer.predict(unwrapped, tokenizer, dev_queries, k=1, max_length=config.max_length,
+                                       batch_size=config.eval_batch_size)
+        dev_acc = accuracy_at_k(dev_mentions, ranked, k=1)
+        record = {"epoch": epoch, "train_loss": total / max(steps, 1), "dev_acc1": dev_acc,
+                  "epoch_seconds": time.perf_counter() - started}
+        history.append(record)
+        log.info("epoch %d: loss %.4f, dev acc@1 %.4f (%.0f s)", epoch, record["train_loss"], dev_acc, record["epoch_seconds"])
+        if dev_acc > best:
+            best, stale = dev_acc, 0
+            best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= config.patience:
+                log.info("early stop: no dev improvement for %d epochs", stale)
+                break
+    accelerator.unwrap_model(model).load_state_dict(best_state)
+    return history
+
+
+def predictions_table(task: Task, split: str, queries: list[str], ranked: list[list[str]], scores: list[list[float]]) -> pd.DataFrame:
+    mentions = task.mentions(split)
+    return pd.DataFrame(
+        {
+            "doc_id": [m.doc_id for m in mentions],
+            "spans": [";".join(f"{s} {e}" for s, e in m.spans) for m in mentions],
+            "mention": [m.text for m in mentions],
+            "query": queries,
+            "gold": ["|".join(m.concept_ids) for m in mentions],
+            "predicted": [r[0] for r in ranked],
+            "score": [s[0] for s in scores],
+            "top_k": ["|".join(r) for r in ranked],
+        }
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", choices=["ncbi", "cdr", "cadec"], required=True)
+    parser.add_argument("--model", required=True, help="model name for tables and MLflow tags")
+    parser.add_argument("--model-path", required=True, help="encoder checkpoint folder")
+    parser.add_argument("--seed", type=int, required=True)
+    add_data_arguments(parser)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out-dir", type=Path, required=True, help="the run's test predictions")
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--cpu", action="store_true", help="force CPU (also for several processes)")
+    parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no")
+    args = parser.parse_args(argv)
+
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    params = yaml.safe_load(args.params.read_text())
+    config = FinetuneConfig(**params["finetune"]["config"])
+    model_label = params["finetune"]["model_labels"].get(args.model, args.model)
+    set_seed(args.seed)
+
+    with accelerator.main_process_first():
+        task = load_task(args.corpus, args, params["cadec_split"])
+        dev_queries, test_queries = task.queries("dev"), task.queries("test")
+    model, tokenizer = normalizer.build(args.model_path, task.vocabulary, config.dropout, args.seed)
+    pairs = training_pairs(task, config, model.config.label2id)
+    log.info("%s: %d concepts, %d training pairs", args.corpus, len(task.vocabulary), len(pairs))
+
+    started = time.perf_counter()
+    history = train(model, tokenizer, pairs, dev_queries, task.mentions("dev"), config, accelerator, args.seed)
+    train_seconds = time.perf_counter() - started
+    if not accelerator.is_main_process:
+        return
+
+    model = accelerator.unwrap_model(model)
+    ranked, scores = normalizer.predict(model, tokenizer, test_queries, k=5, max_length=config.max_length)
+    test = evaluate(task.splits["test"], task.mentions("test"), ranked, level=task.level)
+    test["train_seconds"] = round(train_seconds, 1)
+    test["best_epoch"] = max(history, key=lambda r: r["dev_acc1"])["epoch"]
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    predictions_table(task, "test", test_queries, ranked, scores).to_csv(args.out_dir / "test_predictions.tsv", sep="\t", index=False)
+    tags = {"model": args.model, "model_label": model_label, "corpus": args.corpus, "seed": str(args.seed),
+            "mentions": "gold", "encoder_path": str(args.model_path)}
+    with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{args.model}-{args.corpus}-s{args.seed}", tags=tags):
+        mlflow.log_params({**asdict(config), "corpus": args.corpus, "model": args.model, "seed": args.seed,
+                           "concepts": len(task.vocabulary), "train_pairs": len(pairs)})
+        for record in history:
+            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+        mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
+        mlflow.log_artifact(str(args.out_dir / "test_predictions.tsv"))
+        with tempfile.TemporaryDirectory() as folder:  # the weights live in MLflow only, not in DVC's cache
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            mlflow.log_artifacts(folder, artifact_path="model")
+    args.metrics.parent.mkdir(parents=True, exist_ok=True)
+    args.metrics.write_text(json.dumps(test, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
