@@ -25,3 +25,32 @@ def raw_data() -> Path:
     if path is None:
         pytest.skip("raw data not found: run `make data` or set EHRBERT_DATA_MIRROR")
     return path
+
+
+def write_tiny_bert(folder: Path, num_labels: int | None = None, words: tuple[str, ...] = ()) -> Path:
+    """A randomly initialized BERT of a few hundred KB with a character-level WordPiece vocabulary.
+
+    Every lowercase word tokenizes (into single characters at worst), so real mentions work as inputs.
+    """
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    import string
+
+    chars = string.ascii_lowercase + string.digits
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars), *words]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), words=("disease", "cancer", "syndrome", "deficiency"))

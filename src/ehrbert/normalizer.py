@@ -66,19 +66,18 @@ def predict(
 ) -> tuple[list[list[str]], list[list[float]]]:
     """Top-k concept IDs and their softmax probabilities for each query, best first.
 
-    Queries are batched in order of length, so a batch pads only to its own longest query.
+    Each distinct query is encoded once, and queries are batched in order of length, so a batch
+    pads only to its own longest query.
     """
     model.eval()
     labels = concept_ids(model)
-    order = sorted(range(len(queries)), key=lambda i: len(queries[i]))
-    ranked: list[list[str]] = [[] for _ in queries]
-    scores: list[list[float]] = [[] for _ in queries]
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch = encode(tokenizer, [queries[i] for i in rows], max_length).to(model.device)
+    unique = sorted(set(queries), key=lambda q: (len(q), q))
+    answers: dict[str, tuple[list[str], list[float]]] = {}
+    for start in range(0, len(unique), batch_size):
+        chunk = unique[start : start + batch_size]
+        batch = encode(tokenizer, chunk, max_length).to(model.device)
         probabilities = model(**batch).logits.float().softmax(-1)  # (B, concepts)
         top = probabilities.topk(min(k, probabilities.shape[-1]), dim=-1)
-        for row, values, indices in zip(rows, top.values.tolist(), top.indices.tolist()):
-            ranked[row] = [labels[j] for j in indices]
-            scores[row] = values
-    return ranked, scores
+        for query, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist()):
+            answers[query] = ([labels[j] for j in indices], values)
+    return [answers[q][0] for q in queries], [answers[q][1] for q in queries]

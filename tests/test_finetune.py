@@ -1,0 +1,100 @@
+import json
+
+import mlflow
+import pytest
+import torch
+import yaml
+from accelerate import Accelerator
+
+from ehrbert import finetune, normalizer
+from ehrbert.corpora.records import COMPOSITE, NO_CONCEPT, Concept, Document, Mention, Vocabulary
+from ehrbert.metrics import accuracy_at_k
+from ehrbert.tasks import Task
+
+CONCEPTS = [Concept("D1", "breast cancer"), Concept("D2", "ovarian cancer"), Concept("D3", "wilson disease"),
+            Concept("D4", "fabry disease"), Concept("D5", "apc deficiency")]
+
+
+def _mention(doc, text, ids, relation="single"):
+    start = doc.text.index(text)
+    return Mention(doc.doc_id, ((start, start + len(text)),), text, ids, relation)
+
+
+def _task() -> Task:
+    doc = Document("1", "Breast and ovarian cancer. Wilson disease. Wilson disease. Fabry disease. An unknown disease.")
+    doc.mentions = [
+        _mention(doc, "Breast and ovarian cancer", ("D1", "D2"), COMPOSITE),
+        _mention(doc, "Wilson disease", ("D3",)),
+        Mention("1", ((43, 57),), "Wilson disease", ("D3",)),
+        _mention(doc, "Fabry disease", ("D4",)),
+        _mention(doc, "unknown disease", (), NO_CONCEPT),
+    ]
+    return Task("toy", Vocabulary(CONCEPTS), {"train": [doc], "dev": [doc], "test": [doc]}, level="document")
+
+
+def test_training_pairs_split_composites_drop_no_concept_and_deduplicate():
+    task = _task()
+    label2id = {c.concept_id: i for i, c in enumerate(CONCEPTS)}
+    pairs = finetune.training_pairs(task, finetune.FinetuneConfig(deduplicate=False), label2id)
+    assert pairs == [("breast and ovarian cancer", 0), ("breast and ovarian cancer", 1),
+                     ("wilson disease", 2), ("wilson disease", 2), ("fabry disease", 3)]
+    assert len(finetune.training_pairs(task, finetune.FinetuneConfig(deduplicate=True), label2id)) == 4
+    with_names = finetune.training_pairs(task, finetune.FinetuneConfig(add_vocabulary_names=True), label2id)
+    assert ("apc deficiency", 4) in with_names
+
+
+def _train(tiny_bert, config):
+    task = _task()
+    model, tokenizer = normalizer.build(tiny_bert, task.vocabulary, config.dropout, seed=0)
+    pairs = finetune.training_pairs(task, config, model.config.label2id) * 8
+    history = finetune.train(model, tokenizer, pairs, task.queries("dev"), task.mentions("dev"), config,
+                             Accelerator(cpu=True), seed=0)
+    return history, model, tokenizer, task
+
+
+def test_loss_decreases_and_the_best_dev_weights_are_kept(tiny_bert):
+    config = finetune.FinetuneConfig(encoder_lr=1e-3, head_lr=1e-2, batch_size=4, max_epochs=8, patience=8)
+    history, model, tokenizer, task = _train(tiny_bert, config)
+    assert len(history) == 8
+    assert history[-1]["train_loss"] < 0.75 * history[0]["train_loss"]
+    ranked, _ = normalizer.predict(model, tokenizer, task.queries("dev"), k=1)
+    assert accuracy_at_k(task.mentions("dev"), ranked, k=1) == max(r["dev_acc1"] for r in history)
+
+
+def test_early_stopping_triggers_when_dev_does_not_improve(tiny_bert):
+    config = finetune.FinetuneConfig(encoder_lr=0.0, head_lr=0.0, batch_size=4, max_epochs=10, patience=2)
+    history, *_ = _train(tiny_bert, config)
+    assert [r["epoch"] for r in history] == [1, 2, 3]  # best at 1, then 2 epochs without improvement
+
+
+def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load(open(finetune.__file__.replace("src/ehrbert/finetune.py", "params.yaml")))
+    params["finetune"]["config"].update(max_epochs=2, patience=1, head_lr=1e-2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    finetune.main([
+        "--corpus", "ncbi", "--model", "tiny", "--model-path", str(tiny_bert), "--seed", "7",
+        "--ncbi-dir", str(raw_data / "ncbi_disease"), "--ncbi-vocabulary", str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
+        "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json", "--cpu",
+    ])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"precision", "recall", "f1", "acc1", "acc5", "train_seconds", "best_epoch"} <= set(metrics)
+    assert (tmp_path / "out" / "test_predictions.tsv").read_text().count("\n") == 961  # header + 960 test mentions
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["finetune-ncbi"])
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert (run["tags.model"], run["tags.corpus"], run["tags.seed"], run["tags.mentions"]) == ("tiny", "ncbi", "7", "gold")
+    assert run["metrics.test_f1"] == pytest.approx(metrics["f1"])
+    assert run["params.max_epochs"] == "2"
+    history = mlflow.tracking.MlflowClient().get_metric_history(run["run_id"], "dev_acc1")
+    assert [m.step for m in history] == [1, 2]
+    model_dir = mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="model", dst_path=str(tmp_path / "dl"))
+    model, tokenizer = normalizer.load(model_dir)
+    assert model.config.num_labels == 11865 and normalizer.concept_ids(model)[0] == model.config.id2label[0]
+    with torch.inference_mode():
+        ranked, scores = normalizer.predict(model, tokenizer, ["wilson disease"], k=3)
+    assert len(ranked[0]) == 3 and scores[0] == sorted(scores[0], reverse=True)
