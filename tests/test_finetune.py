@@ -98,3 +98,29 @@ def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path,
     with torch.inference_mode():
         ranked, scores = normalizer.predict(model, tokenizer, ["wilson disease"], k=3)
     assert len(ranked[0]) == 3 and scores[0] == sorted(scores[0], reverse=True)
+
+
+def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, monkeypatch):
+    from ehrbert.detector import LexiconDetector
+    from ehrbert.tasks import load_cadec_task
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load(open(finetune.__file__.replace("src/ehrbert/finetune.py", "params.yaml")))
+    params["finetune"]["config"].update(max_epochs=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    task = load_cadec_task(raw_data / "cadec", **params["cadec_split"])
+    names = [n for c in task.vocabulary.concepts for n in c.names]
+    LexiconDetector.fit(names, task.splits["train"]).with_min_precision(0.5).save(tmp_path / "detector.json")
+    finetune.main([
+        "--corpus", "cadec", "--model", "tiny", "--model-path", str(tiny_bert), "--seed", "1",
+        "--cadec-dir", str(raw_data / "cadec"), "--detector", "detector.json",
+        "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json", "--cpu",
+    ])
+    predicted = json.loads((tmp_path / "metrics.json").read_text())["predicted_mentions"]
+    assert predicted["detected"] > 1000 and predicted["tp"] + predicted["fn"] == 1660  # test mentions with a concept
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["finetune-cadec"]).set_index("tags.mentions")
+    assert runs.loc["predicted", "tags.trained_in_run"] == runs.loc["gold", "run_id"]
+    assert runs.loc["predicted", "metrics.test_f1"] == pytest.approx(predicted["f1"])

@@ -34,7 +34,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ehrbert import checkpoints, normalizer
 from ehrbert.corpora.records import Mention
-from ehrbert.metrics import accuracy_at_k, evaluate
+from ehrbert.detector import LexiconDetector, predicted_mentions
+from ehrbert.metrics import accuracy_at_k, evaluate, mention_level
 from ehrbert.tasks import Task, add_data_arguments, load_task
 from ehrbert.text import normalize
 from ehrbert.tracking import start_run
@@ -125,6 +126,14 @@ def train(
     return history
 
 
+def predicted_mention_scores(task: Task, model, tokenizer, detector: LexiconDetector, config: FinetuneConfig) -> dict:
+    """Mention-level P/R/F1 on test when the mentions come from `detector` instead of the gold spans."""
+    detected = predicted_mentions(detector, task.splits["test"])
+    ranked, _ = normalizer.predict(model, tokenizer, task.preprocess(detected), k=1, max_length=config.max_length)
+    predictions = [(m.doc_id, m.spans, set(r[:1])) for m, r in zip(detected, ranked)]
+    return {**mention_level(task.mentions("test"), predictions), "detected": len(detected)}
+
+
 def predictions_table(task: Task, split: str, queries: list[str], ranked: list[list[str]], scores: list[list[float]]) -> pd.DataFrame:
     mentions = task.mentions(split)
     return pd.DataFrame(
@@ -151,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out-dir", type=Path, required=True, help="the run's test predictions")
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--detector", type=Path, help="mention detector (JSON) for the predicted-mention evaluation")
     parser.add_argument("--cpu", action="store_true", help="force CPU (also for several processes)")
     parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no")
     args = parser.parse_args(argv)
@@ -197,6 +207,14 @@ def main(argv: list[str] | None = None) -> None:
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
             mlflow.log_artifacts(folder, artifact_path="model")
+        training_run = mlflow.active_run().info.run_id
+    if args.detector is not None:
+        predicted = predicted_mention_scores(task, model, tokenizer, LexiconDetector.load(args.detector), config)
+        with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{args.model}-{args.corpus}-s{args.seed}-predicted",
+                       tags={**tags, "mentions": "predicted", "trained_in_run": training_run}):
+            mlflow.log_params({"detector": str(args.detector), "model": args.model, "seed": args.seed})
+            mlflow.log_metrics({f"test_{k}": v for k, v in predicted.items()})
+        test["predicted_mentions"] = predicted
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(test, indent=2) + "\n")
 

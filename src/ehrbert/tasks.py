@@ -47,12 +47,16 @@ class Task:
 
     def queries(self, split: str) -> list[str]:
         """The preprocessed query text of every mention of `split`, in `mentions(split)` order."""
+        return self.preprocess(self.mentions(split))
+
+    def preprocess(self, mentions: list[Mention]) -> list[str]:
+        """Query texts of `mentions` (gold or detected), each with its own document's abbreviations."""
+        texts = {doc.doc_id: doc.text for documents in self.splits.values() for doc in documents}
         out = []
-        for doc in self.splits[split]:
-            if doc.doc_id not in self._abbreviations:
-                self._abbreviations[doc.doc_id] = find_abbreviations(doc.text)
-            abbreviations = self._abbreviations[doc.doc_id]
-            out.extend(preprocess_mention(m.text, abbreviations) for m in doc.mentions)
+        for mention in mentions:
+            if mention.doc_id not in self._abbreviations:
+                self._abbreviations[mention.doc_id] = find_abbreviations(texts[mention.doc_id])
+            out.append(preprocess_mention(mention.text, self._abbreviations[mention.doc_id]))
         return out
 
 
