@@ -115,7 +115,7 @@ def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, 
     LexiconDetector.fit(names, task.splits["train"]).with_min_precision(0.5).save(tmp_path / "detector.json")
     finetune.main([
         "--corpus", "cadec", "--model", "tiny", "--model-path", str(tiny_bert), "--seed", "1",
-        "--cadec-dir", str(raw_data / "cadec"), "--detector", "detector.json",
+        "--cadec-dir", str(raw_data / "cadec"), "--cadec-detector", "detector.json",
         "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json", "--cpu",
     ])
     predicted = json.loads((tmp_path / "metrics.json").read_text())["predicted_mentions"]

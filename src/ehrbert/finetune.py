@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out-dir", type=Path, required=True, help="the run's test predictions")
     parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--detector", type=Path, help="mention detector (JSON) for the predicted-mention evaluation")
+    parser.add_argument("--cadec-detector", type=Path,
+                        help="mention detector (JSON); cadec runs are then also scored on detected mentions")
     parser.add_argument("--cpu", action="store_true", help="force CPU (also for several processes)")
     parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no")
     args = parser.parse_args(argv)
@@ -208,11 +209,12 @@ def main(argv: list[str] | None = None) -> None:
             tokenizer.save_pretrained(folder)
             mlflow.log_artifacts(folder, artifact_path="model")
         training_run = mlflow.active_run().info.run_id
-    if args.detector is not None:
-        predicted = predicted_mention_scores(task, model, tokenizer, LexiconDetector.load(args.detector), config)
+    if args.corpus == "cadec" and args.cadec_detector is not None:
+        detector = LexiconDetector.load(args.cadec_detector)
+        predicted = predicted_mention_scores(task, model, tokenizer, detector, config)
         with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{args.model}-{args.corpus}-s{args.seed}-predicted",
                        tags={**tags, "mentions": "predicted", "trained_in_run": training_run}):
-            mlflow.log_params({"detector": str(args.detector), "model": args.model, "seed": args.seed})
+            mlflow.log_params({"detector": str(args.cadec_detector), "model": args.model, "seed": args.seed})
             mlflow.log_metrics({f"test_{k}": v for k, v in predicted.items()})
         test["predicted_mentions"] = predicted
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
