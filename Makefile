@@ -23,8 +23,14 @@ data: install
 	$(BIN)/python -m ehrbert.rawdata fetch
 	$(BIN)/dvc add --quiet data
 
+# `make run PROFILE=paper` runs the pipeline as a DVC experiment with profiles/paper.yaml applied.
+PROFILE ?=
 run: data
+ifeq ($(PROFILE),)
 	$(BIN)/dvc repro
+else
+	$(BIN)/dvc exp run $$($(BIN)/python -m ehrbert.profiles $(PROFILE))
+endif
 
 test: install
 	$(BIN)/python -m pytest

@@ -31,5 +31,14 @@ def start_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[
         location = (ROOT / "mlruns" / experiment).as_uri() if uri == DEFAULT_URI else None
         mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name, tags=tags) as run:
-        yield run
+    # Under `mlflow run`, MLFLOW_RUN_ID names the project's own run: start a fresh run that points
+    # to it as its parent instead of resuming it (it lives in another experiment).
+    parent = os.environ.pop("MLFLOW_RUN_ID", None)
+    if parent:
+        tags = {**tags, "mlflow.parentRunId": parent}
+    try:
+        with mlflow.start_run(run_name=run_name, tags=tags) as run:
+            yield run
+    finally:
+        if parent:
+            os.environ["MLFLOW_RUN_ID"] = parent

@@ -1,0 +1,425 @@
+"""Compare the fine-tuned normalizers from MLflow: the paper's Table 2, its t-tests (Tables 3-5), the champions.
+
+Input: the finished fine-tuning runs in MLflow (experiments ``finetune-{corpus}``; tags ``model``,
+``model_label``, ``corpus``, ``seed``, ``mentions``; metrics ``test_precision``, ``test_recall``,
+``test_f1``, ...) and the dictionary baseline's metrics file. When a (corpus, mentions, model, seed)
+was run more than once, its latest run counts. Output:
+
+- Table 2 analog (`table2`): per corpus and model, test F1, P and R as mean (SD) over seeds (SD is the
+  sample SD, ddof=1), and Δ F1 = mean F1 minus the reference model's (the general base) mean F1.
+  The dictionary baseline (exact match, else TF-IDF nearest name; with or without the training
+  mentions as names) is shown as reference rows: one deterministic run, no SD, and named for what it
+  is, not DNorm.
+- Tables 3-5 analog (`pairwise_ttests`): for every pair of models on a corpus, the t-test p-value of
+  their test F1 over seeds.
+- Champions (`choose_champions`): per corpus, of the notes-adapted models (EhrBERT_half / _full), the
+  one with the highest mean F1, and its best-seed run; `main` registers it as ``ehrbert-{corpus}``
+  with the alias ``champion`` (see `ehrbert.serving.register_champion`).
+
+Which t-test, and why. Welch's two-sample t-test, two-sided (`scipy.stats.ttest_ind(a, b,
+equal_var=False)`) on the per-seed test F1 of two models. The unit of replication is one fine-tuning
+run, so a model's F1 over seeds samples its run-to-run variation, and the question is whether two
+models' mean F1 differ by more than that variation. Runs of two different models are independent
+samples: a seed fixes the classifier's initial weights and the batch order, but from the first step
+on two different encoders follow unrelated trajectories, so "seed 1 of base" and "seed 1 of
+ehr_full" share no noise that pairing could remove. A paired test (`ttest_rel`) would assume such a
+correlation and would also need every seed to have finished for both models. Student's pooled test
+assumes equal variances, which models of different quality need not have (a better starting point
+often varies less); Welch's test does not. Cautions: with 3-5 seeds the test has little power, so
+p >= alpha means "no difference shown", not "no difference"; p-values are not corrected for the
+several comparisons (as in the paper); and a pair where a model has fewer than two runs, or both
+models scored the same F1 in every run, has no p-value (NaN, shown as "n/a").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from itertools import combinations
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+from scipy import stats
+
+from ehrbert import serving
+from ehrbert.tasks import add_data_arguments, load_task
+from ehrbert.tracking import tracking_uri
+
+log = logging.getLogger(__name__)
+
+METRICS = ("precision", "recall", "f1", "acc1", "acc5", "micro_f1")  # test_* metrics read from each run
+REGISTERED_NAME = "ehrbert-{corpus}"
+ALIAS = "champion"
+TABLE2_FILES = ("table2.csv", "table2.md")
+TTEST_FILES = ("ttests.csv", "ttests.md")
+RUNS_FILE = "runs.csv"  # the runs the tables were computed from
+CHART_FILE = "f1_by_model.png"
+
+
+@dataclass
+class CompareConfig:
+    corpora: list[str] = field(default_factory=lambda: ["ncbi", "cdr", "cadec"])
+    models: list[str] = field(default_factory=lambda: ["base", "bio", "ehr_half", "ehr_full"])  # row order
+    reference: str = "base"  # Δ F1 and the p-value in Table 2 are against this model
+    ehrbert_models: list[str] = field(default_factory=lambda: ["ehr_half", "ehr_full"])  # champion candidates
+    alpha: float = 0.05  # significance level marked in the tables
+    baseline_labels: dict[str, str] = field(default_factory=dict)  # baseline variant -> row label
+
+
+@dataclass
+class Champion:
+    corpus: str
+    model: str
+    model_label: str
+    run_id: str  # the best-seed run of the model with the best mean F1
+    seed: int
+    f1: float  # that run's test F1
+    f1_mean: float
+    f1_sd: float
+    seeds: int
+    delta_f1: float  # mean F1 minus the reference model's mean F1
+    p_value: float  # Welch t-test against the reference model
+    reference: str
+    max_length: int | None  # query length the run was trained with
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure core: DataFrames in, DataFrames out.
+
+
+def runs_table(raw: pd.DataFrame, corpora: list[str], models: list[str]) -> pd.DataFrame:
+    """`mlflow.search_runs` output -> one row per (corpus, mentions, model, seed), its latest run.
+
+    Columns: run_id, start_time, corpus, mentions, model, model_label, seed, max_length and the test
+    metrics of METRICS (NaN where a run did not log one). Only runs of `corpora` and `models` are kept,
+    ordered as those lists, gold mentions before predicted ones, then by seed.
+    """
+    columns = ["run_id", "start_time", "corpus", "mentions", "model", "model_label", "seed", "max_length", *METRICS]
+    if raw.empty:
+        return pd.DataFrame(columns=columns)
+
+    def get(column: str) -> pd.Series:
+        return raw[column] if column in raw.columns else pd.Series(np.nan, index=raw.index, dtype=object)
+
+    runs = pd.DataFrame(
+        {
+            "run_id": raw["run_id"],
+            "start_time": raw["start_time"],
+            "corpus": get("tags.corpus"),
+            "mentions": get("tags.mentions").fillna("gold"),
+            "model": get("tags.model"),
+            "model_label": get("tags.model_label").fillna(get("tags.model")),
+            "seed": pd.to_numeric(get("tags.seed"), errors="coerce"),
+            "max_length": pd.to_numeric(get("params.max_length"), errors="coerce"),
+            **{metric: pd.to_numeric(get(f"metrics.test_{metric}"), errors="coerce") for metric in METRICS},
+        }
+    )
+    unknown = sorted(set(runs["model"].dropna()) - set(models))
+    if unknown:
+        log.info("leaving out runs of models not listed in params: %s", unknown)
+    runs = runs[runs["model"].isin(models) & runs["corpus"].isin(corpora) & runs["seed"].notna() & runs["f1"].notna()]
+    runs = runs.sort_values("start_time").drop_duplicates(["corpus", "mentions", "model", "seed"], keep="last")
+    order = {"corpus": {c: i for i, c in enumerate(corpora)}, "model": {m: i for i, m in enumerate(models)}}
+    runs = runs.assign(_corpus=runs["corpus"].map(order["corpus"]), _predicted=runs["mentions"] != "gold",
+                       _model=runs["model"].map(order["model"]))
+    runs = runs.sort_values(["_corpus", "_predicted", "_model", "seed"])
+    return runs.astype({"seed": int}).reset_index(drop=True)[columns]
+
+
+def welch(a, b) -> tuple[float, float]:
+    """Welch's two-sided t-test of mean(a) vs mean(b): (t, p); (NaN, NaN) where it is undefined."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return math.nan, math.nan
+    result = stats.ttest_ind(a, b, equal_var=False)
+    return float(result.statistic), float(result.pvalue)
+
+
+def summarize(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Table 2 rows of the fine-tuned models: one per (corpus, mentions, model).
+
+    Columns: corpus, mentions, model, model_label, seeds, {metric}_mean and {metric}_sd for each of
+    METRICS, delta_f1 (vs `reference`'s mean F1 in the same corpus and mentions; NaN without it) and
+    p_value (Welch, F1 against `reference`; NaN for the reference itself).
+    """
+    rows = []
+    for (corpus, mentions, model), group in runs.groupby(["corpus", "mentions", "model"], sort=False):
+        row = {"corpus": corpus, "mentions": mentions, "model": model, "model_label": group["model_label"].iloc[-1],
+               "seeds": len(group)}
+        for metric in METRICS:
+            row[f"{metric}_mean"] = group[metric].mean()
+            row[f"{metric}_sd"] = group[metric].std(ddof=1) if len(group) > 1 else math.nan
+        ref = runs[(runs["corpus"] == corpus) & (runs["mentions"] == mentions) & (runs["model"] == reference)]["f1"]
+        row["delta_f1"] = row["f1_mean"] - ref.mean() if len(ref) else math.nan
+        row["p_value"] = welch(group["f1"], ref)[1] if model != reference else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def baseline_rows(baseline: dict, labels: dict[str, str], corpora: list[str]) -> pd.DataFrame:
+    """Table 2 reference rows from the baseline metrics ({corpus: {variant: {f1, precision, ...}}})."""
+    rows = []
+    for corpus in corpora:
+        for variant, scores in baseline.get(corpus, {}).items():
+            row = {"corpus": corpus, "mentions": "gold", "model": f"dictionary:{variant}",
+                   "model_label": labels.get(variant, f"dictionary baseline ({variant}), not DNorm"), "seeds": 1}
+            for metric in METRICS:
+                row[f"{metric}_mean"] = scores.get(metric, math.nan)
+                row[f"{metric}_sd"] = math.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table2(summary: pd.DataFrame, baseline: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The fine-tuned models' rows, then the dictionary rows (Δ F1 against `reference` too), per corpus."""
+    if baseline.empty:
+        return summary.reset_index(drop=True)
+    reference_f1 = summary[summary["model"] == reference].set_index(["corpus", "mentions"])["f1_mean"]
+    baseline = baseline.copy()
+    keys = list(zip(baseline["corpus"], baseline["mentions"]))
+    baseline["delta_f1"] = [f1 - reference_f1.get(key, math.nan) for key, f1 in zip(keys, baseline["f1_mean"])]
+    baseline["p_value"] = math.nan
+    table = pd.concat([summary, baseline], ignore_index=True)
+    corpus_order = {c: i for i, c in enumerate(dict.fromkeys(table["corpus"]))}
+    table["_corpus"], table["_group"] = table["corpus"].map(corpus_order), table["mentions"] != "gold"
+    return table.sort_values(["_corpus", "_group"], kind="stable").drop(columns=["_corpus", "_group"]).reset_index(drop=True)
+
+
+def pairwise_ttests(runs: pd.DataFrame, alpha: float, metric: str = "f1") -> pd.DataFrame:
+    """Every pair of models per (corpus, mentions): means, difference, Welch t and p of `metric`."""
+    rows = []
+    for (corpus, mentions), group in runs.groupby(["corpus", "mentions"], sort=False):
+        scores = {model: g[metric].to_numpy() for model, g in group.groupby("model", sort=False)}
+        for a, b in combinations(scores, 2):
+            t, p = welch(scores[a], scores[b])
+            rows.append({"corpus": corpus, "mentions": mentions, "metric": metric, "model_a": a, "model_b": b,
+                         "n_a": len(scores[a]), "n_b": len(scores[b]), "mean_a": scores[a].mean(), "mean_b": scores[b].mean(),
+                         "difference": scores[a].mean() - scores[b].mean(), "t": t, "p_value": p,
+                         "significant": bool(p < alpha) if not math.isnan(p) else False})
+    return pd.DataFrame(rows)
+
+
+def choose_champions(runs: pd.DataFrame, summary: pd.DataFrame, candidates: list[str], reference: str) -> list[Champion]:
+    """Per corpus (gold mentions): the candidate model with the highest mean F1, and its best-F1 run.
+
+    Ties go to the model listed first in `candidates`, then to the lowest seed.
+    """
+    champions = []
+    rank = {model: i for i, model in enumerate(candidates)}
+    eligible = summary[(summary["mentions"] == "gold") & summary["model"].isin(candidates)]
+    for corpus, group in eligible.groupby("corpus", sort=False):
+        best = group.assign(_rank=group["model"].map(rank)).sort_values(["f1_mean", "_rank"], ascending=[False, True]).iloc[0]
+        model_runs = runs[(runs["corpus"] == corpus) & (runs["mentions"] == "gold") & (runs["model"] == best["model"])]
+        run = model_runs.sort_values(["f1", "seed"], ascending=[False, True]).iloc[0]
+        champions.append(Champion(
+            corpus=corpus, model=best["model"], model_label=best["model_label"], run_id=run["run_id"],
+            seed=int(run["seed"]), f1=float(run["f1"]), f1_mean=float(best["f1_mean"]), f1_sd=float(best["f1_sd"]),
+            seeds=int(best["seeds"]), delta_f1=float(best["delta_f1"]), p_value=float(best["p_value"]), reference=reference,
+            max_length=None if pd.isna(run["max_length"]) else int(run["max_length"]),
+        ))
+    return champions
+
+
+def headline(table: pd.DataFrame, champions: list[Champion]) -> dict:
+    """The DVC metrics: per corpus group, each model's mean F1, its SD, Δ and p; and the champion."""
+    metrics: dict = {}
+    for row in table.itertuples():
+        key = row.corpus if row.mentions == "gold" else f"{row.corpus}_{row.mentions}"
+        metrics.setdefault(key, {})[row.model] = {"f1": row.f1_mean, "f1_sd": row.f1_sd, "seeds": row.seeds,
+                                                  "delta_f1": row.delta_f1, "p_value": row.p_value}
+    for champion in champions:
+        metrics[champion.corpus]["champion"] = {"model": champion.model, "seed": champion.seed, "f1": champion.f1}
+    return _without_nan(metrics)
+
+
+def _without_nan(value):
+    """JSON has no NaN: NaN -> None, numpy scalars -> Python numbers, recursively."""
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else round(float(value), 6)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Presentation: Markdown and the chart.
+
+
+def _percent(value: float, sd: float = math.nan) -> str:
+    if pd.isna(value):
+        return "–"
+    return f"{100 * value:.2f}" + (f" ({100 * sd:.2f})" if not pd.isna(sd) else "")
+
+
+def _p(value: float, alpha: float) -> str:
+    if pd.isna(value):
+        return "n/a"
+    text = "<0.001" if value < 0.001 else f"{value:.3f}"
+    return text + (" *" if value < alpha else "")
+
+
+def _group_name(corpus: str, mentions: str) -> str:
+    return corpus if mentions == "gold" else f"{corpus} ({mentions} mentions)"
+
+
+def table2_markdown(table: pd.DataFrame, reference: str, alpha: float) -> str:
+    """One wide table (models x corpora, "F1 (SD), Δ" as in the paper), then per corpus P, R, F1, acc@1."""
+    table = table.assign(group=[_group_name(c, m) for c, m in zip(table["corpus"], table["mentions"])])
+    cells = [_percent(r.f1_mean, r.f1_sd) + ("" if pd.isna(r.delta_f1) or r.model == reference else f", {100 * r.delta_f1:+.2f}")
+             for r in table.itertuples()]
+    wide = table.assign(cell=cells).pivot_table(
+        index="model_label", columns="group", values="cell", aggfunc="first", sort=False).fillna("–")
+    parts = [
+        "## Table 2 analog: test F1 (%), mean (SD) over seeds, and Δ F1 vs the reference",
+        "",
+        f"Δ: difference of mean F1 to `{reference}` in percentage points. Document-level macro F1 for ncbi/cdr, "
+        "mention-level F1 for cadec. Dictionary rows are one deterministic run.",
+        "",
+        wide.reset_index().rename(columns={"model_label": "model"}).to_markdown(index=False, disable_numparse=True),
+    ]
+    for group, rows in table.groupby("group", sort=False):
+        detail = pd.DataFrame({
+            "model": rows["model_label"],
+            "seeds": rows["seeds"].astype(str),
+            "P": [_percent(m, s) for m, s in zip(rows["precision_mean"], rows["precision_sd"])],
+            "R": [_percent(m, s) for m, s in zip(rows["recall_mean"], rows["recall_sd"])],
+            "F1": [_percent(m, s) for m, s in zip(rows["f1_mean"], rows["f1_sd"])],
+            "acc@1": [_percent(m, s) for m, s in zip(rows["acc1_mean"], rows["acc1_sd"])],
+            "Δ F1": ["–" if pd.isna(d) else f"{100 * d:+.2f}" for d in rows["delta_f1"]],
+            f"p vs {reference}": [_p(p, alpha) if not m.startswith("dictionary:") else "–" for p, m in zip(rows["p_value"], rows["model"])],
+        })
+        parts += ["", f"### {group}", "", detail.to_markdown(index=False, disable_numparse=True)]
+    parts += ["", f"p: Welch's two-sided t-test on per-seed F1; * marks p < {alpha}."]
+    return "\n".join(parts) + "\n"
+
+
+def ttests_markdown(tests: pd.DataFrame, alpha: float) -> str:
+    """Per corpus, the upper triangle of a model x model p-value matrix (Tables 3-5 of the paper)."""
+    parts = ["## Tables 3-5 analog: pairwise t-test p-values of test F1", "",
+             f"Welch's two-sided t-test (scipy.stats.ttest_ind, equal_var=False) over seeds; * marks p < {alpha}; "
+             "n/a: a model with fewer than two runs, or no spread in either.", ""]
+    for (corpus, mentions), group in tests.groupby(["corpus", "mentions"], sort=False):
+        models = list(dict.fromkeys([*group["model_a"], *group["model_b"]]))
+        matrix = pd.DataFrame("", index=models[:-1], columns=models[1:])
+        for row in group.itertuples():
+            matrix.loc[row.model_a, row.model_b] = _p(row.p_value, alpha)
+        parts += [f"### {_group_name(corpus, mentions)}", "", matrix.rename_axis("model").reset_index().to_markdown(index=False, disable_numparse=True), ""]
+    return "\n".join(parts)
+
+
+def plot_f1(table: pd.DataFrame, path: Path) -> None:
+    """Grouped bars: mean test F1 per model and corpus, error bars one SD; dictionary rows hatched (PNG, Agg)."""
+    table = table.assign(group=[_group_name(c, m) for c, m in zip(table["corpus"], table["mentions"])])
+    groups = list(dict.fromkeys(table["group"]))
+    labels = list(dict.fromkeys(table["model_label"]))
+    width = 0.8 / max(len(labels), 1)
+    figure = Figure(figsize=(max(6.0, 2.2 * len(groups)), 5.0))  # no pyplot: Agg canvas, no display, no global state
+    axes = figure.subplots()
+    for i, label in enumerate(labels):
+        rows = table[table["model_label"] == label].set_index("group").reindex(groups)
+        dictionary = rows["model"].dropna().str.startswith("dictionary:").any()
+        axes.bar(np.arange(len(groups)) + (i - (len(labels) - 1) / 2) * width, 100 * rows["f1_mean"], width,
+                 yerr=None if dictionary else 100 * rows["f1_sd"].fillna(0), capsize=3, label=label, hatch="//" if dictionary else None,
+                 alpha=0.6 if dictionary else 1.0)
+    axes.set_xticks(np.arange(len(groups)), groups)
+    axes.set_ylabel("test F1 (%)")
+    axes.set_title("Test F1, mean ± SD over seeds")
+    low = np.nanmin(100 * table["f1_mean"]) if len(table) else 0
+    axes.set_ylim(max(0.0, low - 10), 100)
+    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=1, frameon=False)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage: MLflow in, files and registry out.
+
+
+def search_finetune_runs(corpora: list[str]) -> pd.DataFrame:
+    """The finished runs of experiments ``finetune-{corpus}`` on the project's tracking store."""
+    names = [f"finetune-{corpus}" for corpus in corpora]
+    found = [name for name in names if mlflow.get_experiment_by_name(name) is not None]
+    for name in sorted(set(names) - set(found)):
+        log.warning("no MLflow experiment %s on %s", name, mlflow.get_tracking_uri())
+    if not found:
+        return pd.DataFrame()
+    return mlflow.search_runs(experiment_names=found, filter_string="attributes.status = 'FINISHED'", output_format="pandas")
+
+
+def concept_names(corpus: str, args: argparse.Namespace, cadec_split: dict) -> dict[str, str]:
+    """{concept ID: preferred name} of the task vocabulary (the model folder knows only the IDs)."""
+    return {c.concept_id: c.name for c in load_task(corpus, args, cadec_split).vocabulary.concepts}
+
+
+def register(champion: Champion, concept_names, alpha: float) -> None:
+    """`ehrbert-{corpus}@champion` -> the champion run's model; no new version if it is already registered."""
+    tags = {"corpus": champion.corpus, "model": champion.model, "model_label": champion.model_label,
+            "seed": champion.seed, "test_f1": f"{champion.f1:.6f}", "mean_f1": f"{champion.f1_mean:.6f}",
+            "sd_f1": f"{champion.f1_sd:.6f}", "seeds": champion.seeds, "reference": champion.reference,
+            "delta_f1_vs_reference": f"{champion.delta_f1:.6f}", "p_value_vs_reference": f"{champion.p_value:.6g}",
+            "t_test": "Welch, two-sided, per-seed test F1"}
+    description = (f"{champion.model_label}, seed {champion.seed}: test F1 {100 * champion.f1:.2f}. "
+                   f"Mean F1 {100 * champion.f1_mean:.2f} (SD {100 * champion.f1_sd:.2f}) over {champion.seeds} seeds, "
+                   f"{100 * champion.delta_f1:+.2f} vs {champion.reference} (Welch p = {_p(champion.p_value, alpha)}).")
+    version, created = serving.register_champion(
+        champion.run_id, REGISTERED_NAME.format(corpus=champion.corpus), concept_names, tags=tags,
+        description=description, alias=ALIAS, max_length=champion.max_length or 32)
+    log.info("%s@%s -> version %s (%s)", version.name, ALIAS, version.version, "new" if created else "unchanged")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", type=Path, required=True, help="dictionary baseline metrics JSON")
+    parser.add_argument("--reports", type=Path, required=True, help="folder for the tables and the chart")
+    parser.add_argument("--metrics", type=Path, required=True, help="headline metrics JSON")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--no-register", action="store_true", help="write the reports only; leave the registry alone")
+    add_data_arguments(parser)  # the task vocabularies give the registered models their concept names
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    params = yaml.safe_load(args.params.read_text())
+    config = CompareConfig(**params["compare"])
+    mlflow.set_tracking_uri(tracking_uri())
+    runs = runs_table(search_finetune_runs(config.corpora), config.corpora, config.models)
+    if runs.empty:
+        raise SystemExit(f"no finished fine-tuning runs of {config.models} on {mlflow.get_tracking_uri()}")
+    log.info("%d runs: %s", len(runs), runs.groupby(["corpus", "mentions", "model"]).size().to_dict())
+
+    summary = summarize(runs, config.reference)
+    baseline = json.loads(args.baseline.read_text()) if args.baseline.exists() else {}
+    if not baseline:
+        log.warning("no dictionary baseline at %s: its rows are left out", args.baseline)
+    table = table2(summary, baseline_rows(baseline, config.baseline_labels, config.corpora), config.reference)
+    tests = pairwise_ttests(runs, config.alpha)
+    champions = choose_champions(runs, summary, config.ehrbert_models, config.reference)
+
+    args.reports.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(args.reports / RUNS_FILE, index=False)
+    table.to_csv(args.reports / TABLE2_FILES[0], index=False)
+    (args.reports / TABLE2_FILES[1]).write_text(table2_markdown(table, config.reference, config.alpha))
+    tests.to_csv(args.reports / TTEST_FILES[0], index=False)
+    (args.reports / TTEST_FILES[1]).write_text(ttests_markdown(tests, config.alpha))
+    plot_f1(table, args.reports / CHART_FILE)
+    args.metrics.parent.mkdir(parents=True, exist_ok=True)
+    args.metrics.write_text(json.dumps(headline(table, champions), indent=2) + "\n")
+
+    if args.no_register:
+        return
+    for champion in champions:
+        log.info("champion %s: %s", champion.corpus, asdict(champion))
+        # the vocabulary is read only when a new version must be packaged
+        register(champion, partial(concept_names, champion.corpus, args, params["cadec_split"]), config.alpha)
+
+
+if __name__ == "__main__":
+    main()

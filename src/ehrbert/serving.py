@@ -1,0 +1,227 @@
+"""A trained normalizer as an MLflow pyfunc model: mentions in, concept ID + name + score out.
+
+The pyfunc is thin: `NormalizerModel.load_context` loads the saved transformers folder with
+`ehrbert.normalizer.load` and the concept names from `concepts.tsv`; `predict` delegates to
+`normalize_mentions`, which the tests also call in process. What is packaged (`log_normalizer`):
+
+- artifact ``normalizer``: the fine-tuning run's `model/` folder (weights, tokenizer, config whose
+  ``id2label`` holds the concept IDs);
+- artifact ``concepts``: ``concepts.tsv`` (concept_id, name), taken from the task vocabulary, since the
+  model folder knows only IDs;
+- ``code_paths``: the `ehrbert` package (the model needs `normalizer` and `text`), nothing else;
+- model config: the query length the model was trained with (`max_length`) and the inference batch
+  size (`predict_batch_size`);
+- a signature (``mention`` str required, ``context`` str optional -> ``concept_id``, ``concept_name``,
+  ``score``) and an input example. Loading reads local files only: no network.
+
+`register_champion` registers a fine-tuning run's model under a name with an alias (MLflow 3
+aliases, not stages), and adds no version when one from the same run is already registered.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Mapping
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModelOutput
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.types.schema import ColSpec, Schema
+from transformers import AutoConfig
+
+from ehrbert import normalizer
+from ehrbert.text import find_abbreviations, preprocess_mention
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent  # the `ehrbert` package: the pyfunc's only code path
+CONCEPTS_FILE = "concepts.tsv"
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "mention"), ColSpec("string", "context", required=False)]),
+    outputs=Schema([ColSpec("string", "concept_id"), ColSpec("string", "concept_name"), ColSpec("double", "score")]),
+)
+INPUT_EXAMPLE = pd.DataFrame(
+    {
+        "mention": ["APC", "breast cancer"],
+        "context": ["Germline mutations of adenomatous polyposis coli (APC) cause familial polyposis.", ""],
+    }
+)
+REQUIREMENTS = ("mlflow", "torch", "transformers", "pandas", "pyab3p")  # what the model imports at load time
+
+
+def _bad_input(message: str) -> MlflowException:
+    # MlflowException with INVALID_PARAMETER_VALUE: the scoring server answers 400 with this message
+    return MlflowException.invalid_parameter_value(message)
+
+
+def validate_input(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The mention texts and their contexts ("" where none), or an error that names the bad field.
+
+    `mention` is required and must be a string in every row; `context` is optional, and a missing
+    value (None/NaN) in it means "no context".
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise _bad_input(f"input must be a table with a 'mention' column, got {type(frame).__name__}")
+    if "mention" not in frame.columns:
+        raise _bad_input(f"input has no 'mention' column (str, the mention text); columns: {list(frame.columns)}")
+    mentions = frame["mention"].tolist()
+    for row, value in enumerate(mentions):
+        if _missing(value):
+            raise _bad_input(f"'mention' must be a string in every row; row {row} has no value")
+        if not isinstance(value, str):
+            raise _bad_input(f"'mention' must be a string in every row; row {row} has {type(value).__name__} {value!r}")
+    contexts = frame["context"].tolist() if "context" in frame.columns else [""] * len(mentions)
+    for row, value in enumerate(contexts):
+        if _missing(value):
+            contexts[row] = ""
+        elif not isinstance(value, str):
+            raise _bad_input(f"'context' must be a string (or missing) in every row; row {row} has {type(value).__name__} {value!r}")
+    return mentions, contexts
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)  # None, or NaN as pandas fills it
+
+
+def mention_queries(frame: pd.DataFrame) -> list[str]:
+    """What the model sees of each row: the mention preprocessed as in training (`preprocess_mention`),
+    with the abbreviations Ab3P finds in the row's `context` (each distinct context is searched once)."""
+    mentions, contexts = validate_input(frame)
+    abbreviations = {text: find_abbreviations(text) for text in dict.fromkeys(contexts) if text}
+    return [preprocess_mention(mention, abbreviations.get(context, {})) for mention, context in zip(mentions, contexts)]
+
+
+def normalize_mentions(
+    model,
+    tokenizer,
+    concept_names: Mapping[str, str],
+    frame: pd.DataFrame,
+    max_length: int = 32,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """One row per input row: the top concept's ID, its name and its softmax probability.
+
+    Batching is `normalizer.predict`'s (queries sorted by length, `batch_size` at a time).
+    """
+    queries = mention_queries(frame)
+    ranked, scores = normalizer.predict(model, tokenizer, queries, k=1, max_length=max_length, batch_size=batch_size)
+    concept_ids = [candidates[0] for candidates in ranked]
+    return pd.DataFrame(
+        {
+            "concept_id": pd.Series(concept_ids, dtype=object),
+            "concept_name": pd.Series([concept_names.get(c, "") for c in concept_ids], dtype=object),
+            "score": pd.Series([s[0] for s in scores], dtype="float64"),
+        }
+    )
+
+
+def write_concepts(concept_names: Mapping[str, str], path: Path) -> None:
+    pd.DataFrame({"concept_id": list(concept_names), "name": list(concept_names.values())}).to_csv(path, sep="\t", index=False)
+
+
+def read_concepts(path: str | Path) -> dict[str, str]:
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    return dict(zip(table["concept_id"], table["name"]))
+
+
+class NormalizerModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc face of a saved normalizer folder plus its concept names."""
+
+    def load_context(self, context) -> None:
+        self.model, self.tokenizer = normalizer.load(context.artifacts["normalizer"])
+        self.concept_names = read_concepts(context.artifacts["concepts"])
+        config = context.model_config or {}
+        self.max_length = int(config.get("max_length", 32))
+        self.batch_size = int(config.get("predict_batch_size", 256))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return normalize_mentions(self.model, self.tokenizer, self.concept_names, model_input, self.max_length, self.batch_size)
+
+
+def log_normalizer(
+    model_dir: str | Path,
+    concept_names: Mapping[str, str],
+    name: str = "normalizer",
+    max_length: int = 32,
+    batch_size: int = 256,
+    model_id: str | None = None,
+) -> ModelInfo:
+    """Log the normalizer folder `model_dir` as a pyfunc model: into the logged model `model_id` when
+    given (see `register_champion`), else as a new one (in the active run, if any).
+
+    `concept_names` ({concept ID: name}) should cover the model's `id2label`; IDs without a name are
+    served with an empty name and logged as a warning.
+    """
+    labels = set(AutoConfig.from_pretrained(str(model_dir)).id2label.values())
+    unnamed = labels - set(concept_names)
+    if unnamed:
+        log.warning("%d of %d concepts have no name, e.g. %s", len(unnamed), len(labels), sorted(unnamed)[:3])
+    with tempfile.TemporaryDirectory() as folder:
+        concepts = Path(folder) / CONCEPTS_FILE
+        write_concepts({c: concept_names.get(c, "") for c in sorted(labels)}, concepts)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=NormalizerModel(),
+            artifacts={"normalizer": str(model_dir), "concepts": str(concepts)},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=SIGNATURE,
+            input_example=INPUT_EXAMPLE,
+            # named apart from the fine-tuning run's `batch_size`: MLflow logs these as an active run's params
+            model_config={"max_length": max_length, "predict_batch_size": batch_size},
+            # pinned from this environment; saves MLflow from loading the model to guess them
+            pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
+            model_id=model_id,
+        )
+
+
+def find_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The newest version of registered model `name` made from run `run_id`, if any."""
+    versions = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
+def register_champion(
+    run_id: str,
+    name: str,
+    concept_names: Callable[[], Mapping[str, str]],
+    tags: Mapping[str, str] | None = None,
+    description: str = "",
+    alias: str = "champion",
+    max_length: int = 32,
+    model_artifact: str = "model",
+) -> tuple[ModelVersion, bool]:
+    """Point `name@alias` at the normalizer of fine-tuning run `run_id`; (version, whether it is new).
+
+    When a version of `name` from `run_id` exists, it is reused (alias moved, tags updated) and nothing
+    is logged. Otherwise the run's `model_artifact` folder is packaged as a pyfunc logged model whose
+    source is that run (in its experiment, with its parameters, listed among its outputs), and
+    registered, so the version links to the run's metrics. The finished run itself is not reopened.
+    `concept_names` is called only for a new version, so an unchanged champion costs no vocabulary loading.
+    """
+    client = MlflowClient()
+    existing = find_version(client, name, run_id)
+    created = existing is None
+    if created:
+        run = client.get_run(run_id)
+        logged = client.create_logged_model(run.info.experiment_id, name="normalizer", source_run_id=run_id,
+                                            params=run.data.params)
+        with tempfile.TemporaryDirectory() as folder:
+            model_dir = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=model_artifact, dst_path=folder)
+            info = log_normalizer(model_dir, concept_names(), max_length=max_length, model_id=logged.model_id)
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        existing = mlflow.register_model(info.model_uri, name)
+        log.info("registered %s version %s from run %s", name, existing.version, run_id)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(name, existing.version, key, str(value))
+    if description:
+        client.update_model_version(name, existing.version, description=description)
+    client.set_registered_model_alias(name, alias, existing.version)
+    return client.get_model_version(name, existing.version), created

@@ -1,0 +1,234 @@
+"""The comparison stage: tables and t-tests from hand-made runs, champion choice, and the registry.
+
+Hand-checked numbers (ncbi, gold mentions, test F1 per seed):
+  base     0.70 0.73 0.71   mean 0.713333  SD sqrt(((-0.013333)^2 + 0.016667^2 + (-0.003333)^2) / 2) = 0.015275
+  ehr_half 0.78 0.80 0.79   mean 0.79      SD 0.01
+  ehr_full 0.80 0.82 0.84   mean 0.82      SD 0.02
+Welch, ehr_full vs base: SE = sqrt(0.02^2/3 + 0.015275^2/3) = sqrt(0.00013333 + 0.00007778) = 0.014530,
+t = (0.82 - 0.713333) / 0.014530 = 7.3413; df = 0.00021111^2 / (0.00013333^2/2 + 0.00007778^2/2) = 3.7409;
+two-sided p = 2 * P(T_3.7409 > 7.3413) = 0.00237.
+"""
+
+import json
+from dataclasses import asdict
+import math
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from ehrbert import compare
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_serving import CONCEPTS, tiny_normalizer  # noqa: E402
+
+F1 = {  # (corpus, mentions, model) -> test F1 of seeds 1, 2, 3
+    ("ncbi", "gold", "base"): [0.70, 0.73, 0.71],
+    ("ncbi", "gold", "ehr_half"): [0.78, 0.80, 0.79],
+    ("ncbi", "gold", "ehr_full"): [0.80, 0.82, 0.84],
+    ("cadec", "gold", "base"): [0.60, 0.62, 0.64],
+    ("cadec", "gold", "ehr_half"): [0.66, 0.66, 0.65],
+    ("cadec", "gold", "ehr_full"): [0.61, 0.66, 0.62],
+    ("cadec", "predicted", "ehr_half"): [0.50, 0.52, 0.51],
+}
+CONFIG = compare.CompareConfig(corpora=["ncbi", "cdr", "cadec"], models=["base", "bio", "ehr_half", "ehr_full"],
+                               reference="base", ehrbert_models=["ehr_half", "ehr_full"], alpha=0.05,
+                               baseline_labels={"vocab": "dictionary baseline (exact + TF-IDF), not DNorm"})
+BASELINE = {"ncbi": {"vocab": {"precision": 0.74, "recall": 0.76, "f1": 0.75, "acc1": 0.79},
+                     "vocab+train": {"precision": 0.84, "recall": 0.86, "f1": 0.85, "acc1": 0.85}}}
+
+
+def raw_runs() -> pd.DataFrame:
+    """What `mlflow.search_runs` returns for the runs of F1, plus a stale rerun and a foreign model."""
+    rows = []
+    minute = 0
+    for (corpus, mentions, model), scores in F1.items():
+        for seed, f1 in enumerate(scores, start=1):
+            minute += 1
+            rows.append({"run_id": f"{corpus}-{mentions}-{model}-{seed}", "start_time": pd.Timestamp(2025, 1, 1, 0, minute),
+                         "tags.corpus": corpus, "tags.mentions": mentions, "tags.model": model, "tags.seed": str(seed),
+                         "tags.model_label": f"label of {model}", "params.max_length": "24",
+                         "metrics.test_f1": f1, "metrics.test_precision": f1 - 0.01, "metrics.test_recall": f1 + 0.01,
+                         "metrics.test_acc1": f1 + 0.02})
+    rows.append({**rows[0], "run_id": "stale", "start_time": pd.Timestamp(2024, 1, 1), "metrics.test_f1": 0.1})
+    rows.append({**rows[0], "run_id": "foreign", "tags.model": "bert-large", "metrics.test_f1": 0.99})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def runs() -> pd.DataFrame:
+    return compare.runs_table(raw_runs(), CONFIG.corpora, CONFIG.models)
+
+
+def test_runs_table_keeps_the_latest_run_per_seed_of_listed_models(runs):
+    assert len(runs) == sum(len(s) for s in F1.values())
+    assert "stale" not in set(runs["run_id"]) and "foreign" not in set(runs["run_id"])
+    assert list(dict.fromkeys(runs["corpus"])) == ["ncbi", "cadec"]  # the order of CONFIG.corpora
+    ncbi = runs[runs["corpus"] == "ncbi"]
+    assert list(dict.fromkeys(ncbi["model"])) == ["base", "ehr_half", "ehr_full"]
+    assert ncbi["seed"].tolist() == [1, 2, 3] * 3
+    assert math.isnan(runs["micro_f1"].iloc[0])  # not logged: NaN, not an error
+    assert runs["max_length"].iloc[0] == 24
+
+
+def test_welch_matches_the_hand_computed_test():
+    t, p = compare.welch(F1[("ncbi", "gold", "ehr_full")], F1[("ncbi", "gold", "base")])
+    assert t == pytest.approx(7.3413, abs=1e-3)
+    assert p == pytest.approx(0.00237, abs=1e-5)
+    assert compare.welch([0.8], [0.7, 0.72]) == pytest.approx((math.nan, math.nan), nan_ok=True)  # one run
+    assert compare.welch([0.8, 0.8], [0.7, 0.7]) == pytest.approx((math.nan, math.nan), nan_ok=True)  # no spread
+
+
+def test_summary_mean_sd_delta_and_p(runs):
+    summary = compare.summarize(runs, "base").set_index(["corpus", "mentions", "model"])
+    full = summary.loc[("ncbi", "gold", "ehr_full")]
+    assert full["seeds"] == 3
+    assert full["f1_mean"] == pytest.approx(0.82)
+    assert full["f1_sd"] == pytest.approx(0.02)
+    assert full["precision_mean"] == pytest.approx(0.81)
+    assert full["recall_mean"] == pytest.approx(0.83)
+    assert full["delta_f1"] == pytest.approx(0.82 - 0.713333, abs=1e-6)
+    assert full["p_value"] == pytest.approx(0.00237, abs=1e-5)
+    base = summary.loc[("ncbi", "gold", "base")]
+    assert base["f1_sd"] == pytest.approx(0.015275, abs=1e-6)
+    assert base["delta_f1"] == 0 and math.isnan(base["p_value"])
+    predicted = summary.loc[("cadec", "predicted", "ehr_half")]  # no base run on predicted mentions
+    assert math.isnan(predicted["delta_f1"]) and math.isnan(predicted["p_value"])
+
+
+def test_pairwise_ttests_cover_every_pair(runs):
+    tests = compare.pairwise_ttests(runs, alpha=0.05)
+    ncbi = tests[tests["corpus"] == "ncbi"].set_index(["model_a", "model_b"])
+    assert set(ncbi.index) == {("base", "ehr_half"), ("base", "ehr_full"), ("ehr_half", "ehr_full")}
+    row = ncbi.loc[("base", "ehr_full")]
+    assert row["p_value"] == pytest.approx(0.00237, abs=1e-5) and row["t"] == pytest.approx(-7.3413, abs=1e-3)
+    assert row["difference"] == pytest.approx(0.713333 - 0.82, abs=1e-6) and bool(row["significant"])
+    assert len(tests[(tests["corpus"] == "cadec") & (tests["mentions"] == "predicted")]) == 0  # one model: no pair
+
+
+def test_table2_adds_the_dictionary_rows_with_their_delta(runs):
+    summary = compare.summarize(runs, "base")
+    table = compare.table2(summary, compare.baseline_rows(BASELINE, CONFIG.baseline_labels, CONFIG.corpora), "base")
+    ncbi = table[table["corpus"] == "ncbi"].set_index("model")
+    assert list(ncbi.index) == ["base", "ehr_half", "ehr_full", "dictionary:vocab", "dictionary:vocab+train"]
+    assert ncbi.loc["dictionary:vocab", "model_label"] == "dictionary baseline (exact + TF-IDF), not DNorm"
+    assert "not DNorm" in ncbi.loc["dictionary:vocab+train", "model_label"]  # a default label is honest too
+    assert ncbi.loc["dictionary:vocab", "delta_f1"] == pytest.approx(0.75 - 0.713333, abs=1e-6)
+    assert math.isnan(ncbi.loc["dictionary:vocab", "f1_sd"])
+    assert list(dict.fromkeys(table["corpus"])) == ["ncbi", "cadec"]
+    markdown = compare.table2_markdown(table, "base", 0.05)
+    assert "82.00 (2.00), +10.67" in markdown  # ehr_full on ncbi: mean (SD), Δ
+    assert "0.002 *" in markdown  # p of ehr_full vs base, marked significant
+
+
+def test_champion_is_the_best_mean_notes_model_and_its_best_seed(runs):
+    summary = compare.summarize(runs, "base")
+    champions = {c.corpus: c for c in compare.choose_champions(runs, summary, ["ehr_half", "ehr_full"], "base")}
+    assert set(champions) == {"ncbi", "cadec"}  # predicted-mention runs never make a champion
+    ncbi = champions["ncbi"]
+    assert (ncbi.model, ncbi.seed, ncbi.run_id, ncbi.f1) == ("ehr_full", 3, "ncbi-gold-ehr_full-3", 0.84)
+    assert ncbi.f1_mean == pytest.approx(0.82) and ncbi.p_value == pytest.approx(0.00237, abs=1e-5)
+    cadec = champions["cadec"]  # ehr_half mean 0.6567 beats ehr_full 0.63; seeds 1 and 2 tie at 0.66
+    assert (cadec.model, cadec.seed) == ("ehr_half", 1)
+
+
+def test_champion_ties_go_to_the_model_listed_first(runs):
+    tied = runs[runs["corpus"] == "ncbi"].copy()
+    tied.loc[tied["model"] == "ehr_half", "f1"] = tied.loc[tied["model"] == "ehr_full", "f1"].to_numpy()
+    summary = compare.summarize(tied, "base")
+    assert compare.choose_champions(tied, summary, ["ehr_half", "ehr_full"], "base")[0].model == "ehr_half"
+    assert compare.choose_champions(tied, summary, ["ehr_full", "ehr_half"], "base")[0].model == "ehr_full"
+
+
+# --- the stage on a real (temporary) MLflow store --------------------------------------------------
+
+
+@pytest.fixture
+def tracking_store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def log_finetune_runs(tmp_path: Path, scores: dict) -> dict:
+    """Fine-tuning runs as `ehrbert.finetune` leaves them (tags, test metrics, a `model/` folder); {key: run_id}."""
+    model_dir = tiny_normalizer(tmp_path / "tiny")
+    run_ids = {}
+    for (corpus, mentions, model), values in scores.items():
+        experiment = f"finetune-{corpus}"
+        if mlflow.get_experiment_by_name(experiment) is None:
+            mlflow.create_experiment(experiment, artifact_location=(tmp_path / "artifacts" / experiment).as_uri())
+        mlflow.set_experiment(experiment)
+        for seed, f1 in enumerate(values, start=1):
+            tags = {"model": model, "model_label": f"label of {model}", "corpus": corpus, "seed": str(seed),
+                    "mentions": mentions}
+            with mlflow.start_run(tags=tags) as run:
+                mlflow.log_params({"max_length": 16, "batch_size": 32})
+                mlflow.log_metrics({"test_f1": f1, "test_precision": f1, "test_recall": f1, "test_acc1": f1})
+                if model.startswith("ehr") and mentions == "gold":
+                    mlflow.log_artifacts(str(model_dir), artifact_path="model")
+            run_ids[(corpus, mentions, model, seed)] = run.info.run_id
+    return run_ids
+
+
+def run_stage(tmp_path: Path, *extra: str) -> dict:
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"compare": {**asdict(CONFIG), "corpora": ["ncbi", "cadec"]}, "cadec_split": {}}))
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(BASELINE))
+    metrics = tmp_path / "metrics" / "compare.json"
+    compare.main(["--baseline", str(baseline), "--reports", str(tmp_path / "reports"), "--metrics", str(metrics),
+                  "--params", str(params), *extra])
+    return json.loads(metrics.read_text())
+
+
+def test_stage_writes_reports_and_registers_champions_once(tmp_path, tracking_store, monkeypatch):
+    scores = {key: value for key, value in F1.items() if key[1] == "gold"}
+    run_ids = log_finetune_runs(tmp_path, scores)
+    loaded = []
+    monkeypatch.setattr(compare, "concept_names", lambda corpus, args, split: loaded.append(corpus) or CONCEPTS)
+
+    metrics = run_stage(tmp_path)
+    reports = tmp_path / "reports"
+    for name in (*compare.TABLE2_FILES, *compare.TTEST_FILES, compare.RUNS_FILE, compare.CHART_FILE):
+        assert (reports / name).stat().st_size > 0, name
+    assert (reports / compare.CHART_FILE).read_bytes()[:4] == b"\x89PNG"
+    assert "dictionary baseline (exact + TF-IDF), not DNorm" in (reports / "table2.md").read_text()
+    assert metrics["ncbi"]["ehr_full"]["f1"] == pytest.approx(0.82)
+    assert metrics["ncbi"]["ehr_full"]["p_value"] == pytest.approx(0.00237, abs=1e-5)
+    assert metrics["ncbi"]["base"]["p_value"] is None  # NaN is not JSON
+    assert metrics["ncbi"]["champion"] == {"model": "ehr_full", "seed": 3, "f1": 0.84}
+
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("ehrbert-ncbi", "champion")
+    assert champion.run_id == run_ids[("ncbi", "gold", "ehr_full", 3)]
+    assert float(champion.tags["mean_f1"]) == pytest.approx(0.82)
+    assert float(champion.tags["p_value_vs_reference"]) == pytest.approx(0.00237, abs=1e-5)
+    assert client.get_model_version_by_alias("ehrbert-cadec", "champion").run_id == run_ids[("cadec", "gold", "ehr_half", 1)]
+    assert sorted(loaded) == ["cadec", "ncbi"]
+
+    run_stage(tmp_path)  # nothing changed: no new version, no vocabulary loaded
+    assert sorted(loaded) == ["cadec", "ncbi"]
+    for name in ("ehrbert-ncbi", "ehrbert-cadec"):
+        assert len(client.search_model_versions(f"name = '{name}'")) == 1
+
+    # a better ehr_half seed makes ehr_half the ncbi champion: one new version, the alias moves
+    later = log_finetune_runs(tmp_path, {("ncbi", "gold", "ehr_half"): [0.78, 0.80, 0.99]})
+    run_stage(tmp_path)
+    assert len(client.search_model_versions("name = 'ehrbert-ncbi'")) == 2
+    assert client.get_model_version_by_alias("ehrbert-ncbi", "champion").run_id == later[("ncbi", "gold", "ehr_half", 3)]
+
+    model = mlflow.pyfunc.load_model("models:/ehrbert-ncbi@champion")
+    predictions = model.predict(pd.DataFrame({"mention": ["breast cancer"]}))
+    assert predictions["concept_name"].iloc[0] == CONCEPTS[predictions["concept_id"].iloc[0]]
+
+
+def test_stage_without_runs_fails_clearly(tmp_path, tracking_store):
+    with pytest.raises(SystemExit, match="no finished fine-tuning runs"):
+        run_stage(tmp_path, "--no-register")

@@ -1,0 +1,176 @@
+"""The pyfunc normalizer: input checks, abbreviation expansion, and parity of the served model with the in-process one.
+
+A tiny randomly initialized BERT classifier stands in for a fine-tuned normalizer; it is logged and
+registered on a temporary sqlite store and served with `mlflow models serve --env-manager local`.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+from ehrbert import normalizer, serving
+
+CONCEPTS = {"D001943": "Breast Neoplasms", "D003110": "Colonic Neoplasms", "D011125": "Adenomatous Polyposis Coli",
+            "D006333": "Heart Failure"}
+WORDS = ["breast", "cancer", "colon", "adenomatous", "polyposis", "coli", "heart", "failure", "of", "the"]
+MENTIONS = pd.DataFrame(
+    {
+        "mention": ["APC", "APC", "breast cancer", "Heart-Failure", "colon cancer of the breast"],
+        "context": ["Germline mutations of adenomatous polyposis coli (APC) cause familial polyposis.", None, "",
+                    "Heart failure (HF) was seen.", None],
+    }
+)
+
+
+def tiny_normalizer(folder: Path, concept_ids=tuple(CONCEPTS)) -> Path:
+    """A saved, randomly initialized 2-layer BERT classifier over `concept_ids` (a normalizer folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    characters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *characters, *(f"##{c}" for c in characters)]
+    (folder / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    config = BertConfig(vocab_size=len(vocabulary), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, initializer_range=0.5,  # spread-out scores
+                        id2label=dict(enumerate(concept_ids)), label2id={c: i for i, c in enumerate(concept_ids)})
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    model_dir = folder / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+@pytest.fixture
+def tracking_store(tmp_path, monkeypatch):
+    """A fresh sqlite tracking store and registry in tmp_path, undone afterwards."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def test_validate_input_names_the_bad_field():
+    with pytest.raises(MlflowException, match="no 'mention' column"):
+        serving.validate_input(pd.DataFrame({"text": ["a"]}))
+    with pytest.raises(MlflowException, match="'mention' must be a string .* row 1 has int 3"):
+        serving.validate_input(pd.DataFrame({"mention": ["a", 3]}, dtype=object))
+    with pytest.raises(MlflowException, match="'mention' must be a string .* row 0 has no value"):
+        serving.validate_input(pd.DataFrame({"mention": [None]}, dtype=object))
+    with pytest.raises(MlflowException, match="'context' must be a string"):
+        serving.validate_input(pd.DataFrame({"mention": ["a"], "context": [5]}))
+    with pytest.raises(MlflowException, match="table with a 'mention' column"):
+        serving.validate_input(["a"])
+    assert serving.validate_input(pd.DataFrame({"mention": ["a", "b"], "context": ["x", None]})) == (["a", "b"], ["x", ""])
+
+
+def test_queries_expand_abbreviations_from_the_context():
+    assert serving.mention_queries(MENTIONS) == [
+        "adenomatous polyposis coli",  # Ab3P found "adenomatous polyposis coli (APC)" in the context
+        "apc",  # no context: nothing to expand
+        "breast cancer",
+        "heart failure",
+        "colon cancer of the breast",
+    ]
+
+
+def test_normalize_mentions_output(tmp_path):
+    model, tokenizer = normalizer.load(tiny_normalizer(tmp_path))
+    out = serving.normalize_mentions(model, tokenizer, CONCEPTS, MENTIONS, batch_size=2)
+    assert list(out.columns) == ["concept_id", "concept_name", "score"]
+    assert len(out) == len(MENTIONS)
+    assert set(out["concept_id"]) <= set(CONCEPTS)
+    assert all(CONCEPTS[c] == name for c, name in zip(out["concept_id"], out["concept_name"]))
+    assert out["score"].between(0, 1).all()
+    # batching changes nothing: each row as its own batch gives the same answers
+    one_by_one = serving.normalize_mentions(model, tokenizer, CONCEPTS, MENTIONS, batch_size=1)
+    pd.testing.assert_frame_equal(out, one_by_one, atol=1e-5, rtol=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _wait_until_up(url: str, server: subprocess.Popen, log: Path, seconds: float = 45) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.25)
+    pytest.fail(f"server not up after {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+def test_served_model_equals_in_process_model(tmp_path, tracking_store):
+    model_dir = tiny_normalizer(tmp_path / "tiny")
+    mlflow.create_experiment("serving-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment("serving-test")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")  # as a fine-tuning run leaves it
+    version, created = serving.register_champion(run.info.run_id, "ehrbert-test", lambda: CONCEPTS, max_length=16)
+    assert created and version.aliases == ["champion"] and version.run_id == run.info.run_id
+
+    in_process = mlflow.pyfunc.load_model("models:/ehrbert-test@champion")
+    assert in_process.metadata.signature == serving.SIGNATURE
+    expected = in_process.predict(MENTIONS)
+    model, tokenizer = normalizer.load(model_dir)
+    pd.testing.assert_frame_equal(expected, serving.normalize_mentions(model, tokenizer, CONCEPTS, MENTIONS, max_length=16))
+
+    port = _free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # uvicorn
+    log = tmp_path / "server.log"
+    with open(log, "w") as output:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/ehrbert-test@champion",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)  # own group: uvicorn too
+    try:
+        _wait_until_up(f"http://127.0.0.1:{port}/ping", server, log)
+        url = f"http://127.0.0.1:{port}/invocations"
+        status, body = _post(url, {"dataframe_split": json.loads(MENTIONS.to_json(orient="split", index=False))})
+        assert status == 200, body
+        served = pd.DataFrame(body["predictions"])
+        pd.testing.assert_frame_equal(served[["concept_id", "concept_name"]], expected[["concept_id", "concept_name"]],
+                                      check_dtype=False)
+        assert served["score"].tolist() == pytest.approx(expected["score"].tolist(), abs=1e-6)
+
+        status, body = _post(url, {"dataframe_split": {"columns": ["text"], "data": [["APC"]]}})
+        assert status == 400 and "mention" in body["message"]
+        status, body = _post(url, {"dataframe_records": [{"mention": "APC"}, {"mention": None}]})
+        assert status == 400 and "'mention' must be a string" in body["message"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
