@@ -29,7 +29,7 @@ run: data
 ifeq ($(PROFILE),)
 	$(BIN)/dvc repro
 else
-	$(BIN)/dvc exp run $$($(BIN)/python -m ehrbert.profiles $(PROFILE))
+	eval "$(BIN)/dvc exp run $$($(BIN)/python -m ehrbert.profiles $(PROFILE))"
 endif
 
 test: install

@@ -4,8 +4,10 @@ Pairs are made as in `create_instances_from_document` of Google BERT's create_pr
 document's sentences, gather them up to a target length (`max_seq_length` - 3; a random shorter one for
 `short_seq_prob` of the chunks), cut the chunk at a random sentence into A and B, and with `nsp_probability`
 replace B by sentences from a random other document (the unused sentences are put back for the next
-chunk). A chunk of one sentence always gets a random B, as in BERT. Pairs too long are trimmed one word piece
-at a time from a random end of the longer segment.
+chunk). One change: BERT gives a chunk of one sentence a random B every time, which here pushed the share of
+random next sentences to 54-61 %; we cut such a sentence at a random word piece instead when its B should be
+the true continuation, so the share is `nsp_probability` (50 %) in expectation. Pairs too long are trimmed
+one word piece at a time from a random end of the longer segment.
 
 Masking is not stored for training corpora: DataCollatorForLanguageModeling masks 15 % anew each time an
 example is seen (RoBERTa-style dynamic masking rather than BERT's 10 static copies). Held-out corpora are
@@ -86,9 +88,12 @@ def document_pairs(documents: list[list[list[int]]], index: int, config: PairCon
         chunk.append(document[i])
         length += len(document[i])
         if i == len(document) - 1 or length >= target:
+            random_next = len(documents) > 1 and rng.random() < config.nsp_probability
+            if len(chunk) == 1 and not random_next and len(chunk[0]) >= 2:
+                cut = rng.randint(1, len(chunk[0]) - 1)  # one long sentence: its true continuation is its own tail
+                chunk = [chunk[0][:cut], chunk[0][cut:]]
             a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
             a = [t for segment in chunk[:a_end] for t in segment]
-            random_next = len(documents) > 1 and (len(chunk) == 1 or rng.random() < config.nsp_probability)
             if random_next:
                 other = index
                 for _ in range(10):  # as BERT: a few tries to find another document
