@@ -7,6 +7,7 @@ mirror named by EHRBERT_DATA_MIRROR (default `../shared/data`, where this projec
 import os
 from pathlib import Path
 
+import mlflow
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,3 +55,14 @@ def tiny_bert(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), words=("disease", "cancer", "syndrome", "deficiency"))
+
+
+@pytest.fixture
+def tracking_store(tmp_path, monkeypatch):
+    """A fresh sqlite tracking store and registry in tmp_path, undone afterwards."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)

@@ -146,16 +146,6 @@ def test_champion_ties_go_to_the_model_listed_first(runs):
 # --- the stage on a real (temporary) MLflow store --------------------------------------------------
 
 
-@pytest.fixture
-def tracking_store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(None)
-
-
 def log_finetune_runs(tmp_path: Path, scores: dict) -> dict:
     """Fine-tuning runs as `ehrbert.finetune` leaves them (tags, test metrics, a `model/` folder); {key: run_id}."""
     model_dir = tiny_normalizer(tmp_path / "tiny")

@@ -67,9 +67,7 @@ def test_early_stopping_triggers_when_dev_does_not_improve(tiny_bert):
     assert [r["epoch"] for r in history] == [1, 2, 3]  # best at 1, then 2 epochs without improvement
 
 
-def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load(open(finetune.__file__.replace("src/ehrbert/finetune.py", "params.yaml")))
     params["finetune"]["config"].update(max_epochs=2, patience=1, head_lr=1e-2)
@@ -83,7 +81,6 @@ def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path,
     assert {"precision", "recall", "f1", "acc1", "acc5", "train_seconds", "best_epoch"} <= set(metrics)
     assert (tmp_path / "out" / "test_predictions.tsv").read_text().count("\n") == 961  # header + 960 test mentions
 
-    mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["finetune-ncbi"])
     assert len(runs) == 1
     run = runs.iloc[0]
@@ -100,12 +97,10 @@ def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path,
     assert len(ranked[0]) == 3 and scores[0] == sorted(scores[0], reverse=True)
 
 
-def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, monkeypatch):
+def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch):
     from ehrbert.detector import LexiconDetector
     from ehrbert.tasks import load_cadec_task
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load(open(finetune.__file__.replace("src/ehrbert/finetune.py", "params.yaml")))
     params["finetune"]["config"].update(max_epochs=1)
@@ -120,7 +115,6 @@ def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, 
     ])
     predicted = json.loads((tmp_path / "metrics.json").read_text())["predicted_mentions"]
     assert predicted["detected"] > 1000 and predicted["tp"] + predicted["fn"] == 1660  # test mentions with a concept
-    mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["finetune-cadec"]).set_index("tags.mentions")
     assert runs.loc["predicted", "tags.trained_in_run"] == runs.loc["gold", "run_id"]
     assert runs.loc["predicted", "metrics.test_f1"] == pytest.approx(predicted["f1"])

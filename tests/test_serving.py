@@ -54,17 +54,6 @@ def tiny_normalizer(folder: Path, concept_ids=tuple(CONCEPTS)) -> Path:
     return model_dir
 
 
-@pytest.fixture
-def tracking_store(tmp_path, monkeypatch):
-    """A fresh sqlite tracking store and registry in tmp_path, undone afterwards."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(None)
-
-
 def test_validate_input_names_the_bad_field():
     with pytest.raises(MlflowException, match="no 'mention' column"):
         serving.validate_input(pd.DataFrame({"text": ["a"]}))
