@@ -118,3 +118,24 @@ def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, 
     runs = mlflow.search_runs(experiment_names=["finetune-cadec"]).set_index("tags.mentions")
     assert runs.loc["predicted", "tags.trained_in_run"] == runs.loc["gold", "run_id"]
     assert runs.loc["predicted", "metrics.test_f1"] == pytest.approx(predicted["f1"])
+
+
+def test_two_processes_under_accelerate_launch(tiny_bert, raw_data, tmp_path, tracking_store):
+    """`accelerate launch --multi_gpu` with the script's --cpu: two real processes (gloo), one MLflow run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    params = yaml.safe_load(open(finetune.__file__.replace("src/ehrbert/finetune.py", "params.yaml")))
+    params["finetune"]["config"].update(max_epochs=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+               "-m", "ehrbert.finetune", "--cpu", "--corpus", "ncbi", "--model", "tiny", "--model-path", str(tiny_bert),
+               "--seed", "1", "--ncbi-dir", str(raw_data / "ncbi_disease"),
+               "--ncbi-vocabulary", str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
+               "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json"]
+    done = subprocess.run(command, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["processes"] == 2
+    assert len(mlflow.search_runs(experiment_names=["finetune-ncbi"])) == 1
