@@ -192,7 +192,6 @@ def main(argv: list[str] | None = None) -> None:
     test = evaluate(task.splits["test"], task.mentions("test"), ranked, level=task.level)
     test["train_seconds"] = round(train_seconds, 1)
     test["best_epoch"] = max(history, key=lambda r: r["dev_acc1"])["epoch"]
-    test["processes"] = accelerator.num_processes
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     predictions_table(task, "test", test_queries, ranked, scores).to_csv(args.out_dir / "test_predictions.tsv", sep="\t", index=False)
