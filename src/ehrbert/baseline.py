@@ -32,7 +32,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ehrbert.corpora.records import Vocabulary
 from ehrbert.metrics import evaluate
-from ehrbert.tasks import SPLITS, TASKS, Task, add_data_arguments, load_task
+from ehrbert.tasks import SPLITS, TASKS, Task, add_data_arguments, load_task, predictions_table
 from ehrbert.text import normalize
 
 log = logging.getLogger(__name__)
@@ -94,17 +94,7 @@ def run_task(task: Task, variant: str, ngram_range: tuple[int, int], k: int) -> 
     mentions, queries = task.mentions("test"), task.queries("test")
     ranked = normalizer.rank(queries, k=k)
     metrics = evaluate(task.splits["test"], mentions, ranked, level=task.level)
-    predictions = pd.DataFrame(
-        {
-            "doc_id": [m.doc_id for m in mentions],
-            "spans": [";".join(f"{s} {e}" for s, e in m.spans) for m in mentions],
-            "mention": [m.text for m in mentions],
-            "query": queries,
-            "gold": ["|".join(m.concept_ids) for m in mentions],
-            "predicted": [r[0] if r else "" for r in ranked],
-            "top_k": ["|".join(r) for r in ranked],
-        }
-    )
+    predictions = predictions_table(task, "test", queries, ranked)
     return metrics, predictions
 
 

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import torch
 import yaml
 from accelerate import Accelerator
@@ -36,7 +35,7 @@ from ehrbert import checkpoints, normalizer
 from ehrbert.corpora.records import Mention
 from ehrbert.detector import LexiconDetector, predicted_mentions
 from ehrbert.metrics import accuracy_at_k, evaluate, mention_level
-from ehrbert.tasks import Task, add_data_arguments, load_task
+from ehrbert.tasks import Task, add_data_arguments, load_task, predictions_table
 from ehrbert.text import normalize
 from ehrbert.tracking import start_run
 
@@ -132,22 +131,6 @@ def predicted_mention_scores(task: Task, model, tokenizer, detector: LexiconDete
     ranked, _ = normalizer.predict(model, tokenizer, task.preprocess(detected), k=1, max_length=config.max_length)
     predictions = [(m.doc_id, m.spans, set(r[:1])) for m, r in zip(detected, ranked)]
     return {**mention_level(task.mentions("test"), predictions), "detected": len(detected)}
-
-
-def predictions_table(task: Task, split: str, queries: list[str], ranked: list[list[str]], scores: list[list[float]]) -> pd.DataFrame:
-    mentions = task.mentions(split)
-    return pd.DataFrame(
-        {
-            "doc_id": [m.doc_id for m in mentions],
-            "spans": [";".join(f"{s} {e}" for s, e in m.spans) for m in mentions],
-            "mention": [m.text for m in mentions],
-            "query": queries,
-            "gold": ["|".join(m.concept_ids) for m in mentions],
-            "predicted": [r[0] for r in ranked],
-            "score": [s[0] for s in scores],
-            "top_k": ["|".join(r) for r in ranked],
-        }
-    )
 
 
 def main(argv: list[str] | None = None) -> None:

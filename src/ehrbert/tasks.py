@@ -17,6 +17,8 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from ehrbert.corpora.cadec import cadec_vocabulary, read_cadec, split_cadec
 from ehrbert.corpora.medic import read_biosyn_dictionary, read_medic
 from ehrbert.corpora.pubtator import CDR_TYPES, NCBI_TYPES, read_pubtator
@@ -41,6 +43,7 @@ class Task:
     splits: dict[str, list[Document]]
     level: str  # "document" or "mention": how test results are scored
     _abbreviations: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    _texts: dict[str, str] = field(default_factory=dict, repr=False)
 
     def mentions(self, split: str) -> list[Mention]:
         return [m for doc in self.splits[split] for m in doc.mentions]
@@ -51,13 +54,42 @@ class Task:
 
     def preprocess(self, mentions: list[Mention]) -> list[str]:
         """Query texts of `mentions` (gold or detected), each with its own document's abbreviations."""
-        texts = {doc.doc_id: doc.text for documents in self.splits.values() for doc in documents}
+        if not self._texts:
+            self._texts = {doc.doc_id: doc.text for documents in self.splits.values() for doc in documents}
         out = []
         for mention in mentions:
             if mention.doc_id not in self._abbreviations:
-                self._abbreviations[mention.doc_id] = find_abbreviations(texts[mention.doc_id])
+                self._abbreviations[mention.doc_id] = find_abbreviations(self._texts[mention.doc_id])
             out.append(preprocess_mention(mention.text, self._abbreviations[mention.doc_id]))
         return out
+
+
+def format_spans(spans: tuple[tuple[int, int], ...]) -> str:
+    """Spans as the predictions TSV writes them: ``"0 5;9 14"``."""
+    return ";".join(f"{start} {end}" for start, end in spans)
+
+
+def predictions_table(
+    task: Task, split: str, queries: list[str], ranked: list[list[str]], scores: list[list[float]] | None = None
+) -> pd.DataFrame:
+    """One row per mention of `split`: its spans, text, query, gold IDs and best-first predictions.
+
+    The TSV every stage writes and `ehrbert.analysis.read_predictions` reads; `score` (the top-1
+    probability) only when the normalizer gives one.
+    """
+    mentions = task.mentions(split)
+    columns = {
+        "doc_id": [m.doc_id for m in mentions],
+        "spans": [format_spans(m.spans) for m in mentions],
+        "mention": [m.text for m in mentions],
+        "query": queries,
+        "gold": ["|".join(m.concept_ids) for m in mentions],
+        "predicted": [r[0] if r else "" for r in ranked],
+    }
+    if scores is not None:
+        columns["score"] = [s[0] for s in scores]
+    columns["top_k"] = ["|".join(r) for r in ranked]
+    return pd.DataFrame(columns)
 
 
 def _canonical(documents: list[Document], vocabulary: Vocabulary) -> list[Document]:

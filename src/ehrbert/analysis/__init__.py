@@ -55,11 +55,6 @@ def read_predictions(path: Path) -> pd.DataFrame:
     return table.assign(score=pd.to_numeric(table["score"]))
 
 
-def format_spans(spans: tuple[tuple[int, int], ...]) -> str:
-    """Spans as the predictions TSV writes them: ``"0 5;9 14"``."""
-    return ";".join(f"{start} {end}" for start, end in spans)
-
-
 def gold_ids(gold: str) -> set[str]:
     """The gold IDs of one TSV row (empty for a mention without a concept)."""
     return set(gold.split("|")) if gold else set()

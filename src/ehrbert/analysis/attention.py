@@ -41,8 +41,8 @@ from matplotlib.figure import Figure
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ehrbert import normalizer
-from ehrbert.analysis import PREDICTION_FILE, format_spans, read_predictions, run_folder, top1_correct
-from ehrbert.tasks import Task, add_data_arguments, load_task
+from ehrbert.analysis import PREDICTION_FILE, read_predictions, run_folder, top1_correct
+from ehrbert.tasks import Task, add_data_arguments, format_spans, load_task
 from ehrbert.tracking import start_run, tracking_uri
 
 log = logging.getLogger(__name__)

@@ -49,10 +49,10 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from ehrbert.analysis import find_prediction_files, format_spans, read_predictions, top1_correct
+from ehrbert.analysis import find_prediction_files, read_predictions, top1_correct
 from ehrbert.corpora.records import NO_CONCEPT, Mention
 from ehrbert.metrics import accuracy_at_k, mention_level
-from ehrbert.tasks import add_data_arguments, load_task
+from ehrbert.tasks import add_data_arguments, format_spans, load_task
 from ehrbert.text import normalize
 from ehrbert.tracking import start_run
 
