@@ -35,7 +35,7 @@ F1 = {  # (corpus, mentions, model) -> test F1 of seeds 1, 2, 3
     ("cadec", "predicted", "ehr_half"): [0.50, 0.52, 0.51],
 }
 CONFIG = compare.CompareConfig(corpora=["ncbi", "cdr", "cadec"], models=["base", "bio", "ehr_half", "ehr_full"],
-                               reference="base", ehrbert_models=["ehr_half", "ehr_full"], alpha=0.05,
+                               reference="base", champion_models=["ehr_half", "ehr_full"], alpha=0.05,
                                baseline_labels={"vocab": "dictionary baseline (exact + TF-IDF), not DNorm"})
 BASELINE = {"ncbi": {"vocab": {"precision": 0.74, "recall": 0.76, "f1": 0.75, "acc1": 0.79},
                      "vocab+train": {"precision": 0.84, "recall": 0.86, "f1": 0.85, "acc1": 0.85}}}

@@ -81,7 +81,8 @@ def test_queries_expand_abbreviations_from_the_context():
 def test_normalize_mentions_output(tmp_path):
     model, tokenizer = normalizer.load(tiny_normalizer(tmp_path))
     out = serving.normalize_mentions(model, tokenizer, CONCEPTS, MENTIONS, batch_size=2)
-    assert list(out.columns) == ["concept_id", "concept_name", "score"]
+    assert list(out.columns) == ["concept_id", "concept_ids", "concept_name", "score"]
+    assert (out["concept_ids"] == out["concept_id"]).all()  # the classifier answers one concept
     assert len(out) == len(MENTIONS)
     assert set(out["concept_id"]) <= set(CONCEPTS)
     assert all(CONCEPTS[c] == name for c, name in zip(out["concept_id"], out["concept_name"]))

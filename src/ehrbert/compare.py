@@ -12,9 +12,13 @@ was run more than once, its latest run counts. Output:
   is, not DNorm.
 - Tables 3-5 analog (`pairwise_ttests`): for every pair of models on a corpus, the t-test p-value of
   their test F1 over seeds.
-- Champions (`choose_champions`): per corpus, of the notes-adapted models (EhrBERT_half / _full), the
-  one with the highest mean F1, and its best-seed run; `main` registers it as ``ehrbert-{corpus}``
-  with the alias ``champion`` (see `ehrbert.serving.register_champion`).
+- Component table (`components_table`): the paper's model, then the beyond-the-paper normalizer with one
+  component added at a time (`ehrbert.hybrid`): F1, acc@1 on seen and unseen concepts, no-concept
+  precision/recall, and each step's Δ F1 with its t-test p-value against the step before and the paper's model.
+- Champions (`choose_champions`): per corpus, of the candidate models (`champion_models`: the
+  notes-adapted EhrBERT models and the hybrid variants), the one with the highest mean F1, and its
+  best-seed run; `main` registers it as ``ehrbert-{corpus}`` with the alias ``champion`` (see
+  `ehrbert.serving.register_champion`).
 
 Which t-test, and why. Welch's two-sample t-test, two-sided (`scipy.stats.ttest_ind(a, b,
 equal_var=False)`) on the per-seed test F1 of two models. The unit of replication is one fine-tuning
@@ -55,11 +59,13 @@ from ehrbert.tracking import tracking_uri
 
 log = logging.getLogger(__name__)
 
-METRICS = ("precision", "recall", "f1", "acc1", "acc5", "micro_f1")  # test_* metrics read from each run
+METRICS = ("precision", "recall", "f1", "acc1", "acc5", "micro_f1",  # test_* metrics read from each run
+           "acc1_seen", "acc1_unseen", "no_concept_precision", "no_concept_recall")  # the last four: hybrid runs only
 REGISTERED_NAME = "ehrbert-{corpus}"
 ALIAS = "champion"
 TABLE2_FILES = ("table2.csv", "table2.md")
 TTEST_FILES = ("ttests.csv", "ttests.md")
+COMPONENT_FILES = ("components.csv", "components.md")
 RUNS_FILE = "runs.csv"  # the runs the tables were computed from
 CHART_FILE = "f1_by_model.png"
 
@@ -69,7 +75,8 @@ class CompareConfig:
     corpora: list[str] = field(default_factory=lambda: ["ncbi", "cdr", "cadec"])
     models: list[str] = field(default_factory=lambda: ["base", "bio", "ehr_half", "ehr_full"])  # row order
     reference: str = "base"  # Δ F1 and the p-value in Table 2 are against this model
-    ehrbert_models: list[str] = field(default_factory=lambda: ["ehr_half", "ehr_full"])  # champion candidates
+    champion_models: list[str] = field(default_factory=lambda: ["ehr_half", "ehr_full"])  # champion candidates
+    components: list[str] = field(default_factory=list)  # the paper's model, then each added component (hybrid)
     alpha: float = 0.05  # significance level marked in the tables
     baseline_labels: dict[str, str] = field(default_factory=dict)  # baseline variant -> row label
 
@@ -205,6 +212,49 @@ def pairwise_ttests(runs: pd.DataFrame, alpha: float, metric: str = "f1") -> pd.
                          "difference": scores[a].mean() - scores[b].mean(), "t": t, "p_value": p,
                          "significant": bool(p < alpha) if not math.isnan(p) else False})
     return pd.DataFrame(rows)
+
+
+def components_table(runs: pd.DataFrame, components: list[str]) -> pd.DataFrame:
+    """Per corpus (gold mentions), one row per model of `components` that has runs, in that order: mean (SD)
+    of F1 and acc@1 (all, seen, unseen concepts), no-concept P/R, and Welch t-tests of F1 against the row
+    before (the effect of the component that row adds) and against the first row (the paper's model)."""
+    rows = []
+    for corpus, group in runs[runs["mentions"] == "gold"].groupby("corpus", sort=False):
+        present = [m for m in components if (group["model"] == m).any()]
+        for i, model in enumerate(present):
+            runs_of = group[group["model"] == model]
+            row = {"corpus": corpus, "model": model, "model_label": runs_of["model_label"].iloc[-1], "seeds": len(runs_of)}
+            for metric in ("f1", "acc1", "acc1_seen", "acc1_unseen", "no_concept_precision", "no_concept_recall"):
+                row[f"{metric}_mean"] = runs_of[metric].mean()
+                row[f"{metric}_sd"] = runs_of[metric].std(ddof=1) if len(runs_of) > 1 else math.nan
+            for name, other in (("previous", present[i - 1] if i else None), ("first", present[0] if i else None)):
+                f1 = group[group["model"] == other]["f1"] if other else pd.Series(dtype=float)
+                row[f"delta_f1_{name}"] = row["f1_mean"] - f1.mean() if len(f1) else math.nan
+                row[f"p_{name}"] = welch(runs_of["f1"], f1)[1] if len(f1) else math.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def components_markdown(table: pd.DataFrame, alpha: float) -> str:
+    parts = ["## Beyond the paper: the effect of each component (test, mean (SD) over seeds, %)", "",
+             "Each row adds one component to the row above; the first row is the paper's classifier. Δ and p: F1 "
+             "against the row above and against the paper's model (Welch, two-sided). Seen / unseen: gold concept "
+             "with / without a training mention (acc@1 of the paper's classifier on these is in "
+             "error_analysis.md). No-concept P/R: answers of no concept against gold `-1` / CONCEPT_LESS mentions.", ""]
+    if table.empty:
+        return "\n".join(parts + ["No runs of the listed components.", ""])
+    for corpus, rows in table.groupby("corpus", sort=False):
+        cell = lambda r, m: _percent(getattr(r, f"{m}_mean"), getattr(r, f"{m}_sd"))
+        detail = pd.DataFrame([{
+            "model": r.model_label, "seeds": str(r.seeds), "F1": cell(r, "f1"), "acc@1": cell(r, "acc1"),
+            "acc@1 seen": cell(r, "acc1_seen"), "acc@1 unseen": cell(r, "acc1_unseen"),
+            "no-concept P / R": "–" if pd.isna(r.no_concept_precision_mean) else
+            f"{_percent(r.no_concept_precision_mean)} / {_percent(r.no_concept_recall_mean)}",
+            "Δ F1 (p) vs above": "–" if pd.isna(r.delta_f1_previous) else f"{100 * r.delta_f1_previous:+.2f} ({_p(r.p_previous, alpha)})",
+            "Δ F1 (p) vs paper": "–" if pd.isna(r.delta_f1_first) else f"{100 * r.delta_f1_first:+.2f} ({_p(r.p_first, alpha)})",
+        } for r in rows.itertuples()])
+        parts += [f"### {corpus}", "", detail.to_markdown(index=False, disable_numparse=True), ""]
+    return "\n".join(parts)
 
 
 def choose_champions(runs: pd.DataFrame, summary: pd.DataFrame, candidates: list[str], reference: str) -> list[Champion]:
@@ -401,7 +451,8 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("no dictionary baseline at %s: its rows are left out", args.baseline)
     table = table2(summary, baseline_rows(baseline, config.baseline_labels, config.corpora), config.reference)
     tests = pairwise_ttests(runs, config.alpha)
-    champions = choose_champions(runs, summary, config.ehrbert_models, config.reference)
+    champions = choose_champions(runs, summary, config.champion_models, config.reference)
+    components = components_table(runs, config.components)
 
     args.reports.mkdir(parents=True, exist_ok=True)
     runs.to_csv(args.reports / RUNS_FILE, index=False)
@@ -409,6 +460,8 @@ def main(argv: list[str] | None = None) -> None:
     (args.reports / TABLE2_FILES[1]).write_text(table2_markdown(table, config.reference, config.alpha))
     tests.to_csv(args.reports / TTEST_FILES[0], index=False)
     (args.reports / TTEST_FILES[1]).write_text(ttests_markdown(tests, config.alpha))
+    components.to_csv(args.reports / COMPONENT_FILES[0], index=False)
+    (args.reports / COMPONENT_FILES[1]).write_text(components_markdown(components, config.alpha))
     plot_f1(table, args.reports / CHART_FILE)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(headline(table, champions), indent=2) + "\n")

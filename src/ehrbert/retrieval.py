@@ -1,0 +1,249 @@
+"""Retrieval over vocabulary names: any concept of the vocabulary can be the answer, seen in training or not.
+
+The paper's classifier can only answer with concepts it was trained on. Retrieval, as BioSyn and SapBERT do
+it, embeds every vocabulary name and synonym once and answers with the concept of the nearest name:
+
+1. **Encoder** (`train_encoder`): a BERT encoder, mean-pooled and L2-normalized, trained SapBERT-style with an
+   in-batch contrastive (InfoNCE) loss on pairs that should meet: a training mention and a name of its
+   concept, and two names of one concept (vocabulary synonyms). Pairs of the same concept in one batch are
+   not counted as negatives. Sized for CPU: a few hundred steps.
+2. **Index** (`NameIndex`): the `normalize`d vocabulary names and synonyms, plus (if asked) the preprocessed
+   training mentions, each entry pointing to the concept-ID tuples it stands for (a composite training
+   mention such as "breast and ovarian cancer" points to both concepts at once). Entries are embedded once
+   per encoder and saved beside it.
+3. **Search** (`search`): cosine similarity of each query to every entry; per query, the best entries.
+
+A saved retriever is one folder: the encoder and tokenizer (`save_pretrained`) and `index.json` +
+`index.npy` (entries, their concept tuples, their embeddings).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ehrbert.corpora.records import Mention, Vocabulary
+from ehrbert.text import normalize
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = "ehrbert-name-index/1"
+
+
+@dataclass
+class RetrievalConfig:
+    steps: int = 100  # optimizer steps of contrastive training; 0 keeps the encoder as it is (zero-shot)
+    batch_size: int = 64  # pairs per step; every other pair of the batch is a negative
+    learning_rate: float = 2.0e-5
+    temperature: float = 0.05
+    synonym_fraction: float = 0.5  # share of each batch that is (name, synonym) pairs; the rest (mention, name)
+    max_length: int = 24
+    index_training_mentions: bool = True  # training mentions become index entries too (a DNorm-like use)
+    embed_batch_size: int = 512
+    top_k: int = 20  # entries kept per query
+
+
+# --- encoder ---------------------------------------------------------------------------------------
+
+
+def load_encoder(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    return AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
+
+
+def mean_pool(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """L2-normalized mean of the last layer over the real tokens (sentence-transformers' pooling)."""
+    hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+
+@torch.inference_mode()
+def embed(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int = 24,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """(len(texts), hidden) float32 unit vectors; texts batched in order of length, bf16 autocast on CPU."""
+    model.eval()
+    out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    device = model.device
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt").to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out[rows] = mean_pool(model, batch).float().cpu().numpy()
+    return out
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+
+def concept_names(vocabulary: Vocabulary) -> dict[str, list[str]]:
+    """{concept ID: its distinct normalized names}."""
+    return {c.concept_id: list(dict.fromkeys(normalize(n) for n in c.names if normalize(n))) for c in vocabulary.concepts}
+
+
+def mention_pairs(mentions: Iterable[Mention], queries: Iterable[str], known: Iterable[str]) -> list[tuple[str, str]]:
+    """Distinct (query, concept ID) pairs of training mentions, one per concept of a composite mention."""
+    known = set(known)
+    return list(dict.fromkeys((q, cid) for m, q in zip(mentions, queries) for cid in m.concept_ids if cid in known))
+
+
+def train_encoder(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    names: dict[str, list[str]],
+    pairs: Sequence[tuple[str, str]],
+    config: RetrievalConfig,
+    seed: int,
+) -> list[dict]:
+    """Contrastive training in place (see the module docstring); one record per 25 steps and the last."""
+    if config.steps <= 0:
+        return []
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    synonym_concepts = [c for c, ns in names.items() if len(ns) > 1]
+    n_synonyms = round(config.batch_size * config.synonym_fraction) if synonym_concepts else 0
+    n_mentions = config.batch_size - n_synonyms if pairs else 0
+    if n_mentions + n_synonyms < 2:
+        raise ValueError("contrastive training needs at least two pairs a batch: no training mentions or synonyms")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    history, started, total = [], time.perf_counter(), 0.0
+    model.train()
+    for step in range(1, config.steps + 1):
+        batch = [rng.choice(pairs) for _ in range(n_mentions)]
+        for cid in rng.sample(synonym_concepts, min(n_synonyms, len(synonym_concepts))):
+            batch.append((rng.choice(names[cid]), cid))
+        anchors = [a for a, _ in batch]
+        positives = [rng.choice([n for n in names[c] if n != a] or names[c]) for a, c in batch]
+        concepts = [c for _, c in batch]
+        encode = lambda texts: tokenizer(texts, padding=True, truncation=True, max_length=config.max_length,
+                                         return_tensors="pt").to(model.device)
+        similarity = mean_pool(model, encode(anchors)) @ mean_pool(model, encode(positives)).T / config.temperature
+        same = torch.tensor([[a == b for b in concepts] for a in concepts], device=similarity.device)
+        same.fill_diagonal_(False)
+        loss = torch.nn.functional.cross_entropy(similarity.masked_fill(same, -1e4),
+                                                 torch.arange(len(batch), device=similarity.device))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        total += loss.item()
+        if step % 25 == 0 or step == config.steps:
+            history.append({"step": step, "loss": total / (step - (history[-1]["step"] if history else 0)),
+                            "seconds": time.perf_counter() - started})
+            log.info("retrieval step %d: loss %.4f (%.0f s)", step, history[-1]["loss"], history[-1]["seconds"])
+            total = 0.0
+    model.eval()
+    return history
+
+
+# --- index -------------------------------------------------------------------------------------------
+
+
+class NameIndex:
+    """Entries (normalized names and training mentions) -> the concept-ID tuples each stands for."""
+
+    def __init__(self, entries: dict[str, list[tuple[str, ...]]], embeddings: np.ndarray | None = None):
+        self.texts = list(entries)
+        self.position = {text: i for i, text in enumerate(self.texts)}
+        self.concepts = [list(entries[t]) for t in self.texts]
+        self.embeddings = embeddings
+        if embeddings is not None and len(embeddings) != len(self.texts):
+            raise ValueError(f"{len(self.texts)} entries but {len(embeddings)} embeddings")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def concept_ids(self) -> set[str]:
+        return {c for tuples in self.concepts for ids in tuples for c in ids}
+
+    @classmethod
+    def build(cls, vocabulary: Vocabulary, mentions: Sequence[Mention] = (), queries: Sequence[str] = ()) -> NameIndex:
+        """Every vocabulary name, then every training mention's query with its concept tuple.
+
+        An entry that stands for several tuples (a name two concepts share, a mention annotated two ways)
+        lists them most frequent in training first, then the concept whose preferred name it is, so its
+        first tuple is the one to answer with.
+        """
+        counts: dict[str, Counter] = {}
+        preferred: set[tuple[str, tuple[str, ...]]] = set()
+        for concept in vocabulary.concepts:
+            for name in concept.names:
+                text = normalize(name)
+                if text:
+                    counts.setdefault(text, Counter())[(concept.concept_id,)] += 0
+            preferred.add((normalize(concept.name), (concept.concept_id,)))
+        for mention, query in zip(mentions, queries):
+            ids = tuple(c for c in mention.concept_ids if c in vocabulary.index)
+            if query and ids:
+                counts.setdefault(query, Counter())[ids] += 1
+        order = lambda text, counter: sorted(counter, key=lambda ids: (-counter[ids], (text, ids) not in preferred))
+        return cls({text: order(text, counter) for text, counter in counts.items()})
+
+    def embed(self, model, tokenizer, config: RetrievalConfig) -> None:
+        started = time.perf_counter()
+        self.embeddings = embed(model, tokenizer, self.texts, config.max_length, config.embed_batch_size)
+        log.info("embedded %d index entries in %.0f s", len(self), time.perf_counter() - started)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {"format": INDEX_FORMAT, "entries": [[t, [list(ids) for ids in c]] for t, c in zip(self.texts, self.concepts)]}
+        (folder / "index.json").write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+        np.save(folder / "index.npy", self.embeddings.astype(np.float16))  # half the bytes; cosine ranks unchanged
+
+    @classmethod
+    def load(cls, folder: str | Path) -> NameIndex:
+        folder = Path(folder)
+        data = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+        if data.get("format") != INDEX_FORMAT:
+            raise ValueError(f"{folder / 'index.json'}: not a {INDEX_FORMAT} file (format {data.get('format')!r})")
+        entries = {text: [tuple(ids) for ids in concepts] for text, concepts in data["entries"]}
+        return cls(entries, np.load(folder / "index.npy").astype(np.float32))
+
+
+def search(
+    model, tokenizer, index: NameIndex, queries: Sequence[str], config: RetrievalConfig
+) -> list[list[tuple[int, float]]]:
+    """Per query, the `top_k` best (entry position, cosine) pairs, best first; each distinct query once.
+
+    A query that is itself an entry meets it at cosine 1.0 exactly (the same text, whatever the rounding
+    of batched half-precision encoding), so an exact vocabulary name always finds its concept.
+    """
+    unique = list(dict.fromkeys(queries))
+    vectors = embed(model, tokenizer, unique, config.max_length, config.embed_batch_size)
+    entries = torch.from_numpy(index.embeddings)
+    k = min(config.top_k, len(index))
+    found: dict[str, list[tuple[int, float]]] = {}
+    for start in range(0, len(unique), 1024):
+        chunk = unique[start : start + 1024]
+        scores = torch.from_numpy(vectors[start : start + 1024]) @ entries.T
+        for row, query in enumerate(chunk):
+            if query in index.position:
+                scores[row, index.position[query]] = 1.0
+        top = scores.topk(k, dim=-1)
+        for query, values, positions in zip(chunk, top.values.tolist(), top.indices.tolist()):
+            found[query] = list(zip(positions, values))
+    return [found[q] for q in queries]
+
+
+def save_retriever(model, tokenizer, index: NameIndex, folder: str | Path) -> None:
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    index.save(folder)
+
+
+def load_retriever(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, NameIndex]:
+    model, tokenizer = load_encoder(folder)
+    return model.eval(), tokenizer, NameIndex.load(folder)

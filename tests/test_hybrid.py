@@ -1,0 +1,172 @@
+"""Beyond the paper: retrieval over vocabulary names, composite and no-concept answers, raw text in, served.
+
+Tiny randomly initialized BERTs stand in for the encoders; the end-to-end test runs the stage on the real
+NCBI disease corpus and MEDIC, on a temporary MLflow store.
+"""
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from ehrbert import finetune, hybrid, retrieval, serving
+from ehrbert.composite import split_coordination
+from ehrbert.corpora.records import COMPOSITE, Concept, Mention, Vocabulary
+from ehrbert.hybrid import Candidates, Settings, decide
+from ehrbert.retrieval import NameIndex, RetrievalConfig
+
+ROOT_PARAMS = hybrid.__file__.replace("src/ehrbert/hybrid.py", "params.yaml")
+
+
+@pytest.mark.parametrize("query, parts", [
+    ("breast and ovarian cancer", ["breast cancer", "ovarian cancer"]),
+    ("breast and or ovarian cancer", ["breast cancer", "ovarian cancer"]),
+    ("colon breast or ovarian cancer", ["colon breast", "ovarian cancer"]),  # no shared head: the parts as they are
+    ("cancers of the breast and ovary", ["cancers of the breast", "cancers of the ovary"]),
+    ("deafness and blindness", ["deafness", "blindness"]),
+    ("hereditary nonpolyposis colorectal cancer", []),
+    ("and", []),
+])
+def test_split_coordination(query, parts):
+    assert split_coordination(query) == parts
+
+
+VOCABULARY = Vocabulary([Concept("D1", "breast cancer", ("breast neoplasm",)), Concept("D2", "ovarian cancer"),
+                         Concept("D3", "wilson disease", ("hepatolenticular degeneration",)),
+                         Concept("D4", "fabry disease"), Concept("D5", "apc deficiency")])
+
+
+def _mentions():
+    composite = Mention("1", ((0, 25),), "breast and ovarian cancer", ("D1", "D2"), COMPOSITE)
+    wilson = Mention("1", ((30, 44),), "Wilson's", ("D3",))
+    return [composite, composite, wilson, Mention("1", ((50, 58),), "Wilson's", ("D4",))], \
+        ["breast and ovarian cancer", "breast and ovarian cancer", "wilsons", "wilsons"]
+
+
+def test_name_index_orders_tuples_by_training_frequency_and_round_trips(tmp_path):
+    mentions, queries = _mentions()
+    mentions[-1] = Mention("1", ((50, 58),), "Wilson's", ("D3",))  # wilsons: D3 twice, then D4 once
+    mentions.append(Mention("1", ((60, 68),), "Wilson's", ("D4",)))
+    index = NameIndex.build(VOCABULARY, mentions, [*queries, "wilsons"])
+    concepts = dict(zip(index.texts, index.concepts))
+    assert concepts["breast neoplasm"] == [("D1",)]
+    assert concepts["breast and ovarian cancer"] == [("D1", "D2")]
+    assert concepts["wilsons"] == [("D3",), ("D4",)]
+    assert index.concept_ids() == {"D1", "D2", "D3", "D4", "D5"}
+    index.embeddings = np.eye(len(index), 8, dtype=np.float32)
+    index.save(tmp_path)
+    loaded = NameIndex.load(tmp_path)
+    assert loaded.texts == index.texts and loaded.concepts == index.concepts
+    np.testing.assert_allclose(loaded.embeddings, index.embeddings)
+    (tmp_path / "index.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match="index.json: not a ehrbert-name-index/1 file"):
+        NameIndex.load(tmp_path)
+
+
+def _candidates():
+    return Candidates(
+        retrieval=[{"D1": 0.90, "D2": 0.85}, {"D1": 0.97, "D2": 0.97}, {"D3": 0.80, "D4": 0.70}, {"D5": 0.40}],
+        best_tuple=[("D1",), ("D1", "D2"), ("D3",), ("D5",)],
+        classifier=[{"D2": 0.9, "D1": 0.1}, {}, {}, {}],
+        parts=[[], [], [("D3", 0.95), ("D4", 0.92)], []],
+    )
+
+
+def test_decide_interpolates_the_classifier():
+    assert decide(_candidates(), Settings())[0].concept_ids == ("D1",)  # retrieval alone
+    answer = decide(_candidates(), Settings(classifier_weight=0.1))[0]  # 0.85 + 0.09 > 0.90 + 0.01
+    assert answer.concept_ids == ("D2",) and answer.ranked == ["D2", "D1"] and answer.score == pytest.approx(0.94)
+
+
+def test_decide_composite_and_no_concept():
+    plain = decide(_candidates(), Settings())
+    assert [a.concept_ids for a in plain] == [("D1",), ("D1",), ("D3",), ("D5",)]
+    composite = decide(_candidates(), Settings(composite_threshold=0.9))
+    assert composite[1].concept_ids == ("D1", "D2")  # a composite training mention's tuple
+    assert composite[2].concept_ids == ("D3", "D4")  # every part at least 0.9
+    assert decide(_candidates(), Settings(composite_threshold=0.93))[2].concept_ids == ("D3",)
+    nil = decide(_candidates(), Settings(no_concept_threshold=0.5))
+    assert nil[3].concept_ids == () and nil[3].ranked == ["D5"]  # no answer, the ranking is kept for acc@k
+    assert nil[0].concept_ids == ("D1",)
+
+
+def test_contrastive_training_lowers_the_loss_and_search_finds_exact_names(tiny_bert):
+    model, tokenizer = retrieval.load_encoder(tiny_bert)
+    names = retrieval.concept_names(VOCABULARY)
+    mentions, queries = _mentions()
+    pairs = retrieval.mention_pairs(mentions, queries, names)
+    assert pairs == [("breast and ovarian cancer", "D1"), ("breast and ovarian cancer", "D2"), ("wilsons", "D3"),
+                     ("wilsons", "D4")]
+    config = RetrievalConfig(steps=50, batch_size=4, learning_rate=1e-3, synonym_fraction=0.5)
+    history = retrieval.train_encoder(model, tokenizer, names, pairs, config, seed=0)
+    assert [h["step"] for h in history] == [25, 50] and history[-1]["loss"] < history[0]["loss"]
+    index = NameIndex.build(VOCABULARY)
+    index.embed(model, tokenizer, config)
+    found = retrieval.search(model, tokenizer, index, ["fabry disease", "apc deficiency"], config)
+    assert [index.texts[hits[0][0]] for hits in found] == ["fabry disease", "apc deficiency"]
+    assert found[0][0][1] == 1.0 and all(a[1] >= b[1] for a, b in zip(found[0], found[0][1:]))
+
+
+def test_score_reports_seen_unseen_and_no_concept():
+    from ehrbert.corpora.records import NO_CONCEPT, Document
+    from ehrbert.tasks import Task
+
+    doc = Document("1", "x" * 40, [Mention("1", ((0, 2),), "ab", ("D1",)), Mention("1", ((3, 5),), "cd", ("D5",)),
+                                   Mention("1", ((6, 8),), "ef", (), NO_CONCEPT)])
+    task = Task("toy", VOCABULARY, {"test": [doc]}, level="mention")
+    answers = [hybrid.Answer(["D1"], [0.9], ("D1",)), hybrid.Answer(["D2"], [0.3], ()), hybrid.Answer(["D4"], [0.2], ())]
+    scores = hybrid.score(task, "test", answers, seen={"D1"})
+    assert scores["acc1_seen"] == 1.0 and scores["acc1_unseen"] == 0.0 and scores["mentions_unseen"] == 1
+    assert (scores["no_concept_precision"], scores["no_concept_recall"]) == (0.5, 1.0)
+    assert (scores["tp"], scores["fp"], scores["fn"]) == (1, 0, 1)
+
+
+def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(tiny_bert, raw_data, tmp_path, tracking_store,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load(open(ROOT_PARAMS))
+    params["finetune"]["config"].update(max_epochs=1)
+    params["hybrid"]["config"]["encoder"] = str(tiny_bert)
+    params["hybrid"]["config"]["retrieval"].update(steps=2, batch_size=8)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    data = ["--ncbi-dir", str(raw_data / "ncbi_disease"), "--ncbi-vocabulary", str(raw_data / "medic" / "CTD_diseases.tsv.gz")]
+    finetune.main(["--corpus", "ncbi", "--model", "base", "--model-path", str(tiny_bert), "--seed", "1", *data,
+                   "--params", "params.yaml", "--out-dir", "ft", "--metrics", "ft.json", "--cpu"])
+    hybrid.main(["--corpus", "ncbi", "--seed", "1", *data, "--params", "params.yaml", "--out-dir", "out",
+                 "--metrics", "metrics.json"])
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics) == list(hybrid.VARIANTS)
+    final = metrics["hybrid_nil"]["test"]
+    assert final["mentions_seen"] + final["mentions_unseen"] == 960
+    assert {"text_f1", "text_span_f1", "acc1_unseen", "no_concept_precision"} <= set(final)
+    assert (tmp_path / "out" / "hybrid_nil_test_predictions.tsv").read_text().count("\n") == 961
+    runs = mlflow.search_runs(experiment_names=["finetune-ncbi"]).set_index("tags.model")
+    assert set(runs.index) == {"base", *hybrid.VARIANTS}
+    assert runs.loc["hybrid", "tags.classifier_run"] == runs.loc["base", "run_id"]
+    assert runs.loc["hybrid_nil", "metrics.test_f1"] == pytest.approx(final["f1"])
+
+    # the final variant's model, registered and loaded as the served pyfunc
+    from ehrbert.tasks import load_task
+    from types import SimpleNamespace
+
+    task = load_task("ncbi", SimpleNamespace(ncbi_dir=raw_data / "ncbi_disease",
+                                             ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz"), {})
+    names = {c.concept_id: c.name for c in task.vocabulary.concepts}
+    version, _ = serving.register_champion(runs.loc["hybrid_nil", "run_id"], "ehrbert-ncbi", lambda: names)
+    served = mlflow.pyfunc.load_model("models:/ehrbert-ncbi@champion")
+    seen = {c for m in task.mentions("train") for c in m.concept_ids}
+    unseen = next(c for c in task.vocabulary.concepts if c.concept_id not in seen and c.name.lower() == "acromicric dysplasia")
+    answer = served.predict(pd.DataFrame({"mention": ["Acromicric dysplasia"]}))
+    assert answer.loc[0, "concept_id"] == unseen.concept_id and answer.loc[0, "concept_name"] == unseen.name
+
+    text = "Acromicric dysplasia and Wilson disease were seen."
+    found = served.predict(pd.DataFrame({"text": [text]}))
+    assert list(found.columns) == ["row", "start", "end", "mention", "concept_id", "concept_ids", "concept_name", "score"]
+    assert [text[s:e] for s, e in zip(found["start"], found["end"])] == found["mention"].tolist()
+    assert "Acromicric dysplasia" in found["mention"].tolist()
+    with pytest.raises(Exception, match="either 'mention'"):
+        served.predict(pd.DataFrame({"text": [text], "mention": ["x"]}))
