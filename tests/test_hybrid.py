@@ -142,7 +142,7 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(tiny_be
     assert list(metrics) == list(hybrid.VARIANTS)
     final = metrics["hybrid_nil"]["test"]
     assert final["mentions_seen"] + final["mentions_unseen"] == 960
-    assert {"text_f1", "text_span_f1", "acc1_unseen", "no_concept_precision"} <= set(final)
+    assert {"text_f1", "text_span_f1", "acc1_unseen", "no_concept_answers"} <= set(final)
     assert (tmp_path / "out" / "hybrid_nil_test_predictions.tsv").read_text().count("\n") == 961
     runs = mlflow.search_runs(experiment_names=["finetune-ncbi"]).set_index("tags.model")
     assert set(runs.index) == {"base", *hybrid.VARIANTS}

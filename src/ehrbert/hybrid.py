@@ -6,6 +6,9 @@ params.yaml (`hybrid`) and each chosen on dev only:
 
 1. **retrieval** (`ehrbert.retrieval`): a contrastively trained encoder scores the query against every
    vocabulary name and training mention; a concept's retrieval score is the cosine of its best entry.
+   An entry that stands for several concepts (a name two concepts share, a training mention annotated
+   two ways) answers with its most frequent one only: one stray annotation ("hemochromatosis" once
+   labelled T-cell lymphoma in NCBI train, 20 times hemochromatosis) must not tie with the rule.
 2. **classifier**: the fine-tuning run of the paper's classifier with the same corpus and seed (from
    MLflow); a concept's score becomes ``cosine + w * probability``, with `w` chosen on dev acc@1 (w = 0 is
    retrieval alone).
@@ -155,9 +158,8 @@ class HybridNormalizer:
         for found in hits[: len(queries)]:
             concept_scores: dict[str, float] = {}
             for position, cosine in found:
-                for ids in self.index.concepts[position]:
-                    for c in ids:
-                        concept_scores.setdefault(c, cosine)  # hits come best first
+                for c in self.index.concepts[position][0]:  # an entry answers with its most frequent tuple
+                    concept_scores.setdefault(c, cosine)  # hits come best first
             scores.append(concept_scores)
             best.append(self.index.concepts[found[0][0]][0] if found else ())
         probabilities = []
@@ -374,6 +376,9 @@ def main(argv: list[str] | None = None) -> None:
         answers = decide(test, settings)
         result = score(task, "test", answers, seen)
         result["dev_f1"] = score(task, "dev", decide(dev, settings), seen)["f1"]
+        if settings.no_concept_threshold is None:  # never answers "no concept": its P/R are undefined, not 0
+            for key in ("no_concept_precision", "no_concept_recall", "no_concept_f1"):
+                result.pop(key)
         predictions = args.out_dir / f"{variant}_test_predictions.tsv"
         predictions_frame(task.mentions("test"), test_queries, answers).to_csv(predictions, sep="\t", index=False)
         last = i == len(variants) - 1
