@@ -80,7 +80,8 @@ def validate_input(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
     if not isinstance(frame, pd.DataFrame):
         raise _bad_input(f"input must be a table with a 'mention' column, got {type(frame).__name__}")
     if "mention" not in frame.columns:
-        raise _bad_input(f"input has no 'mention' column (str, the mention text); columns: {list(frame.columns)}")
+        raise _bad_input(f"input has no 'mention' column (str, the mention text; or 'text', raw text, for a model "
+                         f"with a detector); columns: {list(frame.columns)}")
     mentions = frame["mention"].tolist()
     for row, value in enumerate(mentions):
         if _missing(value):
