@@ -222,3 +222,17 @@ def test_stage_writes_reports_and_registers_champions_once(tmp_path, tracking_st
 def test_stage_without_runs_fails_clearly(tmp_path, tracking_store):
     with pytest.raises(SystemExit, match="no finished fine-tuning runs"):
         run_stage(tmp_path, "--no-register")
+
+
+def test_components_table_tests_each_added_component_against_the_row_above(runs):
+    table = compare.components_table(runs, ["base", "ehr_half", "ehr_full", "absent"])
+    ncbi = table[table["corpus"] == "ncbi"].set_index("model")
+    assert list(ncbi.index) == ["base", "ehr_half", "ehr_full"]  # models without runs are left out
+    assert math.isnan(ncbi.loc["base", "p_previous"])
+    assert ncbi.loc["ehr_full", "delta_f1_previous"] == pytest.approx(0.82 - 0.79)
+    assert ncbi.loc["ehr_full", "delta_f1_first"] == pytest.approx(0.82 - 0.713333, abs=1e-6)
+    assert ncbi.loc["ehr_full", "p_first"] == pytest.approx(0.00237, abs=1e-5)  # the hand-computed test above
+    assert ncbi.loc["ehr_full", "p_previous"] == pytest.approx(compare.welch([0.80, 0.82, 0.84], [0.78, 0.80, 0.79])[1])
+    markdown = compare.components_markdown(table, alpha=0.05)
+    assert "### ncbi" in markdown and "+3.00" in markdown and "(0.002 *)" in markdown
+    assert "No runs" in compare.components_markdown(compare.components_table(runs, ["absent"]), alpha=0.05)

@@ -60,7 +60,7 @@ from ehrbert.tracking import tracking_uri
 log = logging.getLogger(__name__)
 
 METRICS = ("precision", "recall", "f1", "acc1", "acc5", "micro_f1",  # test_* metrics read from each run
-           "acc1_seen", "acc1_unseen", "no_concept_precision", "no_concept_recall")  # the last four: hybrid runs only
+           "acc1_seen", "acc1_unseen", "no_concept_precision", "no_concept_recall", "no_concept_gold")  # these five: hybrid runs only
 REGISTERED_NAME = "ehrbert-{corpus}"
 ALIAS = "champion"
 TABLE2_FILES = ("table2.csv", "table2.md")
@@ -224,7 +224,8 @@ def components_table(runs: pd.DataFrame, components: list[str]) -> pd.DataFrame:
         for i, model in enumerate(present):
             runs_of = group[group["model"] == model]
             row = {"corpus": corpus, "model": model, "model_label": runs_of["model_label"].iloc[-1], "seeds": len(runs_of)}
-            for metric in ("f1", "acc1", "acc1_seen", "acc1_unseen", "no_concept_precision", "no_concept_recall"):
+            for metric in ("f1", "acc1", "acc1_seen", "acc1_unseen", "no_concept_precision", "no_concept_recall",
+                           "no_concept_gold"):
                 row[f"{metric}_mean"] = runs_of[metric].mean()
                 row[f"{metric}_sd"] = runs_of[metric].std(ddof=1) if len(runs_of) > 1 else math.nan
             for name, other in (("previous", present[i - 1] if i else None), ("first", present[0] if i else None)):
@@ -233,6 +234,14 @@ def components_table(runs: pd.DataFrame, components: list[str]) -> pd.DataFrame:
                 row[f"p_{name}"] = welch(runs_of["f1"], f1)[1] if len(f1) else math.nan
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _no_concept(row) -> str:
+    if pd.isna(row.no_concept_precision_mean):
+        return "–"  # the variant always answers
+    if row.no_concept_gold_mean == 0:
+        return "no gold case"  # nothing to find: each abstention only trades recall for precision
+    return f"{_percent(row.no_concept_precision_mean)} / {_percent(row.no_concept_recall_mean)}"
 
 
 def components_markdown(table: pd.DataFrame, alpha: float) -> str:
@@ -248,8 +257,7 @@ def components_markdown(table: pd.DataFrame, alpha: float) -> str:
         detail = pd.DataFrame([{
             "model": r.model_label, "seeds": str(r.seeds), "F1": cell(r, "f1"), "acc@1": cell(r, "acc1"),
             "acc@1 seen": cell(r, "acc1_seen"), "acc@1 unseen": cell(r, "acc1_unseen"),
-            "no-concept P / R": "–" if pd.isna(r.no_concept_precision_mean) else
-            f"{_percent(r.no_concept_precision_mean)} / {_percent(r.no_concept_recall_mean)}",
+            "no-concept P / R": _no_concept(r),
             "Δ F1 (p) vs above": "–" if pd.isna(r.delta_f1_previous) else f"{100 * r.delta_f1_previous:+.2f} ({_p(r.p_previous, alpha)})",
             "Δ F1 (p) vs paper": "–" if pd.isna(r.delta_f1_first) else f"{100 * r.delta_f1_first:+.2f} ({_p(r.p_first, alpha)})",
         } for r in rows.itertuples()])
