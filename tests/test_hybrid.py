@@ -170,3 +170,11 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(tiny_be
     assert "Acromicric dysplasia" in found["mention"].tolist()
     with pytest.raises(Exception, match="either 'mention'"):
         served.predict(pd.DataFrame({"text": [text], "mention": ["x"]}))
+
+
+def test_variant_labels_name_only_the_components_switched_on():
+    config = hybrid.HybridConfig(classifier_model="base")
+    assert hybrid.variant_label("retrieval", "R", config) == "R"
+    assert hybrid.variant_label("hybrid_nil", "R", config) == "R + base classifier + composite mentions + no-concept threshold"
+    without = hybrid.HybridConfig(classifier=False, composite=True, no_concept=True)
+    assert hybrid.variant_label("hybrid_nil", "R", without) == "R + composite mentions + no-concept threshold"

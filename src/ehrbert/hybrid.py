@@ -58,6 +58,18 @@ log = logging.getLogger(__name__)
 SETTINGS_FILE = "hybrid.json"
 FORMAT = "ehrbert-hybrid/1"
 VARIANTS = ("retrieval", "hybrid", "hybrid_composite", "hybrid_nil")
+COMPONENTS = {"hybrid": "{classifier_model} classifier", "hybrid_composite": "composite mentions",
+              "hybrid_nil": "no-concept threshold"}  # what each variant adds, for its label
+
+
+def variant_label(variant: str, retrieval_label: str, config: HybridConfig) -> str:
+    """A variant's name in tables: the retrieval's label plus the components switched on up to it, so that a
+    switched-off component never appears in a label ("hybrid_nil" without the classifier is retrieval +
+    composite + no-concept)."""
+    switched_on = {"hybrid": config.classifier, "hybrid_composite": config.composite, "hybrid_nil": config.no_concept}
+    added = [COMPONENTS[v].format(classifier_model=config.classifier_model)
+             for v in VARIANTS[1 : VARIANTS.index(variant) + 1] if switched_on[v]]
+    return " + ".join([retrieval_label, *added])
 
 
 @dataclass
@@ -335,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = yaml.safe_load(args.params.read_text())
     config = HybridConfig(**params["hybrid"]["config"])
-    labels = params["hybrid"]["model_labels"]
+    retrieval_label = params["hybrid"]["retrieval_label"]
     set_seed(args.seed)
 
     task = load_task(args.corpus, args, params["cadec_split"])
@@ -386,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
             model.settings = settings
             result.update({f"text_{k}": v for k, v in detected_scores(task, model).items()})
         result.update({"retrieval_train_seconds": round(train_seconds, 1), "test_candidates_seconds": round(test_seconds, 1)})
-        run_tags = {**tags, "model": variant, "model_label": labels.get(variant, variant)}
+        run_tags = {**tags, "model": variant, "model_label": variant_label(variant, retrieval_label, config)}
         with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{variant}-{args.corpus}-s{args.seed}", tags=run_tags):
             mlflow.log_params({**{f"retrieval_{k}": v for k, v in asdict(config.retrieval).items()},
                                **{k: v for k, v in asdict(settings).items()}, "encoder": config.encoder,
