@@ -178,3 +178,23 @@ def test_variant_labels_name_only_the_components_switched_on():
     assert hybrid.variant_label("hybrid_nil", "R", config) == "R + base classifier + composite mentions + no-concept threshold"
     without = hybrid.HybridConfig(classifier=False, composite=True, no_concept=True)
     assert hybrid.variant_label("hybrid_nil", "R", without) == "R + composite mentions + no-concept threshold"
+
+
+def test_switched_off_components_are_left_out_of_the_variants():
+    from ehrbert.corpora.records import Document
+    from ehrbert.tasks import Task
+
+    doc = Document("1", "x" * 80, [Mention("1", ((0, 25),), "breast and ovarian cancer", ("D1", "D2"), COMPOSITE),
+                                   Mention("1", ((30, 44),), "wilson disease", ("D3",)),
+                                   Mention("1", ((50, 58),), "fabry", ("D4",))])
+    task = Task("toy", VOCABULARY, {"dev": [doc]}, level="document")
+    dev = Candidates(retrieval=[{"D1": 0.9}, {"D3": 0.95}, {"D4": 0.6, "D5": 0.59}], best_tuple=[("D1", "D2"), ("D3",), ("D4",)],
+                     classifier=[{}, {}, {}], parts=[[("D1", 0.9), ("D2", 0.9)], [], []])
+    config = hybrid.HybridConfig(classifier=False, composite=True, no_concept=True, composite_thresholds=[0.8])
+    variants = hybrid.choose_settings(task, dev, config, seen={"D1", "D3"})
+    assert [name for name, _, _ in variants] == ["retrieval", "hybrid_composite", "hybrid_nil"]
+    composite = variants[1][1]
+    assert composite.classifier_weight == 0.0 and composite.composite_threshold == 0.8  # both concepts: dev F1 up
+    assert "composite_threshold" in variants[1][2] and variants[2][1].composite_threshold == 0.8
+    only_retrieval = hybrid.HybridConfig(classifier=False, composite=False, no_concept=False)
+    assert [name for name, _, _ in hybrid.choose_settings(task, dev, only_retrieval, seen=set())] == ["retrieval"]
