@@ -46,10 +46,10 @@ from transformers import set_seed
 from ehrbert import checkpoints, normalizer, retrieval
 from ehrbert.composite import split_coordination
 from ehrbert.corpora.records import NO_CONCEPT, Mention
-from ehrbert.detector import LexiconDetector, choose_min_precision, detect_documents, span_scores
-from ehrbert.metrics import accuracy_at_k, document_level, mention_level, prf
+from ehrbert.detector import LexiconDetector, choose_min_precision, predicted_mentions, span_scores
+from ehrbert.metrics import accuracy_at_k, prf, score_predictions
 from ehrbert.retrieval import NameIndex, RetrievalConfig
-from ehrbert.tasks import Task, add_data_arguments, format_spans, load_task
+from ehrbert.tasks import Task, add_data_arguments, load_task, predictions_table
 from ehrbert.text import find_abbreviations, preprocess_mention
 from ehrbert.tracking import start_run, tracking_uri
 
@@ -234,13 +234,7 @@ def score(task: Task, split: str, answers: list[Answer], seen: set[str]) -> dict
     """The task's P/R/F1 from the answers' concept sets, acc@1 / acc@5 (all, seen, unseen concepts), and the
     precision and recall of the no-concept answers."""
     mentions = task.mentions(split)
-    if task.level == "document":
-        predicted: dict[str, set[str]] = {}
-        for mention, answer in zip(mentions, answers):
-            predicted.setdefault(mention.doc_id, set()).update(answer.concept_ids)
-        scores = document_level(task.splits[split], predicted)
-    else:
-        scores = mention_level(mentions, [(m.doc_id, m.spans, a.concept_ids) for m, a in zip(mentions, answers)])
+    scores = score_predictions(task.splits[split], answered(mentions, answers), task.level)
     ranked = [a.ranked for a in answers]
     scores["acc1"] = accuracy_at_k(mentions, ranked, 1)
     scores["acc5"] = accuracy_at_k(mentions, ranked, 5)
@@ -256,6 +250,11 @@ def score(task: Task, split: str, answers: list[Answer], seen: set[str]) -> dict
     scores["no_concept_gold"], scores["no_concept_answers"] = sum(none_gold), sum(none_predicted)
     scores["mentions"] = len(mentions)
     return scores
+
+
+def answered(mentions: list[Mention], answers: list[Answer]) -> list[tuple]:
+    """(doc_id, spans, concept IDs) of each answered mention, as `metrics.score_predictions` takes them."""
+    return [(m.doc_id, m.spans, a.concept_ids) for m, a in zip(mentions, answers)]
 
 
 def _best(grid, objective) -> tuple:
@@ -289,17 +288,11 @@ def choose_settings(task: Task, dev: Candidates, config: HybridConfig, seen: set
     return variants
 
 
-def predictions_frame(mentions: list[Mention], queries: list[str], answers: list[Answer]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "doc_id": [m.doc_id for m in mentions],
-        "spans": [format_spans(m.spans) for m in mentions],
-        "mention": [m.text for m in mentions],
-        "query": queries,
-        "gold": ["|".join(m.concept_ids) for m in mentions],
-        "predicted": ["|".join(a.concept_ids) for a in answers],
-        "score": [a.score for a in answers],
-        "top_k": ["|".join(a.ranked) for a in answers],
-    })
+def predictions_frame(task: Task, split: str, queries: list[str], answers: list[Answer]) -> pd.DataFrame:
+    """`tasks.predictions_table`, with the answered concept set (several, one or none) as `predicted`."""
+    table = predictions_table(task, split, queries, [a.ranked for a in answers], [[a.score] for a in answers])
+    table["predicted"] = ["|".join(a.concept_ids) for a in answers]
+    return table
 
 
 # --- the stage ---------------------------------------------------------------------------------------------
@@ -321,16 +314,12 @@ def classifier_run(corpus: str, model: str, seed: int) -> str:
 def detected_scores(task: Task, model: HybridNormalizer) -> dict[str, float]:
     """Test scores from raw text: the model's detector finds the mentions, the model normalizes them."""
     documents = task.splits["test"]
-    detected = detect_documents(model.detector, documents)
-    mentions = [Mention(d.doc_id, ((s, e),), d.text[s:e], ()) for d in documents for s, e in detected[d.doc_id]]
+    mentions = predicted_mentions(model.detector, documents)
     answers = model.predict(task.preprocess(mentions)) if mentions else []
-    if task.level == "document":
-        predicted: dict[str, set[str]] = {}
-        for mention, answer in zip(mentions, answers):
-            predicted.setdefault(mention.doc_id, set()).update(answer.concept_ids)
-        scores = document_level(documents, predicted)
-    else:
-        scores = mention_level(task.mentions("test"), [(m.doc_id, m.spans, a.concept_ids) for m, a in zip(mentions, answers)])
+    scores = score_predictions(documents, answered(mentions, answers), task.level)
+    detected: dict[str, list] = {doc.doc_id: [] for doc in documents}
+    for mention in mentions:
+        detected[mention.doc_id].append(mention.spans[0])
     spans = span_scores(documents, detected)
     return {**scores, "detected": len(mentions), **{f"span_{k}": spans[k] for k in ("precision", "recall", "f1")}}
 
@@ -392,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
             for key in ("no_concept_precision", "no_concept_recall", "no_concept_f1"):
                 result.pop(key)
         predictions = args.out_dir / f"{variant}_test_predictions.tsv"
-        predictions_frame(task.mentions("test"), test_queries, answers).to_csv(predictions, sep="\t", index=False)
+        predictions_frame(task, "test", test_queries, answers).to_csv(predictions, sep="\t", index=False)
         last = i == len(variants) - 1
         if last:
             model.settings = settings

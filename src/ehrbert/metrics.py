@@ -178,6 +178,22 @@ def accuracy_at_k(
     return right / scored if scored else 0.0
 
 
+def score_predictions(gold_docs: Sequence[Document], predicted: Iterable[Prediction], level: str) -> dict[str, float]:
+    """The task's P/R/F1 of predictions (doc_id, spans, concept IDs) against the mentions of `gold_docs`.
+
+    `level` "document": `document_level`, each document predicting the union of its predictions' IDs (so a
+    composite answer counts each concept); "mention": `mention_level`, spans and concept set must match.
+    """
+    if level == "document":
+        by_document: dict[str, set[str]] = {}
+        for doc_id, _, ids in predicted:
+            by_document.setdefault(doc_id, set()).update(ids)
+        return document_level(gold_docs, by_document)
+    if level == "mention":
+        return mention_level((m for doc in gold_docs for m in doc.mentions), predicted)
+    raise ValueError(f"level must be 'document' or 'mention', got {level!r}")
+
+
 def evaluate(
     gold_docs: Sequence[Document],
     mentions: Sequence[Mention],
@@ -188,22 +204,12 @@ def evaluate(
 
     Each mention predicts its top-1 candidate (none when its list is empty); the system cannot know
     which gold mentions are NO_CONCEPT, so a prediction for one of those is scored too (a false
-    positive). `level` "document": `document_level` over `gold_docs`, each document predicting the
-    top-1 IDs of its mentions; "mention": `mention_level` on the gold spans. Keys: that function's,
+    positive). `level`: as in `score_predictions`, on the gold spans. Keys: that function's,
     plus ``acc1`` and ``acc{k}`` for the longest candidate list when k > 1, and ``mentions``.
     """
     if len(mentions) != len(ranked):
         raise ValueError(f"{len(mentions)} mentions but {len(ranked)} candidate lists")
-    top1 = [set(candidates[:1]) for candidates in ranked]
-    if level == "document":
-        predictions: dict[str, set[str]] = {}
-        for mention, ids in zip(mentions, top1):
-            predictions.setdefault(mention.doc_id, set()).update(ids)
-        scores = document_level(gold_docs, predictions)
-    elif level == "mention":
-        scores = mention_level(mentions, [(m.doc_id, m.spans, ids) for m, ids in zip(mentions, top1)])
-    else:
-        raise ValueError(f"level must be 'document' or 'mention', got {level!r}")
+    scores = score_predictions(gold_docs, [(m.doc_id, m.spans, set(c[:1])) for m, c in zip(mentions, ranked)], level)
     scores["acc1"] = accuracy_at_k(mentions, ranked, 1)
     k = max((len(candidates) for candidates in ranked), default=1)
     if k > 1:

@@ -120,6 +120,10 @@ def train_encoder(
         raise ValueError("contrastive training needs at least two pairs a batch: no training mentions or synonyms")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     history, started, total = [], time.perf_counter(), 0.0
+
+    def encode(texts: list[str]) -> dict[str, torch.Tensor]:
+        return tokenizer(texts, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt").to(model.device)
+
     model.train()
     for step in range(1, config.steps + 1):
         batch = [rng.choice(pairs) for _ in range(n_mentions)]
@@ -128,8 +132,6 @@ def train_encoder(
         anchors = [a for a, _ in batch]
         positives = [rng.choice([n for n in names[c] if n != a] or names[c]) for a, c in batch]
         concepts = [c for _, c in batch]
-        encode = lambda texts: tokenizer(texts, padding=True, truncation=True, max_length=config.max_length,
-                                         return_tensors="pt").to(model.device)
         similarity = mean_pool(model, encode(anchors)) @ mean_pool(model, encode(positives)).T / config.temperature
         same = torch.tensor([[a == b for b in concepts] for a in concepts], device=similarity.device)
         same.fill_diagonal_(False)
