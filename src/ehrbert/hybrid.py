@@ -184,14 +184,18 @@ class HybridNormalizer:
     def predict(self, queries: list[str]) -> list[Answer]:
         return decide(self.candidates(queries), self.settings)
 
-    def annotate(self, text: str) -> list[tuple[int, int, str, Answer]]:
-        """(start, end, mention text, answer) of each mention the detector finds in raw `text`."""
+    def annotate(self, texts: list[str]) -> list[list[tuple[int, int, str, Answer]]]:
+        """Per raw text, (start, end, mention text, answer) of each mention the detector finds in it; the
+        mentions of all texts are normalized in one batch."""
         if self.detector is None:
             raise ValueError("this normalizer has no mention detector: it takes mentions, not raw text")
-        spans = self.detector.detect(text)
-        abbreviations = find_abbreviations(text) if spans else {}
-        queries = [preprocess_mention(text[s:e], abbreviations) for s, e in spans]
-        return [(s, e, text[s:e], a) for (s, e), a in zip(spans, self.predict(queries) if queries else [])]
+        spans = [self.detector.detect(text) for text in texts]
+        queries = []
+        for text, found in zip(texts, spans):
+            abbreviations = find_abbreviations(text) if found else {}
+            queries += [preprocess_mention(text[s:e], abbreviations) for s, e in found]
+        answers = iter(self.predict(queries) if queries else [])
+        return [[(s, e, text[s:e], next(answers)) for s, e in found] for text, found in zip(texts, spans)]
 
     # --- files ---------------------------------------------------------------------------------------
 

@@ -155,7 +155,7 @@ def annotate_texts(model, concept_names: Mapping[str, str], frame: pd.DataFrame)
     """One row per mention found in the input texts: input row, character offsets, mention and its answer."""
     if not isinstance(model, hybrid.HybridNormalizer) or model.detector is None:
         raise _bad_input("this model normalizes mentions only: send a 'mention' column (and optional 'context'), not 'text'")
-    found = [(row, *hit) for row, text in enumerate(validate_texts(frame)) for hit in model.annotate(text)]
+    found = [(row, *hit) for row, hits in enumerate(model.annotate(validate_texts(frame))) for hit in hits]
     answers = answers_frame(concept_names, [a.concept_ids for *_, a in found], [a.score for *_, a in found])
     places = pd.DataFrame({
         "row": pd.Series([f[0] for f in found], dtype="int64"),
