@@ -43,6 +43,26 @@ def test_training_pairs_split_composites_drop_no_concept_and_deduplicate():
     assert ("apc deficiency", 4) in with_names
 
 
+def test_imprinted_head_answers_each_concept_by_its_name_before_training(tiny_bert):
+    model, tokenizer = normalizer.build(tiny_bert, Vocabulary(CONCEPTS), dropout=0.1, seed=0, head_init="names", head_scale=20.0)
+    names = [c.name for c in CONCEPTS]
+    ranked, scores = normalizer.predict(model, tokenizer, names, k=1)
+    assert [r[0] for r in ranked] == [c.concept_id for c in CONCEPTS]
+    rows = model.classifier.weight.detach()
+    assert torch.allclose(rows.norm(dim=-1), rows.norm(dim=-1).mean().expand(len(CONCEPTS)))  # one length for all
+    assert model.classifier.bias.abs().max() == 0 and model.training is False  # predict leaves eval mode
+
+
+def test_uniform_head_is_the_papers_and_a_bad_head_init_is_named(tiny_bert):
+    model, _ = normalizer.build(tiny_bert, Vocabulary(CONCEPTS), dropout=0.1, seed=0, head_init="uniform")
+    bound = 1 / model.classifier.in_features ** 0.5
+    assert model.classifier.weight.abs().max() <= bound and model.classifier.weight.std() > bound / 3
+    with pytest.raises(ValueError, match="head_init 'zeros'"):
+        normalizer.build(tiny_bert, Vocabulary(CONCEPTS), dropout=0.1, seed=0, head_init="zeros")
+    with pytest.raises(ValueError, match="finetune.config.head_init"):
+        finetune.FinetuneConfig(head_init="zeros")
+
+
 def _train(tiny_bert, config):
     task = _task()
     model, tokenizer = normalizer.build(tiny_bert, task.vocabulary, config.dropout, seed=0)
@@ -86,7 +106,7 @@ def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path,
     run = runs.iloc[0]
     assert (run["tags.model"], run["tags.corpus"], run["tags.seed"], run["tags.mentions"]) == ("tiny", "ncbi", "7", "gold")
     assert run["metrics.test_f1"] == pytest.approx(metrics["f1"])
-    assert run["params.max_epochs"] == "2"
+    assert run["params.max_epochs"] == "2" and run["params.head_init"] == "names"
     history = mlflow.tracking.MlflowClient().get_metric_history(run["run_id"], "dev_acc1")
     assert [m.step for m in history] == [1, 2]
     model_dir = mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="model", dst_path=str(tmp_path / "dl"))
@@ -104,6 +124,7 @@ def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, 
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load(open(finetune.__file__.replace("src/ehrbert/finetune.py", "params.yaml")))
     params["finetune"]["config"].update(max_epochs=1)
+    params["finetune"]["head_init_ablation"]["config"].update(head_init="uniform")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     task = load_cadec_task(raw_data / "cadec", **params["cadec_split"])
     names = [n for c in task.vocabulary.concepts for n in c.names]
@@ -111,6 +132,7 @@ def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, 
     finetune.main([
         "--corpus", "cadec", "--model", "tiny", "--model-path", str(tiny_bert), "--seed", "1",
         "--cadec-dir", str(raw_data / "cadec"), "--cadec-detector", "detector.json",
+        "--config-overrides", "finetune.head_init_ablation.config",
         "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json", "--cpu",
     ])
     predicted = json.loads((tmp_path / "metrics.json").read_text())["predicted_mentions"]
@@ -118,6 +140,18 @@ def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, 
     runs = mlflow.search_runs(experiment_names=["finetune-cadec"]).set_index("tags.mentions")
     assert runs.loc["predicted", "tags.trained_in_run"] == runs.loc["gold", "run_id"]
     assert runs.loc["predicted", "metrics.test_f1"] == pytest.approx(predicted["f1"])
+    assert runs.loc["gold", "params.head_init"] == "uniform"  # --config-overrides replaces finetune.config keys
+    assert runs.loc["gold", "tags.model_label"].endswith("uniform head (paper)")
+
+
+def test_config_overrides_name_the_params_file_and_key():
+    params = {"finetune": {"ablation": {"config": {"head_init": "uniform"}, "bad": {"colour": 1}}}}
+    assert finetune.config_overrides(params, "finetune.ablation.config", "params.yaml") == {"head_init": "uniform"}
+    assert finetune.config_overrides(params, None, "params.yaml") == {}
+    with pytest.raises(SystemExit, match="params.yaml: no key 'finetune.missing'"):
+        finetune.config_overrides(params, "finetune.missing", "params.yaml")
+    with pytest.raises(SystemExit, match=r"params.yaml: finetune.ablation.bad .*\['colour'\]"):
+        finetune.config_overrides(params, "finetune.ablation.bad", "params.yaml")
 
 
 def test_two_processes_under_accelerate_launch(tiny_bert, raw_data, tmp_path, tracking_store):

@@ -53,7 +53,32 @@ class FinetuneConfig:
     max_length: int = 24  # word pieces per query, [CLS]/[SEP] included
     deduplicate: bool = True  # merge identical (query, concept) training pairs; paper: false
     add_vocabulary_names: bool = False  # also train on every vocabulary name and synonym; paper: false
+    head_init: str = "names"  # uniform or names (normalizer.HEAD_INITS); paper: uniform
+    head_scale: float = 20.0  # names: a logit is about head_scale x cosine before training
     eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.head_init not in normalizer.HEAD_INITS:
+            raise ValueError(f"finetune.config.head_init: {self.head_init!r} is not one of {', '.join(normalizer.HEAD_INITS)}")
+
+
+HEAD_INIT_LABELS = {"uniform": "uniform head (paper)", "names": "head imprinted from names"}  # appended to model labels
+
+
+def config_overrides(params: dict, key: str | None, source: Path) -> dict:
+    """The mapping at dotted `key` of params (empty for None): finetune.config fields to replace."""
+    if key is None:
+        return {}
+    value = params
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise SystemExit(f"{source}: no key {key!r} (--config-overrides)")
+        value = value[part]
+    fields = set(FinetuneConfig.__dataclass_fields__)
+    if not isinstance(value, dict) or not set(value) <= fields:
+        raise SystemExit(f"{source}: {key} must map finetune.config fields to values; unknown: "
+                         f"{sorted(set(value) - fields) if isinstance(value, dict) else value!r}")
+    return value
 
 
 def training_pairs(task: Task, config: FinetuneConfig, label2id: dict[str, int]) -> list[tuple[str, int]]:
@@ -145,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--cadec-detector", type=Path,
                         help="mention detector (JSON); cadec runs are then also scored on detected mentions")
+    parser.add_argument("--config-overrides", metavar="KEY",
+                        help="dotted params key of a mapping that overrides finetune.config (e.g. "
+                             "finetune.head_init_ablation.config, the head-initialization ablation)")
     parser.add_argument("--cpu", action="store_true", help="force CPU (also for several processes)")
     parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no")
     args = parser.parse_args(argv)
@@ -153,14 +181,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = yaml.safe_load(args.params.read_text())
-    config = FinetuneConfig(**params["finetune"]["config"])
-    model_label = params["finetune"]["model_labels"].get(args.model, args.model)
+    config = FinetuneConfig(**{**params["finetune"]["config"], **config_overrides(params, args.config_overrides, args.params)})
+    model_label = f'{params["finetune"]["model_labels"].get(args.model, args.model)}, {HEAD_INIT_LABELS[config.head_init]}'
     set_seed(args.seed)
 
     with accelerator.main_process_first():
         task = load_task(args.corpus, args, params["cadec_split"])
         dev_queries, test_queries = task.queries("dev"), task.queries("test")
-    model, tokenizer = normalizer.build(checkpoints.resolve(args.model_path), task.vocabulary, config.dropout, args.seed)
+    model, tokenizer = normalizer.build(checkpoints.resolve(args.model_path), task.vocabulary, config.dropout, args.seed,
+                                        config.head_init, config.head_scale, config.max_length)
     pairs = training_pairs(task, config, model.config.label2id)
     log.info("%s: %d concepts, %d training pairs", args.corpus, len(task.vocabulary), len(pairs))
 
