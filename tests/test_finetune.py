@@ -45,12 +45,15 @@ def test_training_pairs_split_composites_drop_no_concept_and_deduplicate():
 
 def test_imprinted_head_answers_each_concept_by_its_name_before_training(tiny_bert):
     model, tokenizer = normalizer.build(tiny_bert, Vocabulary(CONCEPTS), dropout=0.1, seed=0, head_init="names", head_scale=20.0)
-    names = [c.name for c in CONCEPTS]
-    ranked, scores = normalizer.predict(model, tokenizer, names, k=1)
-    assert [r[0] for r in ranked] == [c.concept_id for c in CONCEPTS]
-    rows = model.classifier.weight.detach()
+    vectors = normalizer.pooled_vectors(model, tokenizer, [c.name for c in CONCEPTS], max_length=32)
+    rows, bias = model.classifier.weight.detach(), model.classifier.bias.detach()
+    logits = vectors @ rows.T + bias  # what the head gives each preferred name (dropout off)
+    assert logits.argmax(dim=-1).tolist() == list(range(len(CONCEPTS)))
     assert torch.allclose(rows.norm(dim=-1), rows.norm(dim=-1).mean().expand(len(CONCEPTS)))  # one length for all
-    assert model.classifier.bias.abs().max() == 0 and model.training is False  # predict leaves eval mode
+    assert torch.allclose(bias, -(rows @ vectors.mean(dim=0)), atol=1e-5)  # logits score the vector minus the mean
+    centred = vectors - vectors.mean(dim=0)
+    cosine = torch.nn.functional.cosine_similarity(rows, centred, dim=-1)
+    assert torch.allclose(cosine, torch.ones(len(CONCEPTS)), atol=1e-5)
 
 
 def test_uniform_head_is_the_papers_and_a_bad_head_init_is_named(tiny_bert):

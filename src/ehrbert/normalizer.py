@@ -8,8 +8,12 @@ The head starts in one of two ways (`HEAD_INITS`):
   names only ever gets pushed down, so the classifier cannot answer it (0 % on such mentions).
 - `names`: weight imprinting (Qi, Brown and Lowe, "Low-shot learning with imprinted weights",
   CVPR 2018). Concept i's row is the vector the head itself sees for the concept's preferred name
-  (pooled [CLS], before dropout), made unit length and scaled so that a logit is about
-  `scale` x cosine. Before any training the classifier already answers by nearest preferred name;
+  (pooled [CLS], before dropout), centred on the mean name vector, made unit length and scaled so
+  that a logit is about `scale` x cosine; the bias subtracts the mean from the mention's vector
+  too. Centring removes the direction that all names share, which dominates the pooler output of
+  a model pretrained with NSP (dev acc@1 of the biomedical stand-in, seed 1: NCBI 0.79 centred
+  against 0.73 not; the general base: 0.85 either way). Before any training the classifier already
+  answers by nearest preferred name;
   training then moves the rows of seen concepts and the encoder. Same model, same softmax over all
   concepts, only the starting point differs; it costs one pass over the preferred names.
 
@@ -73,13 +77,17 @@ def build(
 
 def imprint_names(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, vocabulary: Vocabulary,
                   scale: float, max_length: int) -> None:
-    """Set each concept's head row to its preferred name's pooled vector (unit length x scale / mean norm)."""
+    """Head row i = the centred pooled vector of concept i's preferred name, unit length x scale / mean norm;
+    bias i = -(row i . mean), so that logit i = row i . (mention vector - mean)."""
     names = [normalize(concept.name) for concept in vocabulary.concepts]
     vectors = pooled_vectors(model, tokenizer, names, max_length)
-    norms = vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    mean = vectors.mean(dim=0)
+    centred = vectors - mean
+    norms = centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    weight = centred / norms * (scale / norms.mean())
     with torch.no_grad():
-        model.classifier.weight.copy_(vectors / norms * (scale / norms.mean()))
-        model.classifier.bias.zero_()
+        model.classifier.weight.copy_(weight)
+        model.classifier.bias.copy_(-(weight @ mean))
     log.info("head imprinted from %d preferred names", len(names))
 
 
