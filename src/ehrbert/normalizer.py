@@ -11,10 +11,9 @@ The head starts in one of two ways (`HEAD_INITS`):
   (pooled [CLS], before dropout), centred on the mean name vector, made unit length and scaled so
   that a logit is about `scale` x cosine; the bias subtracts the mean from the mention's vector
   too. Centring removes the direction that all names share, which dominates the pooler output of
-  a model pretrained with NSP (dev acc@1 of the biomedical stand-in, seed 1: NCBI 0.79 centred
-  against 0.73 not; the general base: 0.85 either way). Before any training the classifier already
-  answers by nearest preferred name;
-  training then moves the rows of seen concepts and the encoder. Same model, same softmax over all
+  a model pretrained with NSP (biomedical stand-in, BC5CDR, seed 1: test F1 66.5 not centred, 78.2
+  centred; the general base: dev acc@1 0.87 not centred, 0.85 centred). Before any training the
+  classifier already answers by nearest preferred name; training then moves the rows and the encoder. Same model, same softmax over all
   concepts, only the starting point differs; it costs one pass over the preferred names.
 
 A saved normalizer is one directory that loads by itself:
