@@ -120,14 +120,25 @@ def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path,
     assert len(ranked[0]) == 3 and scores[0] == sorted(scores[0], reverse=True)
 
 
-def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch):
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state: a run with another mixed precision needs it cleared, before and after."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch,
+                                                 fresh_accelerate_state):
     from ehrbert.detector import LexiconDetector
     from ehrbert.tasks import load_cadec_task
 
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load(open(finetune.__file__.replace("src/ehrbert/finetune.py", "params.yaml")))
     params["finetune"]["config"].update(max_epochs=1)
-    params["finetune"]["head_init_ablation"]["config"].update(head_init="uniform")
+    params["finetune"]["head_init_ablation"]["config"].update(head_init="uniform", max_epochs=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     task = load_cadec_task(raw_data / "cadec", **params["cadec_split"])
     names = [n for c in task.vocabulary.concepts for n in c.names]
@@ -136,7 +147,7 @@ def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, 
         "--corpus", "cadec", "--model", "tiny", "--model-path", str(tiny_bert), "--seed", "1",
         "--cadec-dir", str(raw_data / "cadec"), "--cadec-detector", "detector.json",
         "--config-overrides", "finetune.head_init_ablation.config",
-        "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json", "--cpu",
+        "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json", "--cpu", "--mixed-precision", "bf16",
     ])
     predicted = json.loads((tmp_path / "metrics.json").read_text())["predicted_mentions"]
     assert predicted["detected"] > 1000 and predicted["tp"] + predicted["fn"] == 1660  # test mentions with a concept
@@ -144,6 +155,7 @@ def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, 
     assert runs.loc["predicted", "tags.trained_in_run"] == runs.loc["gold", "run_id"]
     assert runs.loc["predicted", "metrics.test_f1"] == pytest.approx(predicted["f1"])
     assert runs.loc["gold", "params.head_init"] == "uniform"  # --config-overrides replaces finetune.config keys
+    assert runs.loc["gold", "params.mixed_precision"] == "bf16"
     assert runs.loc["gold", "tags.model_label"].endswith("uniform head (paper)")
 
 

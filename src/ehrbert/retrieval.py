@@ -132,7 +132,9 @@ def train_encoder(
         anchors = [a for a, _ in batch]
         positives = [rng.choice([n for n in names[c] if n != a] or names[c]) for a, c in batch]
         concepts = [c for _, c in batch]
-        similarity = mean_pool(model, encode(anchors)) @ mean_pool(model, encode(positives)).T / config.temperature
+        with torch.autocast(model.device.type, dtype=torch.bfloat16):  # the encoder in bf16, the loss in fp32
+            left, right = mean_pool(model, encode(anchors)), mean_pool(model, encode(positives))
+        similarity = left.float() @ right.float().T / config.temperature
         same = torch.tensor([[a == b for b in concepts] for a in concepts], device=similarity.device)
         same.fill_diagonal_(False)
         loss = torch.nn.functional.cross_entropy(similarity.masked_fill(same, -1e4),
