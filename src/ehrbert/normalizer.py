@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -92,12 +93,21 @@ def imprint_names(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, vo
 
 def pooled_vectors(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
                    max_length: int, batch_size: int = 512) -> torch.Tensor:
-    """(len(texts), hidden) float32: the vector the head sees for each text (pooled [CLS], no dropout).
-
-    Texts are batched in order of length and encoded under bf16 autocast, which halves the time on
-    CPU and leaves the nearest name unchanged in practice.
-    """
+    """(len(texts), hidden) float32: the vector the head sees for each text (pooled [CLS], no dropout)."""
     was_training = model.training
+    vectors = encode_by_length(model, tokenizer, texts, lambda m, batch: m.base_model(**batch).pooler_output,
+                               max_length, batch_size)
+    model.train(was_training)
+    return vectors
+
+
+def encode_by_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
+                     pool: Callable[[PreTrainedModel, dict], torch.Tensor], max_length: int, batch_size: int) -> torch.Tensor:
+    """(len(texts), hidden) float32 rows pool(model, batch) for each text, in eval mode and without gradients.
+
+    Texts are batched in order of length, so a batch pads only to its own longest text, and encoded under
+    bf16 autocast, which halves the time on CPU and leaves the nearest name unchanged in practice.
+    """
     model.eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     vectors = torch.empty(len(texts), model.config.hidden_size)
@@ -105,8 +115,7 @@ def pooled_vectors(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             batch = encode(tokenizer, [texts[i] for i in chunk], max_length).to(model.device)
-            vectors[chunk] = model.base_model(**batch).pooler_output.float().cpu()
-    model.train(was_training)
+            vectors[chunk] = pool(model, batch).float().cpu()
     return vectors.clone()  # a normal tensor, not an inference-mode one
 
 

@@ -33,6 +33,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ehrbert.corpora.records import Mention, Vocabulary
+from ehrbert.normalizer import encode_by_length
 from ehrbert.text import normalize
 
 log = logging.getLogger(__name__)
@@ -67,23 +68,12 @@ def mean_pool(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.T
     return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
 
 
-@torch.inference_mode()
 def embed(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int = 24,
     batch_size: int = 512,
 ) -> np.ndarray:
-    """(len(texts), hidden) float32 unit vectors; texts batched in order of length, bf16 autocast on CPU."""
-    model.eval()
-    out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    device = model.device
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt").to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            out[rows] = mean_pool(model, batch).float().cpu().numpy()
-    return out
+    """(len(texts), hidden) float32 unit vectors (mean pooling); texts batched in order of length, bf16 autocast."""
+    return encode_by_length(model, tokenizer, texts, mean_pool, max_length, batch_size).numpy()
 
 
 # --- training ----------------------------------------------------------------------------------------
