@@ -94,20 +94,19 @@ def imprint_names(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, vo
 def pooled_vectors(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
                    max_length: int, batch_size: int = 512) -> torch.Tensor:
     """(len(texts), hidden) float32: the vector the head sees for each text (pooled [CLS], no dropout)."""
-    was_training = model.training
-    vectors = encode_by_length(model, tokenizer, texts, lambda m, batch: m.base_model(**batch).pooler_output,
-                               max_length, batch_size)
-    model.train(was_training)
-    return vectors
+    return encode_by_length(model, tokenizer, texts, lambda m, batch: m.base_model(**batch).pooler_output,
+                            max_length, batch_size)
 
 
 def encode_by_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
                      pool: Callable[[PreTrainedModel, dict], torch.Tensor], max_length: int, batch_size: int) -> torch.Tensor:
-    """(len(texts), hidden) float32 rows pool(model, batch) for each text, in eval mode and without gradients.
+    """(len(texts), hidden) float32 rows pool(model, batch) for each text, in eval mode (the model's mode is
+    restored afterwards) and without gradients.
 
     Texts are batched in order of length, so a batch pads only to its own longest text, and encoded under
     bf16 autocast, which halves the time on CPU and leaves the nearest name unchanged in practice.
     """
+    was_training = model.training
     model.eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     vectors = torch.empty(len(texts), model.config.hidden_size)
@@ -116,6 +115,7 @@ def encode_by_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             chunk = order[start : start + batch_size]
             batch = encode(tokenizer, [texts[i] for i in chunk], max_length).to(model.device)
             vectors[chunk] = pool(model, batch).float().cpu()
+    model.train(was_training)
     return vectors.clone()  # a normal tensor, not an inference-mode one
 
 
