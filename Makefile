@@ -9,6 +9,13 @@ export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
+# Accelerate's configuration for every training stage (processes, devices, mixed precision): a runtime choice,
+# never science. Default: accelerate/cpu.yaml (one CPU process, bf16) where no GPU is found; elsewhere empty, so
+# that `accelerate config`'s file or Accelerate's defaults (every GPU found) apply. Any file works:
+#   make run PROFILE=paper ACCELERATE_CONFIG=accelerate/4gpu.yaml
+ACCELERATE_CONFIG ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,accelerate/cpu.yaml)
+export ACCELERATE_ARGS ?= $(if $(ACCELERATE_CONFIG),--config_file $(ACCELERATE_CONFIG))
+
 .PHONY: install data run test
 
 install: $(VENV)/.installed
@@ -23,13 +30,14 @@ data: install
 	$(BIN)/python -m ehrbert.rawdata fetch
 	$(BIN)/dvc add --quiet data
 
-# `make run PROFILE=paper` runs the pipeline as a DVC experiment with profiles/paper.yaml applied.
+# `make run PROFILE=paper` runs the pipeline as a DVC experiment named after the profile, with
+# profiles/paper.yaml applied; its champions are registered under their own alias (champion-paper).
 PROFILE ?=
 run: data
 ifeq ($(PROFILE),)
 	$(BIN)/dvc repro
 else
-	eval "$(BIN)/dvc exp run $$($(BIN)/python -m ehrbert.profiles $(PROFILE))"
+	eval "$(BIN)/dvc exp run --name $(PROFILE) $$($(BIN)/python -m ehrbert.profiles $(PROFILE))"
 endif
 
 test: install

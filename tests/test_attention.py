@@ -1,5 +1,5 @@
 import argparse
-import tempfile
+import json
 
 import mlflow
 import numpy as np
@@ -12,7 +12,7 @@ from ehrbert import finetune, normalizer
 from ehrbert.analysis import attention, run_folder
 from ehrbert.corpora.records import Concept, Document, Mention, Vocabulary
 from ehrbert.tasks import Task, load_task
-from ehrbert.tracking import start_run
+from ehrbert.tracking import start_run, write_run_record
 
 CONCEPTS = [Concept("D1", "breast cancer"), Concept("D2", "ovarian cancer"), Concept("D3", "wilson disease"),
             Concept("D4", "fabry disease")]
@@ -76,14 +76,18 @@ def test_pick_disagreements_both_directions_most_confident_first():
     assert [(c.doc_id, c.spans) for c in excluded] == [("3", "0 3"), ("1", "5 9")]
 
 
-def _log_finetune_run(tiny_bert, task, model_name, seed):
-    """What the fine-tuning stage logs for a run: tags, max_length, the model folder."""
+def _finetune_output(tiny_bert, task, root, model_name, seed):
+    """What the fine-tuning stage leaves for a run: an MLflow run, the model folder (with its training record)
+    in the output folder, and the run record."""
     tags = {"model": model_name, "model_label": model_name, "corpus": task.name, "seed": str(seed), "mentions": "gold"}
-    with start_run(experiment=f"finetune-{task.name}", run_name=f"{model_name}-{task.name}-s{seed}", tags=tags):
+    with start_run(experiment=f"finetune-{task.name}", run_name=f"{model_name}-{task.name}-s{seed}", tags=tags,
+                   params={}) as run:
         mlflow.log_params({"max_length": 24, "seed": seed})
-        with tempfile.TemporaryDirectory() as folder:
-            torch.manual_seed(seed)
-            mlflow.log_artifacts(str(_saved_normalizer(tiny_bert, folder, task.vocabulary, seed)), artifact_path="model")
+    folder = run_folder(root, model_name, task.name, seed)
+    torch.manual_seed(seed)
+    _saved_normalizer(tiny_bert, folder / normalizer.MODEL_DIR, task.vocabulary, seed)
+    (folder / normalizer.MODEL_DIR / normalizer.TRAINING_FILE).write_text(json.dumps({"config": {"max_length": 24}}))
+    write_run_record(root.parent / "runs" / f"{folder.name}.json", {"gold": run.info.run_id}, experiment=f"finetune-{task.name}")
 
 
 def _write_predictions(task, root, model, seed, right):
@@ -91,7 +95,7 @@ def _write_predictions(task, root, model, seed, right):
     ranked = [[m.concept_ids[0] if (m.concept_ids and right(i)) else "D000001"] for i, m in enumerate(mentions)]
     scores = [[0.9 - 0.0001 * i] for i in range(len(mentions))]
     folder = run_folder(root, model, task.name, seed)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     finetune.predictions_table(task, "test", queries, ranked, scores).to_csv(folder / "test_predictions.tsv", sep="\t", index=False)
 
 
@@ -103,16 +107,16 @@ def test_main_draws_each_case_for_each_model_and_logs_to_mlflow(tiny_bert, raw_d
     task = load_task("ncbi", args, {})
     mlflow.set_tracking_uri(uri)
     for model_name in ("base", "ehr_full"):
-        _log_finetune_run(tiny_bert, task, model_name, seed=1)
+        _finetune_output(tiny_bert, task, tmp_path / "ft", model_name, seed=1)
     _write_predictions(task, tmp_path / "ft", "base", 1, lambda i: i % 3 != 0)
     _write_predictions(task, tmp_path / "ft", "ehr_full", 1, lambda i: i % 3 != 1)
     params = {"cadec_split": {}, "case_study": {
-        "models": ["base", "bio", "ehr_full"],  # no bio run: left out with a warning
+        "models": ["base", "bio", "ehr_full"],  # no bio model: left out with a warning
         "mentions": [{"corpus": "ncbi", "doc_id": 9949209, "spans": "655 657", "text": "CT", "why": "abbreviation"}],
         "seed": 1, "top_k": 3, "compare": ["base", "ehr_full"], "disagreements": 1}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
-    attention.main(["--predictions", "ft", "--ncbi-dir", str(args.ncbi_dir), "--ncbi-vocabulary", str(args.ncbi_vocabulary),
+    attention.main(["--predictions", "ft", "--run-records", "runs", "--ncbi-dir", str(args.ncbi_dir), "--ncbi-vocabulary", str(args.ncbi_vocabulary),
                     "--out-dir", "r/case_study", "--restricted-out-dir", "r/restricted/case_study"])
 
     out = tmp_path / "r" / "case_study"
@@ -129,6 +133,6 @@ def test_main_draws_each_case_for_each_model_and_logs_to_mlflow(tiny_bert, raw_d
     assert pd.read_csv(tmp_path / "r" / "restricted" / "case_study" / "attention.csv").empty
 
     run = mlflow.search_runs(experiment_names=["case-study"]).iloc[0]
-    assert run["params.run_ncbi_base"] in set(mlflow.search_runs(experiment_names=["finetune-ncbi"])["run_id"])
+    assert run["params.run_ncbi_base"] == json.loads((tmp_path / "runs" / "base-ncbi-s1.json").read_text())["runs"]["gold"]
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"], "case_study")}
     assert "case_study/attention_ncbi_9949209_655-657.png" in logged

@@ -21,6 +21,7 @@ import pytest
 from mlflow import MlflowClient
 
 from ehrbert import compare
+from ehrbert.tracking import write_run_record
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_serving import CONCEPTS, tiny_normalizer  # noqa: E402
@@ -42,7 +43,7 @@ BASELINE = {"ncbi": {"vocab": {"precision": 0.74, "recall": 0.76, "f1": 0.75, "a
 
 
 def raw_runs() -> pd.DataFrame:
-    """What `mlflow.search_runs` returns for the runs of F1, plus a stale rerun and a foreign model."""
+    """What `mlflow.search_runs` returns for the runs of F1, plus a run of a model not in the params."""
     rows = []
     minute = 0
     for (corpus, mentions, model), scores in F1.items():
@@ -53,7 +54,6 @@ def raw_runs() -> pd.DataFrame:
                          "tags.model_label": f"label of {model}", "params.max_length": "24",
                          "metrics.test_f1": f1, "metrics.test_precision": f1 - 0.01, "metrics.test_recall": f1 + 0.01,
                          "metrics.test_acc1": f1 + 0.02})
-    rows.append({**rows[0], "run_id": "stale", "start_time": pd.Timestamp(2024, 1, 1), "metrics.test_f1": 0.1})
     rows.append({**rows[0], "run_id": "foreign", "tags.model": "bert-large", "metrics.test_f1": 0.99})
     return pd.DataFrame(rows)
 
@@ -63,15 +63,22 @@ def runs() -> pd.DataFrame:
     return compare.runs_table(raw_runs(), CONFIG.corpora, CONFIG.models)
 
 
-def test_runs_table_keeps_the_latest_run_per_seed_of_listed_models(runs):
+def test_runs_table_keeps_the_runs_of_listed_models_in_order(runs):
     assert len(runs) == sum(len(s) for s in F1.values())
-    assert "stale" not in set(runs["run_id"]) and "foreign" not in set(runs["run_id"])
+    assert "foreign" not in set(runs["run_id"])
     assert list(dict.fromkeys(runs["corpus"])) == ["ncbi", "cadec"]  # the order of CONFIG.corpora
     ncbi = runs[runs["corpus"] == "ncbi"]
     assert list(dict.fromkeys(ncbi["model"])) == ["base", "ehr_half", "ehr_full"]
     assert ncbi["seed"].tolist() == [1, 2, 3] * 3
     assert math.isnan(runs["micro_f1"].iloc[0])  # not logged: NaN, not an error
     assert runs["max_length"].iloc[0] == 24
+
+
+def test_two_runs_for_one_seed_are_an_error_not_a_choice():
+    raw = raw_runs()
+    twice = pd.concat([raw, raw.iloc[[0]].assign(run_id="again", **{"metrics.test_f1": 0.1})], ignore_index=True)
+    with pytest.raises(ValueError, match=r"ncbi/gold/base/seed 1: runs \['again', 'ncbi-gold-base-1'\]"):
+        compare.runs_table(twice, CONFIG.corpora, CONFIG.models)
 
 
 def test_welch_matches_the_hand_computed_test():
@@ -146,8 +153,9 @@ def test_champion_ties_go_to_the_model_listed_first(runs):
 # --- the stage on a real (temporary) MLflow store --------------------------------------------------
 
 
-def log_finetune_runs(tmp_path: Path, scores: dict) -> dict:
-    """Fine-tuning runs as `ehrbert.finetune` leaves them (tags, test metrics, a `model/` folder); {key: run_id}."""
+def log_finetune_runs(tmp_path: Path, scores: dict, record: bool = True) -> dict:
+    """Fine-tuning runs as `ehrbert.finetune` leaves them (tags, test metrics, a model folder and, unless `record`
+    is off, a run record in tmp_path/runs); {key: run_id}."""
     model_dir = tiny_normalizer(tmp_path / "tiny")
     run_ids = {}
     for (corpus, mentions, model), values in scores.items():
@@ -161,9 +169,11 @@ def log_finetune_runs(tmp_path: Path, scores: dict) -> dict:
             with mlflow.start_run(tags=tags) as run:
                 mlflow.log_params({"max_length": 16, "batch_size": 32})
                 mlflow.log_metrics({"test_f1": f1, "test_precision": f1, "test_recall": f1, "test_acc1": f1})
-                if model.startswith("ehr") and mentions == "gold":
-                    mlflow.log_artifacts(str(model_dir), artifact_path="model")
             run_ids[(corpus, mentions, model, seed)] = run.info.run_id
+            if record:
+                path = tmp_path / "runs" / f"{model}-{corpus}-s{seed}.json"
+                runs = json.loads(path.read_text())["runs"] if path.exists() else {}
+                write_run_record(path, {**runs, mentions: run.info.run_id}, experiment=experiment, model_dir=str(model_dir))
     return run_ids
 
 
@@ -174,7 +184,7 @@ def run_stage(tmp_path: Path, *extra: str) -> dict:
     baseline.write_text(json.dumps(BASELINE))
     metrics = tmp_path / "metrics" / "compare.json"
     compare.main(["--baseline", str(baseline), "--reports", str(tmp_path / "reports"), "--metrics", str(metrics),
-                  "--params", str(params), *extra])
+                  "--run-records", str(tmp_path / "runs"), "--params", str(params), *extra])
     return json.loads(metrics.read_text())
 
 
@@ -205,6 +215,12 @@ def test_stage_writes_reports_and_registers_champions_once(tmp_path, tracking_st
 
     run_stage(tmp_path)  # nothing changed: no new version, no vocabulary loaded
     assert sorted(loaded) == ["cadec", "ncbi"]
+
+    # a run in the same experiment that no run record names (a manual run, another profile) changes nothing
+    log_finetune_runs(tmp_path, {("ncbi", "gold", "ehr_half"): [0.99, 0.99, 0.99]}, record=False)
+    table = (reports / "table2.csv").read_text()
+    assert run_stage(tmp_path) == metrics and (reports / "table2.csv").read_text() == table
+    assert client.get_model_version_by_alias("ehrbert-ncbi", "champion").run_id == run_ids[("ncbi", "gold", "ehr_full", 3)]
     for name in ("ehrbert-ncbi", "ehrbert-cadec"):
         assert len(client.search_model_versions(f"name = '{name}'")) == 1
 
@@ -219,8 +235,23 @@ def test_stage_writes_reports_and_registers_champions_once(tmp_path, tracking_st
     assert predictions["concept_name"].iloc[0] == CONCEPTS[predictions["concept_id"].iloc[0]]
 
 
+def test_a_run_record_naming_a_run_the_store_lacks_fails_clearly(tmp_path, tracking_store):
+    write_run_record(tmp_path / "runs" / "ehr_half-ncbi-s1.json", {"gold": "0123abc"}, experiment="finetune-ncbi")
+    with pytest.raises(SystemExit, match=r"not on .*0123abc \(.*ehr_half-ncbi-s1.json\)"):
+        run_stage(tmp_path, "--no-register")
+
+
+def test_registry_alias_is_the_profile_s_and_experiments_get_their_own(monkeypatch):
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert compare.registry_alias("champion") == "champion"
+    monkeypatch.setenv("DVC_EXP_NAME", "tiny-lr")
+    assert compare.registry_alias("champion") == "champion-tiny-lr"  # never moves the workspace pipeline's champion
+    assert compare.registry_alias("champion-paper") == "champion-paper"  # a profile that names its own alias keeps it
+
+
 def test_stage_without_runs_fails_clearly(tmp_path, tracking_store):
-    with pytest.raises(SystemExit, match="no finished fine-tuning runs"):
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(SystemExit, match="no fine-tuning runs"):
         run_stage(tmp_path, "--no-register")
 
 

@@ -1,4 +1,6 @@
+import argparse
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -9,7 +11,7 @@ from accelerate import Accelerator
 from ehrbert import finetune, normalizer
 from ehrbert.corpora.records import COMPOSITE, NO_CONCEPT, Concept, Document, Mention, Vocabulary
 from ehrbert.metrics import accuracy_at_k
-from ehrbert.tasks import Task
+from ehrbert.tasks import Task, load_task
 
 CONCEPTS = [Concept("D1", "breast cancer"), Concept("D2", "ovarian cancer"), Concept("D3", "wilson disease"),
             Concept("D4", "fabry disease"), Concept("D5", "apc deficiency")]
@@ -98,10 +100,11 @@ def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path,
     finetune.main([
         "--corpus", "ncbi", "--model", "tiny", "--model-path", str(tiny_bert), "--seed", "7",
         "--ncbi-dir", str(raw_data / "ncbi_disease"), "--ncbi-vocabulary", str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
-        "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json", "--cpu",
+        "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json", "--run-record", "run.json",
     ])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert {"precision", "recall", "f1", "acc1", "acc5", "train_seconds", "best_epoch"} <= set(metrics)
+    assert {"precision", "recall", "f1", "acc1", "acc5", "best_epoch"} <= set(metrics)
+    assert "train_seconds" not in metrics  # wall clock goes to MLflow: the tracked metrics of a rerun stay equal
     assert (tmp_path / "out" / "test_predictions.tsv").read_text().count("\n") == 961  # header + 960 test mentions
 
     runs = mlflow.search_runs(experiment_names=["finetune-ncbi"])
@@ -109,12 +112,21 @@ def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path,
     run = runs.iloc[0]
     assert (run["tags.model"], run["tags.corpus"], run["tags.seed"], run["tags.mentions"]) == ("tiny", "ncbi", "7", "gold")
     assert run["metrics.test_f1"] == pytest.approx(metrics["f1"])
+    assert run["metrics.train_seconds"] > 0
     assert run["params.max_epochs"] == "2" and run["params.head_init"] == "names"
+    assert run["tags.dvc_experiment"] == "workspace" and len(run["tags.params_hash"]) == 16 and run["tags.git_commit"]
     history = mlflow.tracking.MlflowClient().get_metric_history(run["run_id"], "dev_acc1")
     assert [m.step for m in history] == [1, 2]
-    model_dir = mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="model", dst_path=str(tmp_path / "dl"))
-    model, tokenizer = normalizer.load(model_dir)
-    assert model.config.num_labels == 11865 and normalizer.concept_ids(model)[0] == model.config.id2label[0]
+    # the run record names the run; the model is the DVC out, and MLflow holds a copy for the UI
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["runs"] == {"gold": run["run_id"]} and record["model_dir"] == "out/model"
+    model, tokenizer, trained = normalizer.load_finetuned(tmp_path / "out")
+    assert trained["config"]["max_length"] == params["finetune"]["config"]["max_length"] and trained["seed"] == 7
+    vocabulary = sorted({c.concept_id for c in load_task("ncbi", argparse.Namespace(
+        ncbi_dir=raw_data / "ncbi_disease", ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz"), {}).vocabulary.concepts})
+    assert sorted(normalizer.concept_ids(model)) == vocabulary  # one label for every vocabulary concept
+    logged = mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="model", dst_path=str(tmp_path / "dl"))
+    assert (Path(logged) / "model.safetensors").read_bytes() == (tmp_path / "out" / "model" / "model.safetensors").read_bytes()
     with torch.inference_mode():
         ranked, scores = normalizer.predict(model, tokenizer, ["wilson disease"], k=3)
     assert len(ranked[0]) == 3 and scores[0] == sorted(scores[0], reverse=True)
@@ -136,6 +148,7 @@ def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, 
     from ehrbert.tasks import load_cadec_task
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch` hands a script configured for bf16
     params = yaml.safe_load(open(finetune.__file__.replace("src/ehrbert/finetune.py", "params.yaml")))
     params["finetune"]["config"].update(max_epochs=1)
     params["finetune"]["head_init_ablation"]["config"].update(head_init="uniform", max_epochs=1)
@@ -147,7 +160,7 @@ def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, 
         "--corpus", "cadec", "--model", "tiny", "--model-path", str(tiny_bert), "--seed", "1",
         "--cadec-dir", str(raw_data / "cadec"), "--cadec-detector", "detector.json",
         "--config-overrides", "finetune.head_init_ablation.config",
-        "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json", "--cpu", "--mixed-precision", "bf16",
+        "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json", "--run-record", "run.json",
     ])
     predicted = json.loads((tmp_path / "metrics.json").read_text())["predicted_mentions"]
     assert predicted["detected"] > 1000 and predicted["tp"] + predicted["fn"] == 1660  # test mentions with a concept
@@ -157,6 +170,8 @@ def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, 
     assert runs.loc["gold", "params.head_init"] == "uniform"  # --config-overrides replaces finetune.config keys
     assert runs.loc["gold", "params.mixed_precision"] == "bf16"
     assert runs.loc["gold", "tags.model_label"].endswith("uniform head (paper)")
+    assert json.loads((tmp_path / "run.json").read_text())["runs"] == {"gold": runs.loc["gold", "run_id"],
+                                                                     "predicted": runs.loc["predicted", "run_id"]}
 
 
 def test_config_overrides_name_the_params_file_and_key():
@@ -170,23 +185,45 @@ def test_config_overrides_name_the_params_file_and_key():
 
 
 def test_two_processes_under_accelerate_launch(tiny_bert, raw_data, tmp_path, tracking_store):
-    """`accelerate launch --multi_gpu` with the script's --cpu: two real processes (gloo), one MLflow run."""
+    """The project's 2-process Accelerate config (as dvc.yaml launches it): two real processes (gloo), the same
+    global batch (each process half of it), one MLflow run that records the world size."""
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     params = yaml.safe_load(open(finetune.__file__.replace("src/ehrbert/finetune.py", "params.yaml")))
     params["finetune"]["config"].update(max_epochs=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-               "-m", "ehrbert.finetune", "--cpu", "--corpus", "ncbi", "--model", "tiny", "--model-path", str(tiny_bert),
+    config_file = Path(finetune.__file__).parents[2] / "accelerate" / "cpu-2proc.yaml"
+    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(config_file),
+               "-m", "ehrbert.finetune", "--corpus", "ncbi", "--model", "tiny", "--model-path", str(tiny_bert),
                "--seed", "1", "--ncbi-dir", str(raw_data / "ncbi_disease"),
                "--ncbi-vocabulary", str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
-               "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json"]
+               "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json", "--run-record", "run.json"]
     done = subprocess.run(command, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    # each process gets half of the 48 batches of NCBI's 1,514 merged training pairs (batch 32)
-    assert "/24 [" in done.stderr and "/48 [" not in done.stderr
+    # batch 32 a step over both processes: each process takes 16 of each of the 48 global batches of NCBI's
+    # 1,514 merged training pairs
+    assert "/48 [" in done.stderr and "/95 [" not in done.stderr
     assert "f1" in json.loads((tmp_path / "metrics.json").read_text())
-    assert len(mlflow.search_runs(experiment_names=["finetune-ncbi"])) == 1
+    runs = mlflow.search_runs(experiment_names=["finetune-ncbi"])
+    assert len(runs) == 1 and runs.iloc[0]["params.processes"] == "2"
+
+
+def test_two_runs_with_one_seed_give_identical_files(tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch):
+    """Fixed seed, one machine, one process: byte-identical weights, predictions and DVC metrics, so a rerun of
+    the stage leaves dvc.lock's hashes as they were (only the run record, which names the new MLflow run, differs)."""
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load(open(finetune.__file__.replace("src/ehrbert/finetune.py", "params.yaml")))
+    params["finetune"]["config"].update(max_epochs=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for name in ("a", "b"):
+        finetune.main([
+            "--corpus", "ncbi", "--model", "tiny", "--model-path", str(tiny_bert), "--seed", "3",
+            "--ncbi-dir", str(raw_data / "ncbi_disease"), "--ncbi-vocabulary", str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
+            "--params", "params.yaml", "--out-dir", name, "--metrics", f"{name}.json", "--run-record", f"{name}-run.json",
+        ])
+    for file in ("model/model.safetensors", "model/config.json", "model/training.json", "test_predictions.tsv"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert (tmp_path / "a-run.json").read_text() != (tmp_path / "b-run.json").read_text()  # two MLflow runs

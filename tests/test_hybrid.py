@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ehrbert import finetune, hybrid, retrieval, serving
+from ehrbert import finetune, hybrid, registry, retrieval, serving
 from ehrbert.composite import split_coordination
 from ehrbert.corpora.records import COMPOSITE, Concept, Mention, Vocabulary
 from ehrbert.hybrid import Candidates, Settings, decide
@@ -134,9 +134,10 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(tiny_be
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     data = ["--ncbi-dir", str(raw_data / "ncbi_disease"), "--ncbi-vocabulary", str(raw_data / "medic" / "CTD_diseases.tsv.gz")]
     finetune.main(["--corpus", "ncbi", "--model", "base", "--model-path", str(tiny_bert), "--seed", "1", *data,
-                   "--params", "params.yaml", "--out-dir", "ft", "--metrics", "ft.json", "--cpu"])
-    hybrid.main(["--corpus", "ncbi", "--seed", "1", *data, "--params", "params.yaml", "--out-dir", "out",
-                 "--metrics", "metrics.json"])
+                   "--params", "params.yaml", "--out-dir", "ft", "--metrics", "ft.json", "--run-record", "ft-run.json"])
+    hybrid.main(["--corpus", "ncbi", "--seed", "1", *data, "--params", "params.yaml", "--classifier", "ft",
+                 "--classifier-run-record", "ft-run.json", "--out-dir", "out", "--metrics", "metrics.json",
+                 "--run-record", "run.json"])
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics) == list(hybrid.VARIANTS)
@@ -148,15 +149,31 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(tiny_be
     assert set(runs.index) == {"base", *hybrid.VARIANTS}
     assert runs.loc["hybrid", "tags.classifier_run"] == runs.loc["base", "run_id"]
     assert runs.loc["hybrid_nil", "metrics.test_f1"] == pytest.approx(final["f1"])
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["runs"] == {v: runs.loc[v, "run_id"] for v in hybrid.VARIANTS} and record["model_dir"] == "out/model"
+    assert "retrieval_train_seconds" not in final and runs.loc["hybrid", "metrics.retrieval_train_seconds"] > 0
 
-    # the final variant's model, registered and loaded as the served pyfunc
+    # one model folder answers as any variant, as the stage scored it (the saved index is fp16, so a random
+    # tiny encoder's near-ties may flip: agreement, not identity)
+    test_predictions = pd.read_csv(tmp_path / "out" / "retrieval_test_predictions.tsv", sep="\t", dtype=str,
+                                   keep_default_na=False)
+    retrieval_only = hybrid.HybridNormalizer.load(tmp_path / "out" / "model", "retrieval")
+    assert retrieval_only.settings == hybrid.Settings(**metrics["retrieval"]["settings"])
+    answers = retrieval_only.predict(test_predictions["query"].tolist())
+    same = np.mean(["|".join(a.concept_ids) == p for a, p in zip(answers, test_predictions["predicted"])])
+    assert same > 0.9
+    with pytest.raises(ValueError, match="no variant 'hybrid_best'"):
+        hybrid.HybridNormalizer.load(tmp_path / "out" / "model", "hybrid_best")
+
+    # the final variant's model, registered from the stage's output folder and loaded as the served pyfunc
     from ehrbert.tasks import load_task
     from types import SimpleNamespace
 
     task = load_task("ncbi", SimpleNamespace(ncbi_dir=raw_data / "ncbi_disease",
                                              ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz"), {})
     names = {c.concept_id: c.name for c in task.vocabulary.concepts}
-    version, _ = serving.register_champion(runs.loc["hybrid_nil", "run_id"], "ehrbert-ncbi", lambda: names)
+    version, _ = registry.register_champion(runs.loc["hybrid_nil", "run_id"], "ehrbert-ncbi", tmp_path / "out" / "model",
+                                            lambda: names, variant="hybrid_nil")
     served = mlflow.pyfunc.load_model("models:/ehrbert-ncbi@champion")
     seen = {c for m in task.mentions("train") for c in m.concept_ids}
     unseen = next(c for c in task.vocabulary.concepts if c.concept_id not in seen and c.name.lower() == "acromicric dysplasia")
@@ -170,6 +187,13 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(tiny_be
     assert "Acromicric dysplasia" in found["mention"].tolist()
     with pytest.raises(Exception, match="either 'mention'"):
         served.predict(pd.DataFrame({"text": [text], "mention": ["x"]}))
+
+    # any other variant registers from the same folder and serves as itself
+    registry.register_champion(runs.loc["retrieval", "run_id"], "ehrbert-ncbi-retrieval", tmp_path / "out" / "model",
+                               lambda: names, variant="retrieval")
+    served_retrieval = mlflow.pyfunc.load_model("models:/ehrbert-ncbi-retrieval@champion")
+    frame = pd.DataFrame({"mention": test_predictions["mention"].tolist()[:20]})
+    pd.testing.assert_frame_equal(served_retrieval.predict(frame), serving.normalize_mentions(retrieval_only, None, names, frame))
 
 
 def test_variant_labels_name_only_the_components_switched_on():

@@ -2,8 +2,9 @@
 
 The tiny model (2 layers, hidden 32, a 60-word WordPiece vocabulary; a few hundred KB) is built here with
 BertConfig and saved without MLM/NSP heads, like the MiniLM base. The runs are real: two CPU processes under
-`accelerate launch --multi_gpu` (what gives two processes on this machine; `--cpu --num_processes 2` gives one),
-a resume from a checkpoint, and a single-process run that must not resume another configuration's checkpoint.
+`accelerate launch --multi_gpu` (its multi-process launcher; the script asks for the CPU itself where no GPU is
+found), a resume from a checkpoint, a single-process run that must not resume another configuration's
+checkpoint, and two identical runs that must give identical files.
 """
 
 from __future__ import annotations
@@ -195,7 +196,8 @@ def _pretrain_args(workspace: Path, out: str) -> list[str]:
     return ["--stage", "tiny", "--init", str(workspace / "base"), "--train", str(workspace / "tokenized" / "train.npz"),
             "--heldout", str(workspace / "tokenized" / "heldout.npz"), "--out", str(workspace / out),
             "--metrics", str(workspace / f"{out}.json"), "--checkpoint-dir", str(workspace / "checkpoints"),
-            "--params", str(workspace / "params.yaml"), "--cpu", "--checkpoint-every", "3", "--keep-checkpoints", "0"]
+            "--params", str(workspace / "params.yaml"), "--checkpoint-every", "3", "--keep-checkpoints", "0",
+            "--run-record", str(workspace / f"{out}-run.json")]
 
 
 def _launch(workspace: Path, args: list[str], processes: int) -> subprocess.CompletedProcess:
@@ -208,6 +210,13 @@ def _launch(workspace: Path, args: list[str], processes: int) -> subprocess.Comp
     done = subprocess.run(command, cwd=workspace, env=_env(workspace), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return done
+
+
+def _progress(workspace: Path, out: str = "model") -> dict:
+    """What the newest run of `out` did (steps, examples per process, resumed from): logged to MLflow, not the model."""
+    mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
+    run_id = json.loads((workspace / f"{out}-run.json").read_text())["runs"]["pretrain"]
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/progress.json")
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -226,7 +235,7 @@ def test_two_processes_train_and_a_rerun_resumes_from_the_last_checkpoint(worksp
     # 2 processes x micro-batch 2 x 2 accumulation steps = batch 8
     args = [*_pretrain_args(workspace, "model"), "--grad-accum", "2"]
     first = _launch(workspace, args, processes=2)
-    summary = json.loads((workspace / "model" / "pretraining.json").read_text())
+    summary = {**json.loads((workspace / "model" / "pretraining.json").read_text()), **_progress(workspace)}
     assert summary["processes"] == 2, "accelerate launch did not start two processes"
     batches, per_epoch = summary["batches_per_epoch"], summary["steps_per_epoch"]
     # what this test is about: 12 steps cross two epoch ends, each epoch ends with a short accumulation step
@@ -246,7 +255,7 @@ def test_two_processes_train_and_a_rerun_resumes_from_the_last_checkpoint(worksp
     shutil.rmtree(workspace / "checkpoints" / "step_9")
     shutil.rmtree(workspace / "checkpoints" / "step_12")
     second = _launch(workspace, args, processes=2)
-    resumed = json.loads((workspace / "model" / "pretraining.json").read_text())
+    resumed = {**json.loads((workspace / "model" / "pretraining.json").read_text()), **_progress(workspace)}
     assert resumed["resumed_from_step"] == 6 and resumed["steps_run"] == 6
     assert resumed["examples_per_process"] == [2 * _micro_batches(7, 12, batches, 2)] * 2  # only the missing steps
     assert resumed["heldout_before"] == summary["heldout_before"]  # carried over, not recomputed on other weights
@@ -282,7 +291,7 @@ def test_another_configuration_does_not_resume_and_max_steps_zero_passes_the_ini
     args[args.index("--params") + 1] = str(params)
     del args[args.index("--train") : args.index("--train") + 2]  # nothing to train on: no corpus needed
     _launch(workspace, args, processes=1)
-    summary = json.loads((workspace / "passthrough" / "pretraining.json").read_text())
+    summary = {**json.loads((workspace / "passthrough" / "pretraining.json").read_text()), **_progress(workspace, "passthrough")}
     assert summary["resumed_from_step"] is None and summary["steps_run"] == 0 and summary["processes"] == 1
     assert not list((workspace / "checkpoints").glob("step_*"))
     assert summary["heldout_after"] == summary["heldout_before"]
@@ -293,6 +302,17 @@ def test_another_configuration_does_not_resume_and_max_steps_zero_passes_the_ini
         key = name if name in out else f"bert.{name}"
         assert torch.equal(out[key], tensor), name
     assert any(k.startswith("cls.") for k in out)
+
+
+def test_two_runs_of_one_configuration_give_identical_files(workspace):
+    """Fixed seed, one machine, one process: the model folder (weights, pretraining.json) is byte-identical, so a
+    rerun of a deterministic stage leaves its DVC hash unchanged; only the MLflow run differs."""
+    args = [*_pretrain_args(workspace, "once"), "--resume", "never"]
+    _launch(workspace, args, processes=1)
+    again = [*_pretrain_args(workspace, "twice"), "--resume", "never"]
+    _launch(workspace, again, processes=1)
+    for name in ("model.safetensors", "pretraining.json", "config.json"):
+        assert (workspace / "once" / name).read_bytes() == (workspace / "twice" / name).read_bytes(), name
 
 
 def test_corpus_from_another_vocabulary_is_refused(workspace, tmp_path):

@@ -22,7 +22,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-from ehrbert import normalizer, serving
+from ehrbert import normalizer, registry, serving
 
 CONCEPTS = {"D001943": "Breast Neoplasms", "D003110": "Colonic Neoplasms", "D011125": "Adenomatous Polyposis Coli",
             "D006333": "Heart Failure"}
@@ -124,9 +124,10 @@ def test_served_model_equals_in_process_model(tmp_path, tracking_store):
     model_dir = tiny_normalizer(tmp_path / "tiny")
     mlflow.create_experiment("serving-test", artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_experiment("serving-test")
-    with mlflow.start_run() as run:
-        mlflow.log_artifacts(str(model_dir), artifact_path="model")  # as a fine-tuning run leaves it
-    version, created = serving.register_champion(run.info.run_id, "ehrbert-test", lambda: CONCEPTS, max_length=16)
+    with mlflow.start_run() as run:  # the run that made the model; the model itself is the stage's output folder
+        mlflow.log_param("max_length", 16)
+    version, created = registry.register_champion(run.info.run_id, "ehrbert-test", model_dir, lambda: CONCEPTS,
+                                                  max_length=16)
     assert created and version.aliases == ["champion"] and version.run_id == run.info.run_id
 
     in_process = mlflow.pyfunc.load_model("models:/ehrbert-test@champion")

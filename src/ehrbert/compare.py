@@ -1,9 +1,10 @@
 """Compare the fine-tuned normalizers from MLflow: the paper's Table 2, its t-tests (Tables 3-5), the champions.
 
-Input: the finished fine-tuning runs in MLflow (experiments ``finetune-{corpus}``; tags ``model``,
-``model_label``, ``corpus``, ``seed``, ``mentions``; metrics ``test_precision``, ``test_recall``,
-``test_f1``, ...) and the dictionary baseline's metrics file. When a (corpus, mentions, model, seed)
-was run more than once, its latest run counts. Output:
+Input: the fine-tuning and hybrid runs that made the pipeline's models, named by the run records those
+stages wrote (`runs/finetune/*.json`, `runs/hybrid/*.json`, see `ehrbert.tracking`), read from MLflow by run
+ID (tags ``model``, ``model_label``, ``corpus``, ``seed``, ``mentions``; metrics ``test_precision``,
+``test_recall``, ``test_f1``, ...), and the dictionary baseline's metrics file. Other runs in the same
+experiments (another profile, a manual `mlflow run`) are never read. Output:
 
 - Table 2 analog (`table2`): per corpus and model, test F1, P and R as mean (SD) over seeds (SD is the
   sample SD, ddof=1), and Δ F1 = mean F1 minus the reference model's (the general base) mean F1.
@@ -17,8 +18,9 @@ was run more than once, its latest run counts. Output:
   precision/recall, and each step's Δ F1 with its t-test p-value against the step before and the paper's model.
 - Champions (`choose_champions`): per corpus, of the candidate models (`champion_models`: the
   notes-adapted EhrBERT models and the hybrid variants), the one with the highest mean F1, and its
-  best-seed run; `main` registers it as ``ehrbert-{corpus}`` with the alias ``champion`` (see
-  `ehrbert.serving.register_champion`).
+  best-seed run; `main` registers the model folder of that run (the DVC output the run record names) as
+  ``ehrbert-{corpus}`` with the alias `compare.alias` (see `registry_alias` and
+  `ehrbert.registry.register_champion`).
 
 Which t-test, and why. Welch's two-sample t-test, two-sided (`scipy.stats.ttest_ind(a, b,
 equal_var=False)`) on the per-seed test F1 of two models. The unit of replication is one fine-tuning
@@ -53,16 +55,15 @@ import yaml
 from matplotlib.figure import Figure
 from scipy import stats
 
-from ehrbert import serving
+from ehrbert import registry
 from ehrbert.tasks import add_data_arguments, load_task
-from ehrbert.tracking import tracking_uri
+from ehrbert.tracking import dvc_experiment, provenance_tags, read_run_record, tracking_uri
 
 log = logging.getLogger(__name__)
 
 METRICS = ("precision", "recall", "f1", "acc1", "acc5", "micro_f1",  # test_* metrics read from each run
            "acc1_seen", "acc1_unseen", "no_concept_precision", "no_concept_recall", "no_concept_gold")  # these five: hybrid runs only
 REGISTERED_NAME = "ehrbert-{corpus}"
-ALIAS = "champion"
 TABLE2_FILES = ("table2.csv", "table2.md")
 TTEST_FILES = ("ttests.csv", "ttests.md")
 COMPONENT_FILES = ("components.csv", "components.md")
@@ -79,6 +80,7 @@ class CompareConfig:
     components: list[str] = field(default_factory=list)  # the paper's model, then each added component (hybrid)
     alpha: float = 0.05  # significance level marked in the tables
     baseline_labels: dict[str, str] = field(default_factory=dict)  # baseline variant -> row label
+    alias: str = "champion"  # the registry alias of each corpus's champion; another profile names its own
 
 
 @dataclass
@@ -96,6 +98,8 @@ class Champion:
     p_value: float  # Welch t-test against the reference model
     reference: str
     max_length: int | None  # query length the run was trained with
+    model_dir: str = ""  # the run's servable model folder (a DVC out), from its run record
+    variant: str = ""  # for a hybrid model folder: which of its variants this run is
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -103,7 +107,7 @@ class Champion:
 
 
 def runs_table(raw: pd.DataFrame, corpora: list[str], models: list[str]) -> pd.DataFrame:
-    """`mlflow.search_runs` output -> one row per (corpus, mentions, model, seed), its latest run.
+    """`mlflow.search_runs` output -> one row per (corpus, mentions, model, seed); two runs for one is an error.
 
     Columns: run_id, start_time, corpus, mentions, model, model_label, seed, max_length and the test
     metrics of METRICS (NaN where a run did not log one). Only runs of `corpora` and `models` are kept,
@@ -133,7 +137,12 @@ def runs_table(raw: pd.DataFrame, corpora: list[str], models: list[str]) -> pd.D
     if unknown:
         log.info("leaving out runs of models not listed in params: %s", unknown)
     runs = runs[runs["model"].isin(models) & runs["corpus"].isin(corpora) & runs["seed"].notna() & runs["f1"].notna()]
-    runs = runs.sort_values("start_time").drop_duplicates(["corpus", "mentions", "model", "seed"], keep="last")
+    twice = runs[runs.duplicated(["corpus", "mentions", "model", "seed"], keep=False)]
+    if not twice.empty:
+        first = twice.iloc[0]
+        raise ValueError(f"{len(twice)} runs for the same (corpus, mentions, model, seed), e.g. {first['corpus']}/"
+                         f"{first['mentions']}/{first['model']}/seed {int(first['seed'])}: runs "
+                         f"{sorted(twice[(twice['corpus'] == first['corpus']) & (twice['model'] == first['model']) & (twice['seed'] == first['seed']) & (twice['mentions'] == first['mentions'])]['run_id'])}")
     order = {"corpus": {c: i for i, c in enumerate(corpora)}, "model": {m: i for i, m in enumerate(models)}}
     runs = runs.assign(_corpus=runs["corpus"].map(order["corpus"]), _predicted=runs["mentions"] != "gold",
                        _model=runs["model"].map(order["model"]))
@@ -282,6 +291,7 @@ def choose_champions(runs: pd.DataFrame, summary: pd.DataFrame, candidates: list
             seed=int(run["seed"]), f1=float(run["f1"]), f1_mean=float(best["f1_mean"]), f1_sd=float(best["f1_sd"]),
             seeds=int(best["seeds"]), delta_f1=float(best["delta_f1"]), p_value=float(best["p_value"]), reference=reference,
             max_length=None if pd.isna(run["max_length"]) else int(run["max_length"]),
+            model_dir=str(run.get("model_dir", "") or ""), variant=str(run.get("variant", "") or ""),
         ))
     return champions
 
@@ -402,15 +412,56 @@ def plot_f1(table: pd.DataFrame, path: Path) -> None:
 # The stage: MLflow in, files and registry out.
 
 
-def search_finetune_runs(corpora: list[str]) -> pd.DataFrame:
-    """The finished runs of experiments ``finetune-{corpus}`` on the project's tracking store."""
-    names = [f"finetune-{corpus}" for corpus in corpora]
-    found = [name for name in names if mlflow.get_experiment_by_name(name) is not None]
-    for name in sorted(set(names) - set(found)):
-        log.warning("no MLflow experiment %s on %s", name, mlflow.get_tracking_uri())
-    if not found:
+def read_run_records(folders: list[Path]) -> dict[str, dict]:
+    """{run ID: {"record", "experiment", "model_dir", "variant"}} of every run named by the run records
+    (`*.json`) in `folders`: the runs that made the pipeline's current models, and only those."""
+    found: dict[str, dict] = {}
+    for folder in folders:
+        paths = sorted(Path(folder).glob("*.json"))
+        if not paths:
+            log.warning("no run records in %s", folder)
+        for path in paths:
+            record = read_run_record(path)
+            for name, run_id in record["runs"].items():
+                variant = "" if name in ("gold", "predicted") else name.removesuffix("-predicted")
+                found[run_id] = {"record": str(path), "experiment": record["experiment"],
+                                 "model_dir": record.get("model_dir", ""), "variant": variant}
+    return found
+
+
+def fetch_runs(records: dict[str, dict]) -> pd.DataFrame:
+    """`mlflow.search_runs` rows of exactly the runs in `records`, with their model folder and variant; a run
+    that a record names but the tracking store lacks is an error naming the record."""
+    if not records:
         return pd.DataFrame()
-    return mlflow.search_runs(experiment_names=found, filter_string="attributes.status = 'FINISHED'", output_format="pandas")
+    experiments = sorted({r["experiment"] for r in records.values()})
+    missing = [name for name in experiments if mlflow.get_experiment_by_name(name) is None]
+    ids = list(records)
+    frames = []
+    if len(missing) < len(experiments):
+        for start in range(0, len(ids), 100):  # the search filter takes a bounded list
+            chunk = ", ".join(f"'{run_id}'" for run_id in ids[start:start + 100])
+            frames.append(mlflow.search_runs(experiment_names=[e for e in experiments if e not in missing],
+                                             filter_string=f"attributes.run_id IN ({chunk})", output_format="pandas"))
+    raw = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id"])
+    absent = [run_id for run_id in ids if run_id not in set(raw["run_id"])]
+    if absent:
+        raise SystemExit(f"{len(absent)} runs named by run records are not on {mlflow.get_tracking_uri()}, e.g. "
+                         f"{absent[0]} ({records[absent[0]]['record']}): point MLFLOW_TRACKING_URI at the store "
+                         "the pipeline logged to")
+    unfinished = raw[raw["status"] != "FINISHED"]
+    if not unfinished.empty:
+        raise SystemExit(f"run {unfinished.iloc[0]['run_id']} ({records[unfinished.iloc[0]['run_id']]['record']}) "
+                         f"is {unfinished.iloc[0]['status']}, not FINISHED")
+    return raw.assign(model_dir=raw["run_id"].map(lambda r: records[r]["model_dir"]),
+                      variant=raw["run_id"].map(lambda r: records[r]["variant"]))
+
+
+def registry_alias(alias: str) -> str:
+    """The alias champions get: `compare.alias`; inside a DVC experiment that kept the default alias,
+    ``champion-<experiment name>``, so that an experiment never moves the workspace pipeline's champion."""
+    experiment = dvc_experiment()
+    return f"{alias}-{experiment}" if alias == CompareConfig.alias and experiment != "workspace" else alias
 
 
 def concept_names(corpus: str, args: argparse.Namespace, cadec_split: dict) -> dict[str, str]:
@@ -418,20 +469,22 @@ def concept_names(corpus: str, args: argparse.Namespace, cadec_split: dict) -> d
     return {c.concept_id: c.name for c in load_task(corpus, args, cadec_split).vocabulary.concepts}
 
 
-def register(champion: Champion, concept_names, alpha: float) -> None:
-    """`ehrbert-{corpus}@champion` -> the champion run's model; no new version if it is already registered."""
+def register(champion: Champion, concept_names, alpha: float, alias: str, params: dict) -> None:
+    """`ehrbert-{corpus}@alias` -> the champion run's model folder; no new version if it is already registered."""
     tags = {"corpus": champion.corpus, "model": champion.model, "model_label": champion.model_label,
             "seed": champion.seed, "test_f1": f"{champion.f1:.6f}", "mean_f1": f"{champion.f1_mean:.6f}",
             "sd_f1": f"{champion.f1_sd:.6f}", "seeds": champion.seeds, "reference": champion.reference,
             "delta_f1_vs_reference": f"{champion.delta_f1:.6f}", "p_value_vs_reference": f"{champion.p_value:.6g}",
-            "t_test": "Welch, two-sided, per-seed test F1"}
+            "t_test": "Welch, two-sided, per-seed test F1", "variant": champion.variant or "-",
+            **provenance_tags(params)}
     description = (f"{champion.model_label}, seed {champion.seed}: test F1 {100 * champion.f1:.2f}. "
                    f"Mean F1 {100 * champion.f1_mean:.2f} (SD {100 * champion.f1_sd:.2f}) over {champion.seeds} seeds, "
                    f"{100 * champion.delta_f1:+.2f} vs {champion.reference} (Welch p = {_p(champion.p_value, alpha)}).")
-    version, created = serving.register_champion(
-        champion.run_id, REGISTERED_NAME.format(corpus=champion.corpus), concept_names, tags=tags,
-        description=description, alias=ALIAS, max_length=champion.max_length or 32)
-    log.info("%s@%s -> version %s (%s)", version.name, ALIAS, version.version, "new" if created else "unchanged")
+    version, created = registry.register_champion(
+        champion.run_id, REGISTERED_NAME.format(corpus=champion.corpus), Path(champion.model_dir), concept_names,
+        tags=tags, description=description, alias=alias, max_length=champion.max_length or 32,
+        variant=champion.variant or None)
+    log.info("%s@%s -> version %s (%s)", version.name, alias, version.version, "new" if created else "unchanged")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -439,6 +492,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="dictionary baseline metrics JSON")
     parser.add_argument("--reports", type=Path, required=True, help="folder for the tables and the chart")
     parser.add_argument("--metrics", type=Path, required=True, help="headline metrics JSON")
+    parser.add_argument("--run-records", type=Path, nargs="+", required=True,
+                        help="folders of run records (runs/finetune, runs/hybrid): the runs compared")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--no-register", action="store_true", help="write the reports only; leave the registry alone")
     add_data_arguments(parser)  # the task vocabularies give the registered models their concept names
@@ -448,9 +503,15 @@ def main(argv: list[str] | None = None) -> None:
     params = yaml.safe_load(args.params.read_text())
     config = CompareConfig(**params["compare"])
     mlflow.set_tracking_uri(tracking_uri())
-    runs = runs_table(search_finetune_runs(config.corpora), config.corpora, config.models)
+    raw = fetch_runs(read_run_records(args.run_records))
+    try:
+        runs = runs_table(raw, config.corpora, config.models)
+    except ValueError as error:
+        raise SystemExit(f"{', '.join(map(str, args.run_records))}: {error}") from None
     if runs.empty:
-        raise SystemExit(f"no finished fine-tuning runs of {config.models} on {mlflow.get_tracking_uri()}")
+        raise SystemExit(f"no fine-tuning runs of {config.models} in the run records of "
+                         f"{', '.join(map(str, args.run_records))}")
+    runs = runs.merge(raw[["run_id", "model_dir", "variant"]], on="run_id", how="left")
     log.info("%d runs: %s", len(runs), runs.groupby(["corpus", "mentions", "model"]).size().to_dict())
 
     summary = summarize(runs, config.reference)
@@ -476,10 +537,12 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.no_register:
         return
+    alias = registry_alias(config.alias)
     for champion in champions:
         log.info("champion %s: %s", champion.corpus, asdict(champion))
         # the vocabulary is read only when a new version must be packaged
-        register(champion, partial(concept_names, champion.corpus, args, params["cadec_split"]), config.alpha)
+        register(champion, partial(concept_names, champion.corpus, args, params["cadec_split"]), config.alpha, alias,
+                 {"compare": params["compare"], "cadec_split": params["cadec_split"]})
 
 
 if __name__ == "__main__":

@@ -7,8 +7,13 @@ weights are the ones kept, evaluated once on test. Speed on CPU comes from work 
 than from less science: identical (query, concept) pairs can be merged (`deduplicate`), queries are
 short (`max_length`), batches group queries of similar length, and dev is scored once per epoch.
 
-One script for 1 or N processes (Accelerate): `accelerate launch --multi_gpu --num_processes 2
--m ehrbert.finetune ...` (add `--cpu` to this script on a CPU-only machine).
+One script for 1 or N processes: dvc.yaml starts it with `accelerate launch`, and Accelerate's configuration
+(processes, devices, mixed precision) is chosen at run time. `batch_size` is the examples per optimizer step over
+all processes, so the science does not change with the hardware.
+
+The output folder (a DVC out) holds what later stages and the registry use: `model/` (weights, tokenizer and
+`training.json`, the config it was trained with) and the test predictions; `--run-record` names the file that
+gets the MLflow run IDs (`ehrbert.tracking.write_run_record`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,12 +38,14 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from ehrbert import checkpoints, normalizer
 from ehrbert.corpora.records import Mention
 from ehrbert.detector import LexiconDetector, predicted_mentions
+from ehrbert.launch import make_accelerator
 from ehrbert.metrics import accuracy_at_k, evaluate, mention_level
 from ehrbert.tasks import Task, add_data_arguments, load_task, predictions_table
 from ehrbert.text import normalize
-from ehrbert.tracking import start_run
+from ehrbert.tracking import start_run, write_run_record
 
 log = logging.getLogger(__name__)
+
 
 
 @dataclass
@@ -107,10 +113,13 @@ def train(
     seed: int,
 ) -> list[dict]:
     """Train in place; leaves the best-on-dev weights in `model`. Returns one record per epoch."""
+    if config.batch_size % accelerator.num_processes:
+        raise ValueError(f"finetune.config.batch_size {config.batch_size} is not divisible by {accelerator.num_processes} processes")
+    per_process = config.batch_size // accelerator.num_processes  # batch_size is per optimizer step, all processes
     features = [dict(tokenizer(q, truncation=True, max_length=config.max_length), labels=y) for q, y in pairs]
     generator = torch.Generator().manual_seed(seed)
     sampler = LengthGroupedSampler(config.batch_size, lengths=[len(f["input_ids"]) for f in features], generator=generator)
-    loader = DataLoader(features, batch_size=config.batch_size, sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer))
+    loader = DataLoader(features, batch_size=per_process, sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer))
     head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
     encoder = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
     groups = [{"params": encoder, "lr": config.encoder_lr}, {"params": head, "lr": config.head_lr}]
@@ -166,24 +175,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     add_data_arguments(parser)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out-dir", type=Path, required=True, help="the run's test predictions")
+    parser.add_argument("--out-dir", type=Path, required=True,
+                        help="the run's model/ (weights, tokenizer, training.json) and test predictions")
+    parser.add_argument("--run-record", type=Path, required=True, help="JSON file for the MLflow run IDs")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--cadec-detector", type=Path,
                         help="mention detector (JSON); cadec runs are then also scored on detected mentions")
     parser.add_argument("--config-overrides", metavar="KEY",
                         help="dotted params key of a mapping that overrides finetune.config (e.g. "
                              "finetune.head_init_ablation.config, the head-initialization ablation)")
-    parser.add_argument("--cpu", action="store_true", help="force CPU (also for several processes)")
-    parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no",
-                        help="bf16: Accelerate autocast of the model (training about 20 %% faster on 2 CPU cores)")
     args = parser.parse_args(argv)
 
-    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
+    accelerator = make_accelerator()  # processes, devices and mixed precision: `accelerate launch`'s configuration
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = yaml.safe_load(args.params.read_text())
     config = FinetuneConfig(**{**params["finetune"]["config"], **config_overrides(params, args.config_overrides, args.params)})
     model_label = f'{params["finetune"]["model_labels"].get(args.model, args.model)}, {HEAD_INIT_LABELS[config.head_init]}'
+    stage_params = {"finetune.config": asdict(config), "finetune.model_labels": params["finetune"]["model_labels"],
+                    "cadec_split": params["cadec_split"]}
     set_seed(args.seed)
 
     with accelerator.main_process_first():
@@ -203,36 +213,44 @@ def main(argv: list[str] | None = None) -> None:
     model = accelerator.unwrap_model(model)
     ranked, scores = normalizer.predict(model, tokenizer, test_queries, k=5, max_length=config.max_length)
     test = evaluate(task.splits["test"], task.mentions("test"), ranked, level=task.level)
-    test["train_seconds"] = round(train_seconds, 1)
     test["best_epoch"] = max(history, key=lambda r: r["dev_acc1"])["epoch"]
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    args.run_record.unlink(missing_ok=True)  # written last: a stale record never outlives a failed run
+    model_dir = args.out_dir / normalizer.MODEL_DIR
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    (model_dir / normalizer.TRAINING_FILE).write_text(json.dumps({"config": asdict(config), "model": args.model,
+                                                       "corpus": args.corpus, "seed": args.seed}, indent=2) + "\n")
     predictions_table(task, "test", test_queries, ranked, scores).to_csv(args.out_dir / "test_predictions.tsv", sep="\t", index=False)
     tags = {"model": args.model, "model_label": model_label, "corpus": args.corpus, "seed": str(args.seed),
             "mentions": "gold", "encoder_path": str(args.model_path)}
-    with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{args.model}-{args.corpus}-s{args.seed}", tags=tags):
+    runs = {}
+    with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{args.model}-{args.corpus}-s{args.seed}", tags=tags,
+                   params=stage_params) as run:
         mlflow.log_params({**asdict(config), "corpus": args.corpus, "model": args.model, "seed": args.seed,
                            "concepts": len(task.vocabulary), "train_pairs": len(pairs),
-                           "mixed_precision": args.mixed_precision, "processes": accelerator.num_processes})
+                           "mixed_precision": accelerator.mixed_precision, "processes": accelerator.num_processes})
         for record in history:
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
         mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
+        mlflow.log_metric("train_seconds", round(train_seconds, 1))  # wall clock: MLflow only, not the DVC metrics
         mlflow.log_artifact(str(args.out_dir / "test_predictions.tsv"))
-        with tempfile.TemporaryDirectory() as folder:  # the weights live in MLflow only, not in DVC's cache
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-            mlflow.log_artifacts(folder, artifact_path="model")
-        training_run = mlflow.active_run().info.run_id
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")  # also in MLflow, for the UI; stages read the DVC out
+        runs["gold"] = run.info.run_id
     if args.corpus == "cadec" and args.cadec_detector is not None:
         detector = LexiconDetector.load(args.cadec_detector)
         predicted = predicted_mention_scores(task, model, tokenizer, detector, config)
         with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{args.model}-{args.corpus}-s{args.seed}-predicted",
-                       tags={**tags, "mentions": "predicted", "trained_in_run": training_run}):
+                       tags={**tags, "mentions": "predicted", "trained_in_run": runs["gold"]}, params=stage_params) as run:
             mlflow.log_params({"detector": str(args.cadec_detector), "model": args.model, "seed": args.seed})
             mlflow.log_metrics({f"test_{k}": v for k, v in predicted.items()})
+            runs["predicted"] = run.info.run_id
         test["predicted_mentions"] = predicted
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(test, indent=2) + "\n")
+    write_run_record(args.run_record, runs, experiment=f"finetune-{args.corpus}", model=args.model, corpus=args.corpus,
+                     seed=args.seed, model_dir=str(model_dir))
 
 
 if __name__ == "__main__":

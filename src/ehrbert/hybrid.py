@@ -9,8 +9,8 @@ params.yaml (`hybrid`) and each chosen on dev only:
    An entry that stands for several concepts (a name two concepts share, a training mention annotated
    two ways) answers with its most frequent one only: one stray annotation ("hemochromatosis" once
    labelled T-cell lymphoma in NCBI train, 20 times hemochromatosis) must not tie with the rule.
-2. **classifier**: the fine-tuning run of the paper's classifier with the same corpus and seed (from
-   MLflow); a concept's score becomes ``cosine + w * probability``, with `w` chosen on dev acc@1 (w = 0 is
+2. **classifier**: the paper's classifier fine-tuned on the same corpus with the same seed (the finetune
+   stage's output folder, which dvc.yaml names); a concept's score becomes ``cosine + w * probability``, with `w` chosen on dev acc@1 (w = 0 is
    retrieval alone).
 3. **composite** (`ehrbert.composite`): the best entry's concept tuple when it has several concepts (a
    composite training mention), else, for a coordinated query, the best concepts of its parts when every
@@ -21,10 +21,12 @@ params.yaml (`hybrid`) and each chosen on dev only:
 Raw text goes through the same path: a lexicon detector (`ehrbert.detector`, fitted on the training
 split, threshold on dev) finds the mentions, Ab3P the document's abbreviations.
 
-The stage (`main`, one corpus x one seed) logs one MLflow run per cumulative variant to the corpus's
-fine-tuning experiment, so that `ehrbert.compare` puts them beside the paper's models with t-tests:
-``retrieval`` -> ``hybrid`` (+ classifier) -> ``hybrid_composite`` -> ``hybrid_nil`` (+ no-concept), each
-only if its component is switched on. The last one carries the servable model folder (`HybridNormalizer.save`).
+The stage (`main`, one corpus x one seed; started by `accelerate launch`, which may train the encoder on
+several processes) logs one MLflow run per cumulative variant to the corpus's fine-tuning experiment, so
+that `ehrbert.compare` puts them beside the paper's models with t-tests: ``retrieval`` -> ``hybrid``
+(+ classifier) -> ``hybrid_composite`` -> ``hybrid_nil`` (+ no-concept), each only if its component is
+switched on. One servable model folder (`HybridNormalizer.save`, a DVC out) holds the components and every
+variant's settings, so that any variant can be registered and served; the run IDs go to the run record.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,12 +52,14 @@ from ehrbert.metrics import accuracy_at_k, prf, score_predictions
 from ehrbert.retrieval import NameIndex, RetrievalConfig
 from ehrbert.tasks import Task, add_data_arguments, load_task, predictions_table
 from ehrbert.text import find_abbreviations, preprocess_mention
-from ehrbert.tracking import start_run, tracking_uri
+from ehrbert.launch import make_accelerator
+from ehrbert.tracking import read_run_record, start_run, write_run_record
 
 log = logging.getLogger(__name__)
 
+MODEL_DIR = "model"  # in the stage's output folder: the servable normalizer, every variant
 SETTINGS_FILE = "hybrid.json"
-FORMAT = "ehrbert-hybrid/1"
+FORMAT = "ehrbert-hybrid/2"  # /2: the settings of every variant, one of them the default
 VARIANTS = ("retrieval", "hybrid", "hybrid_composite", "hybrid_nil")
 COMPONENTS = {"hybrid": "{classifier_model} classifier", "hybrid_composite": "composite mentions",
               "hybrid_nil": "no-concept threshold"}  # what each variant adds, for its label
@@ -146,12 +149,14 @@ class HybridNormalizer:
 
     def __init__(self, encoder, tokenizer, index: NameIndex, config: RetrievalConfig, classifier=None,
                  classifier_tokenizer=None, classifier_max_length: int = 24, classifier_top_k: int = 20,
-                 settings: Settings | None = None, detector: LexiconDetector | None = None):
+                 settings: Settings | None = None, detector: LexiconDetector | None = None,
+                 variants: dict[str, Settings] | None = None):
         self.encoder, self.tokenizer, self.index, self.config = encoder, tokenizer, index, config
         self.classifier, self.classifier_tokenizer = classifier, classifier_tokenizer
         self.classifier_max_length, self.classifier_top_k = classifier_max_length, classifier_top_k
         self.settings = settings or Settings()
         self.detector = detector
+        self.variants = dict(variants or {})  # variant name -> its dev-chosen settings (saved with the model)
 
     @staticmethod
     def concept_ids_in(folder: str | Path) -> set[str]:
@@ -199,8 +204,9 @@ class HybridNormalizer:
 
     # --- files ---------------------------------------------------------------------------------------
 
-    def save(self, folder: str | Path) -> None:
-        """One folder that loads by itself: retriever/, classifier/ (if any), detector.json (if any), hybrid.json."""
+    def save(self, folder: str | Path, default_variant: str | None = None) -> None:
+        """One folder that loads by itself: retriever/, classifier/ (if any), detector.json (if any), hybrid.json
+        (the settings of every variant in `self.variants`; `default_variant` is the one `load` picks unasked)."""
         folder = Path(folder)
         retrieval.save_retriever(self.encoder, self.tokenizer, self.index, folder / "retriever")
         if self.classifier is not None:
@@ -208,23 +214,36 @@ class HybridNormalizer:
             self.classifier_tokenizer.save_pretrained(str(folder / "classifier"))
         if self.detector is not None:
             self.detector.save(folder / "detector.json")
-        settings = {"format": FORMAT, "settings": asdict(self.settings), "retrieval": asdict(self.config),
+        variants = self.variants or {"default": self.settings}
+        default_variant = default_variant or next(reversed(variants))
+        settings = {"format": FORMAT, "default_variant": default_variant,
+                    "variants": {name: asdict(s) for name, s in variants.items()}, "retrieval": asdict(self.config),
                     "classifier_max_length": self.classifier_max_length, "classifier_top_k": self.classifier_top_k}
         (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
     @classmethod
-    def load(cls, folder: str | Path) -> HybridNormalizer:
+    def load(cls, folder: str | Path, variant: str | None = None) -> HybridNormalizer:
+        """The normalizer saved in `folder`, answering with `variant`'s settings (default: the folder's default)."""
         folder = Path(folder)
         data = json.loads((folder / SETTINGS_FILE).read_text())
         if data.get("format") != FORMAT:
             raise ValueError(f"{folder / SETTINGS_FILE}: not a {FORMAT} file (format {data.get('format')!r})")
+        variants = {name: Settings(**values) for name, values in data["variants"].items()}
+        variant = variant or data["default_variant"]
+        if variant not in variants:
+            raise ValueError(f"{folder / SETTINGS_FILE}: no variant {variant!r}; it has {', '.join(variants)}")
         encoder, tokenizer, index = retrieval.load_retriever(folder / "retriever")
         classifier = classifier_tokenizer = None
         if (folder / "classifier").is_dir():
             classifier, classifier_tokenizer = normalizer.load(folder / "classifier")
         detector = LexiconDetector.load(folder / "detector.json") if (folder / "detector.json").exists() else None
         return cls(encoder, tokenizer, index, RetrievalConfig(**data["retrieval"]), classifier, classifier_tokenizer,
-                   data["classifier_max_length"], data["classifier_top_k"], Settings(**data["settings"]), detector)
+                   data["classifier_max_length"], data["classifier_top_k"], variants[variant], detector, variants)
+
+    @staticmethod
+    def variants_in(folder: str | Path) -> list[str]:
+        """The variants a saved normalizer can answer as (read from hybrid.json, no weights loaded)."""
+        return list(json.loads((Path(folder) / SETTINGS_FILE).read_text())["variants"])
 
 
 def is_hybrid(folder: str | Path) -> bool:
@@ -302,19 +321,6 @@ def predictions_frame(task: Task, split: str, queries: list[str], answers: list[
 # --- the stage ---------------------------------------------------------------------------------------------
 
 
-def classifier_run(corpus: str, model: str, seed: int) -> str:
-    """The newest finished fine-tuning run of `model` on `corpus` with `seed` (gold mentions)."""
-    runs = mlflow.search_runs(
-        experiment_names=[f"finetune-{corpus}"],
-        filter_string=(f"tags.model = '{model}' and tags.seed = '{seed}' and tags.mentions = 'gold' "
-                       "and attributes.status = 'FINISHED'"),
-        order_by=["attributes.start_time DESC"], max_results=1)
-    if runs.empty:
-        raise SystemExit(f"no finished fine-tuning run of model {model!r} on {corpus} with seed {seed} "
-                         f"on {mlflow.get_tracking_uri()}: run the finetune stage first")
-    return runs.iloc[0]["run_id"]
-
-
 def detected_scores(task: Task, model: HybridNormalizer) -> dict[str, float]:
     """Test scores from raw text: the model's detector finds the mentions, the model normalizes them."""
     documents = task.splits["test"]
@@ -334,13 +340,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     add_data_arguments(parser)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out-dir", type=Path, required=True, help="the test predictions of each variant")
+    parser.add_argument("--classifier", type=Path,
+                        help="the finetune output folder of the classifier to interpolate (hybrid.config.classifier)")
+    parser.add_argument("--classifier-run-record", type=Path, help="that fine-tuning run's run record (its MLflow run ID)")
+    parser.add_argument("--out-dir", type=Path, required=True, help="model/ (every variant) and each variant's test predictions")
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--run-record", type=Path, required=True, help="JSON file for the MLflow run IDs of the variants")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    accelerator = make_accelerator()  # the encoder's training may run on several processes (accelerate launch)
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = yaml.safe_load(args.params.read_text())
     config = HybridConfig(**params["hybrid"]["config"])
     retrieval_label = params["hybrid"]["retrieval_label"]
+    stage_params = {"hybrid.config": params["hybrid"]["config"], "hybrid.retrieval_label": retrieval_label,
+                    "cadec_split": params["cadec_split"]}
+    if config.classifier and args.classifier is None:
+        parser.error("hybrid.config.classifier is on: --classifier (a finetune output folder) is required")
     set_seed(args.seed)
 
     task = load_task(args.corpus, args, params["cadec_split"])
@@ -349,20 +365,23 @@ def main(argv: list[str] | None = None) -> None:
     encoder, tokenizer = retrieval.load_encoder(checkpoints.resolve(config.encoder))
     names = retrieval.concept_names(task.vocabulary)
     pairs = retrieval.mention_pairs(task.mentions("train"), task.queries("train"), names)
-    history = retrieval.train_encoder(encoder, tokenizer, names, pairs, config.retrieval, args.seed)
+    history = retrieval.train_encoder(encoder, tokenizer, names, pairs, config.retrieval, args.seed, accelerator)
     train_seconds = time.perf_counter() - started
+    if not accelerator.is_main_process:  # the rest (index, dev choices, test, logging) runs once
+        return
     index = (NameIndex.build(task.vocabulary, task.mentions("train"), task.queries("train"))
              if config.retrieval.index_training_mentions else NameIndex.build(task.vocabulary))
     index.embed(encoder, tokenizer, config.retrieval)
 
     classifier = classifier_tokenizer = None
-    classifier_max_length = params["finetune"]["config"]["max_length"]
+    classifier_max_length = 0
     tags = {"corpus": args.corpus, "seed": str(args.seed), "mentions": "gold", "encoder_path": config.encoder}
-    mlflow.set_tracking_uri(tracking_uri())
     if config.classifier:
-        run_id = classifier_run(args.corpus, config.classifier_model, args.seed)
-        tags["classifier_run"] = run_id
-        classifier, classifier_tokenizer = normalizer.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model"))
+        classifier, classifier_tokenizer, trained = normalizer.load_finetuned(args.classifier)
+        classifier_max_length = trained["config"]["max_length"]  # as the classifier was trained, not as params say now
+        tags["classifier_path"] = str(args.classifier)
+        if args.classifier_run_record is not None:
+            tags["classifier_run"] = read_run_record(args.classifier_run_record)["runs"]["gold"]
     detector = LexiconDetector.fit([n for ns in names.values() for n in ns], task.splits["train"])
     min_precision, _ = choose_min_precision(detector, task.splits["dev"])
     model = HybridNormalizer(encoder, tokenizer, index, config.retrieval, classifier, classifier_tokenizer,
@@ -376,7 +395,11 @@ def main(argv: list[str] | None = None) -> None:
     variants = choose_settings(task, dev, config, seen)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    results = {}
+    args.run_record.unlink(missing_ok=True)  # written last: a stale record never outlives a failed run
+    model.variants = {variant: settings for variant, settings, _ in variants}
+    model_dir = args.out_dir / MODEL_DIR
+    model.save(model_dir, default_variant=variants[-1][0])
+    results, runs = {}, {}
     for i, (variant, settings, tables) in enumerate(variants):
         answers = decide(test, settings)
         result = score(task, "test", answers, seen)
@@ -390,33 +413,40 @@ def main(argv: list[str] | None = None) -> None:
         if last:
             model.settings = settings
             result.update({f"text_{k}": v for k, v in detected_scores(task, model).items()})
-        result.update({"retrieval_train_seconds": round(train_seconds, 1), "test_candidates_seconds": round(test_seconds, 1)})
-        run_tags = {**tags, "model": variant, "model_label": variant_label(variant, retrieval_label, config)}
-        with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{variant}-{args.corpus}-s{args.seed}", tags=run_tags):
+        run_tags = {**tags, "model": variant, "model_label": variant_label(variant, retrieval_label, config),
+                    "model_path": str(model_dir), "variant": variant}
+        with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{variant}-{args.corpus}-s{args.seed}",
+                       tags=run_tags, params=stage_params) as run:
             mlflow.log_params({**{f"retrieval_{k}": v for k, v in asdict(config.retrieval).items()},
                                **{k: v for k, v in asdict(settings).items()}, "encoder": config.encoder,
                                "classifier_model": config.classifier_model if config.classifier else "",
                                "max_length": config.retrieval.max_length, "index_entries": len(index),
-                               "detector_min_precision": min_precision, "corpus": args.corpus, "seed": args.seed})
+                               "detector_min_precision": min_precision, "corpus": args.corpus, "seed": args.seed,
+                               "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision})
             for record in history:
                 mlflow.log_metric("retrieval_loss", record["loss"], step=record["step"])
             mlflow.log_metrics({f"test_{k}": v for k, v in result.items()})
+            # wall clock: MLflow only, not the DVC metrics
+            mlflow.log_metrics({"retrieval_train_seconds": round(train_seconds, 1),
+                                "candidates_seconds": round(test_seconds, 1)})
             mlflow.log_dict(tables, "dev_choices.json")
             mlflow.log_artifact(str(predictions))
-            if last:
-                with tempfile.TemporaryDirectory() as folder:  # the model lives in MLflow only, not in DVC's cache
-                    model.save(folder)
-                    mlflow.log_artifacts(folder, artifact_path="model")
-            trained_in = mlflow.active_run().info.run_id
+            if last:  # the folder serves every variant: logged once, for the UI (stages read the DVC out)
+                mlflow.log_artifacts(str(model_dir), artifact_path="model")
+            runs[variant] = run.info.run_id
         if last and task.level == "mention":  # the clinical corpus is also scored from detected mentions
             with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{variant}-{args.corpus}-s{args.seed}-predicted",
-                           tags={**run_tags, "mentions": "predicted", "trained_in_run": trained_in}):
+                           tags={**run_tags, "mentions": "predicted", "trained_in_run": runs[variant]},
+                           params=stage_params) as run:
                 mlflow.log_metrics({f"test_{k.removeprefix('text_')}": v for k, v in result.items() if k.startswith("text_")})
+                runs[f"{variant}-predicted"] = run.info.run_id
         results[variant] = {"settings": asdict(settings), "test": result}
         log.info("%s: test F1 %.4f, acc@1 %.4f (seen %.4f, unseen %.4f)", variant, result["f1"], result["acc1"],
                  result["acc1_seen"], result["acc1_unseen"])
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(results, indent=2) + "\n")
+    write_run_record(args.run_record, runs, experiment=f"finetune-{args.corpus}", corpus=args.corpus, seed=args.seed,
+                     model_dir=str(model_dir))
 
 
 if __name__ == "__main__":

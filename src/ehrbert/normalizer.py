@@ -24,6 +24,7 @@ concept IDs, so label i is always the same concept. Inputs are the preprocessed 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -122,6 +123,20 @@ def encode_by_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 def load(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     model = AutoModelForSequenceClassification.from_pretrained(str(path))
     return model.eval(), AutoTokenizer.from_pretrained(str(path))
+
+
+MODEL_DIR = "model"  # in a fine-tuning output folder: the saved normalizer
+TRAINING_FILE = "training.json"  # in the saved normalizer: the fine-tuning config it was trained with
+
+
+def load_finetuned(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    """(model, tokenizer, training record) from a fine-tuning output folder (the stage's DVC out)."""
+    model_dir = Path(folder) / MODEL_DIR
+    if not (model_dir / TRAINING_FILE).is_file():
+        raise FileNotFoundError(f"{model_dir / TRAINING_FILE}: not a fine-tuned normalizer "
+                                "(run the finetune stage with `dvc repro`, or `dvc pull` it)")
+    model, tokenizer = load(model_dir)
+    return model, tokenizer, json.loads((model_dir / TRAINING_FILE).read_text())
 
 
 def concept_ids(model: PreTrainedModel) -> list[str]:

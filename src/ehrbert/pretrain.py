@@ -12,13 +12,12 @@ perplexity on the same held-out notes, masked once. Heads missing from the initi
 (all-MiniLM-L6-v2 ships no MLM or NSP head) are initialized, logged and tagged; the perplexity of such a
 checkpoint measures a random head, so compare perplexities from the biomedical model onward.
 
-Science (lr, batch, epochs) comes from params.yaml; runtime (processes, precision, accumulation, checkpoint
-interval, resume) from flags. `batch_size` is the examples per optimizer step over all processes and
-accumulation steps, so the science does not change with the hardware. The same script runs on 1 process or N:
-  python -m ehrbert.pretrain --stage ehr_half ...
-  accelerate launch --multi_gpu --num_processes 2 -m ehrbert.pretrain --cpu --stage ehr_half ...
-(on a CPU-only machine `accelerate launch --cpu --num_processes 2` starts ONE process; `--multi_gpu` with this
-script's `--cpu` gives two processes over gloo.)
+Science (lr, batch, epochs) comes from params.yaml; processes, devices and mixed precision from `accelerate
+launch`'s configuration (see `ehrbert.launch`); accumulation, checkpoint interval and resume from flags.
+`batch_size` is the examples per optimizer step over all processes and accumulation steps, so the science does
+not change with the hardware. dvc.yaml runs it as `accelerate launch $ACCELERATE_ARGS -m ehrbert.pretrain ...`.
+The saved model folder records what made it (`pretraining.json`) but no wall-clock time, so two runs of the
+same configuration on one machine give identical files; timings go to MLflow.
 
 Training state goes to `--checkpoint-dir` every `--checkpoint-every` steps (see `ehrbert.checkpoints`); keep
 that folder outside the stage's DVC outs, which DVC deletes before rerunning a stage. Rerun after a crash, the
@@ -47,8 +46,9 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForPreTraining, AutoTokenizer, DataCollatorForLanguageModeling, get_linear_schedule_with_warmup
 
 from ehrbert import checkpoints
+from ehrbert.launch import make_accelerator
 from ehrbert.pretraining_data import MaskedPairDataset, PairDataset, load_examples, vocabulary_digest
-from ehrbert.tracking import start_run
+from ehrbert.tracking import start_run, write_run_record
 
 log = logging.getLogger(__name__)
 
@@ -250,14 +250,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heldout", type=Path, required=True, help="held-out masked examples (.npz)")
     parser.add_argument("--out", type=Path, required=True, help="final model + tokenizer (save_pretrained)")
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--run-record", type=Path, required=True, help="JSON file for the MLflow run ID")
     parser.add_argument("--checkpoint-dir", type=Path, required=True, help="step_<n> training states (not a DVC out)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps between checkpoints")
     parser.add_argument("--keep-checkpoints", type=int, default=1, help="newest checkpoints kept; 0: all")
     parser.add_argument("--resume", choices=["auto", "never"], default="auto",
                         help="auto: continue from the newest matching checkpoint; never: discard checkpoints, start over")
-    parser.add_argument("--cpu", action="store_true", help="force CPU (also for several processes)")
-    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="per process")
     args = parser.parse_args(argv)
@@ -284,8 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"pretrain.{args.stage} trains (max_steps is not 0): --train is required")
 
     # the seedable sampler draws each epoch's order from data_seed + epoch: the same order after a restart
-    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum,
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
+    accelerator = make_accelerator(gradient_accumulation_steps=args.grad_accum,
+                                   dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     world, accumulation = accelerator.num_processes, args.grad_accum
@@ -321,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
 
     made_of = {"stage": args.stage, "config": asdict(config), "init": checkpoints.digest(checkpoints.resolve(args.init)),
                "train": checkpoints.digest(args.train) if train_dl else None, "processes": world,
-               "accumulation": accumulation, "mixed_precision": args.mixed_precision, "total_steps": total_steps}
+               "accumulation": accumulation, "mixed_precision": accelerator.mixed_precision, "total_steps": total_steps}
     fingerprint = checkpoints.fingerprint(made_of)
     resume = _resume_point(accelerator, args, fingerprint)
     if resume is not None:
@@ -339,12 +338,14 @@ def main(argv: list[str] | None = None) -> None:
             "resumed_from_step": str(start_step) if resume else "-"}
     if resume:
         tags["resumed_mlflow_run"] = resume[2].get("mlflow_run_id") or "-"
-    tracking = start_run(EXPERIMENT, run_name=info.label, tags=tags) if accelerator.is_main_process else contextlib.nullcontext()
+    stage_params = {"pretrain": asdict(config), f"pretrain.{args.stage}": asdict(info)}
+    tracking = (start_run(EXPERIMENT, run_name=info.label, tags=tags, params=stage_params) if accelerator.is_main_process
+                else contextlib.nullcontext())
     with tracking as run:
         if accelerator.is_main_process:
             mlflow.log_params({**asdict(config), "stage": args.stage, "init": args.init, "train": str(args.train),
                                "heldout": str(args.heldout), "processes": world, "grad_accum": accumulation,
-                               "per_device_batch_size": micro_batch, "mixed_precision": args.mixed_precision,
+                               "per_device_batch_size": micro_batch, "mixed_precision": accelerator.mixed_precision,
                                "train_examples": len(train_arrays["lengths"]) if train_dl else 0,
                                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                                "max_seq_length": int(heldout_arrays["input_ids"].shape[1])})
@@ -370,18 +371,21 @@ def main(argv: list[str] | None = None) -> None:
                        "train": str(args.train), "heldout": str(args.heldout), "newly_initialized_heads": new_heads,
                        "fingerprint": fingerprint, "made_of": made_of, "total_steps": total_steps,
                        "steps_per_epoch": steps_per_epoch, "batches_per_epoch": len(train_dl) if train_dl else 0,
-                       "resumed_from_step": start_step if resume else None, "processes": world, **done,
+                       "processes": world,
                        "heldout_before": before, "heldout_after": after}
             (args.out / "pretraining.json").write_text(json.dumps(summary, indent=2) + "\n")
             metrics = {"init_new_head_weights": len(new_heads), "heldout_perplexity_before": before["perplexity"],
                        "heldout_perplexity_after": after["perplexity"], "heldout_nsp_accuracy_before": before["nsp_accuracy"],
-                       "heldout_nsp_accuracy_after": after["nsp_accuracy"], "train_steps": total_steps,
-                       "train_tokens_per_s": done["train_tokens_per_s"], "train_seconds": done["train_seconds"]}
+                       "heldout_nsp_accuracy_after": after["nsp_accuracy"], "train_steps": total_steps}
             mlflow.log_metrics({f"heldout_{k}_after": v for k, v in after.items()}, step=total_steps)
             mlflow.log_metrics({"train_tokens_per_s_mean": done["train_tokens_per_s"], "train_seconds": done["train_seconds"]})
+            # what this invocation did (a resumed run does less): MLflow only, so the model folder depends on the
+            # configuration alone
+            mlflow.log_dict({**done, "resumed_from_step": start_step if resume else None}, "progress.json")
             args.metrics.parent.mkdir(parents=True, exist_ok=True)
             args.metrics.write_text(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()},
                                                indent=2) + "\n")
+            write_run_record(args.run_record, {"pretrain": run.info.run_id}, experiment=EXPERIMENT, stage=args.stage)
     accelerator.end_training()
 
 

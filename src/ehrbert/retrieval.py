@@ -30,9 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ehrbert.corpora.records import Mention, Vocabulary
+from ehrbert.launch import make_accelerator
 from ehrbert.normalizer import encode_by_length
 from ehrbert.text import normalize
 
@@ -97,10 +99,19 @@ def train_encoder(
     pairs: Sequence[tuple[str, str]],
     config: RetrievalConfig,
     seed: int,
+    accelerator: Accelerator | None = None,
 ) -> list[dict]:
-    """Contrastive training in place (see the module docstring); one record per 25 steps and the last."""
+    """Contrastive training in place (see the module docstring); one record per 25 steps and the last.
+
+    On N processes (`accelerator`, from `accelerate launch`) every process draws the same batch, encodes its
+    share of the pairs, and gathers the others' vectors with their gradients, so that each pair still meets
+    every other pair of the whole batch as a negative: the loss, and after DDP's averaging the step, are those
+    of one process. `batch_size` is pairs per step over all processes. Without `accelerator`: one process.
+    """
     if config.steps <= 0:
         return []
+    accelerator = accelerator or make_accelerator()
+    world, rank = accelerator.num_processes, accelerator.process_index
     rng = random.Random(seed)
     torch.manual_seed(seed)
     synonym_concepts = [c for c, ns in names.items() if len(ns) > 1]
@@ -108,13 +119,19 @@ def train_encoder(
     n_mentions = config.batch_size - n_synonyms if pairs else 0
     if n_mentions + n_synonyms < 2:
         raise ValueError("contrastive training needs at least two pairs a batch: no training mentions or synonyms")
+    if getattr(model, "pooler", None) is not None:
+        # mean pooling never reads BERT's pooler: it gets no gradient, so AdamW would leave it alone anyway; frozen,
+        # it also does not stall DDP, which waits for a gradient of every trainable weight
+        model.pooler.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    trained, optimizer = accelerator.prepare(model, optimizer)
     history, started, total = [], time.perf_counter(), 0.0
 
     def encode(texts: list[str]) -> dict[str, torch.Tensor]:
-        return tokenizer(texts, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt").to(model.device)
+        return tokenizer(texts, padding=True, truncation=True, max_length=config.max_length,
+                         return_tensors="pt").to(accelerator.device)
 
-    model.train()
+    trained.train()
     for step in range(1, config.steps + 1):
         batch = [rng.choice(pairs) for _ in range(n_mentions)]
         for cid in rng.sample(synonym_concepts, min(n_synonyms, len(synonym_concepts))):
@@ -122,14 +139,21 @@ def train_encoder(
         anchors = [a for a, _ in batch]
         positives = [rng.choice([n for n in names[c] if n != a] or names[c]) for a, c in batch]
         concepts = [c for _, c in batch]
-        with torch.autocast(model.device.type, dtype=torch.bfloat16):  # the encoder in bf16, the loss in fp32
-            left, right = mean_pool(model, encode(anchors)), mean_pool(model, encode(positives))
-        similarity = left.float() @ right.float().T / config.temperature
+        share = shard(len(batch), world, rank)
+        mine = [anchors[i] for i in share] + [positives[i] for i in share]
+        with accelerator.autocast():  # the encoder under the launch's mixed precision, the loss in fp32
+            vectors = mean_pool(trained, encode(mine)).float()  # one forward a step: anchors, then positives
+        left, right = vectors[: len(share)], vectors[len(share):]
+        if world > 1:
+            left, right = gather_with_grad(left, len(batch), world), gather_with_grad(right, len(batch), world)
+        similarity = left @ right.T / config.temperature
         same = torch.tensor([[a == b for b in concepts] for a in concepts], device=similarity.device)
         same.fill_diagonal_(False)
         loss = torch.nn.functional.cross_entropy(similarity.masked_fill(same, -1e4),
                                                  torch.arange(len(batch), device=similarity.device))
-        loss.backward()
+        # every process holds the whole loss: all_gather's backward sums the processes' gradients of their own
+        # rows (world x each), and DDP's average divides that out again: the step is the one-process step
+        accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad()
         total += loss.item()
@@ -140,6 +164,23 @@ def train_encoder(
             total = 0.0
     model.eval()
     return history
+
+
+def shard(n: int, world: int, rank: int) -> list[int]:
+    """The batch positions process `rank` of `world` encodes: a contiguous block, the first n % world blocks one longer."""
+    size, extra = divmod(n, world)
+    start = rank * size + min(rank, extra)
+    return list(range(start, start + size + (rank < extra)))
+
+
+def gather_with_grad(local: torch.Tensor, n: int, world: int) -> torch.Tensor:
+    """(n, d): every process's rows of the batch in order, the gradient flowing back to each process's own rows."""
+    import torch.distributed.nn.functional as distributed
+
+    width = -(-n // world)  # all_gather needs equal sizes: pad each block to the longest
+    padded = torch.nn.functional.pad(local, (0, 0, 0, width - local.shape[0]))
+    blocks = distributed.all_gather(padded)
+    return torch.cat([block[: len(shard(n, world, rank))] for rank, block in enumerate(blocks)])
 
 
 # --- index -------------------------------------------------------------------------------------------

@@ -6,41 +6,32 @@ and the concept names from `concepts.tsv`; `predict` delegates to `normalize_men
 column, optional ``context``) or `annotate_texts` (a ``text`` column: the hybrid normalizer's detector finds
 the mentions, each returned with its row and character offsets), which the tests also call in process.
 Several concepts (a composite mention) come as ``concept_ids`` joined by ``|``; no concept (the hybrid's
-calibrated threshold) as empty ``concept_id``. What is packaged (`log_normalizer`):
+calibrated threshold) as empty ``concept_id``. What is packaged (`ehrbert.registry.log_normalizer`):
 
-- artifact ``normalizer``: the run's `model/` folder (the classifier: weights, tokenizer, config whose
-  ``id2label`` holds the concept IDs; the hybrid: retriever, name index, classifier, detector, settings);
+- artifact ``normalizer``: the stage's `model/` folder (the classifier: weights, tokenizer, config whose
+  ``id2label`` holds the concept IDs; the hybrid: retriever, name index, classifier, detector, the settings
+  of every variant);
 - artifact ``concepts``: ``concepts.tsv`` (concept_id, name), taken from the task vocabulary, since the
   model folder knows only IDs;
 - ``code_paths``: the `ehrbert` package (the model needs `normalizer` and `text`), nothing else;
-- model config: the query length the model was trained with (`max_length`) and the inference batch
-  size (`predict_batch_size`);
+- model config: the query length the model was trained with (`max_length`), the inference batch
+  size (`predict_batch_size`) and, for a hybrid folder, the `variant` it answers as;
 - a signature (``mention``, ``context`` and ``text``, str, each optional; out ``concept_id``,
   ``concept_ids``, ``concept_name``, ``score``, and for text ``row``, ``start``, ``end``, ``mention``) and
   an input example. Loading reads local files only: no network.
-
-`register_champion` registers a fine-tuning run's model under a name with an alias (MLflow 3
-aliases, not stages), and adds no version when one from the same run is already registered.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
-from collections.abc import Callable, Mapping
-from importlib.metadata import version
+from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.entities import LoggedModelOutput
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.models.model import ModelInfo
 from mlflow.types.schema import ColSpec, Schema
-from transformers import AutoConfig
 
 from ehrbert import hybrid, normalizer
 from ehrbert.text import find_abbreviations, preprocess_mention
@@ -190,98 +181,14 @@ class NormalizerModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         folder = context.artifacts["normalizer"]
+        config = context.model_config or {}
         if hybrid.is_hybrid(folder):
-            self.model, self.tokenizer = hybrid.HybridNormalizer.load(folder), None
+            self.model, self.tokenizer = hybrid.HybridNormalizer.load(folder, config.get("variant") or None), None
         else:
             self.model, self.tokenizer = normalizer.load(folder)
         self.concept_names = read_concepts(context.artifacts["concepts"])
-        config = context.model_config or {}
         self.max_length = int(config.get("max_length", 32))
         self.batch_size = int(config.get("predict_batch_size", 256))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return predict_frame(self.model, self.tokenizer, self.concept_names, model_input, self.max_length, self.batch_size)
-
-
-def log_normalizer(
-    model_dir: str | Path,
-    concept_names: Mapping[str, str],
-    name: str = "normalizer",
-    max_length: int = 32,
-    batch_size: int = 256,
-    model_id: str | None = None,
-) -> ModelInfo:
-    """Log the normalizer folder `model_dir` as a pyfunc model: into the logged model `model_id` when
-    given (see `register_champion`), else as a new one (in the active run, if any).
-
-    `concept_names` ({concept ID: name}) should cover the model's `id2label`; IDs without a name are
-    served with an empty name and logged as a warning.
-    """
-    if hybrid.is_hybrid(model_dir):
-        labels = hybrid.HybridNormalizer.concept_ids_in(model_dir)
-    else:
-        labels = set(AutoConfig.from_pretrained(str(model_dir)).id2label.values())
-    unnamed = labels - set(concept_names)
-    if unnamed:
-        log.warning("%d of %d concepts have no name, e.g. %s", len(unnamed), len(labels), sorted(unnamed)[:3])
-    with tempfile.TemporaryDirectory() as folder:
-        concepts = Path(folder) / CONCEPTS_FILE
-        write_concepts({c: concept_names.get(c, "") for c in sorted(labels)}, concepts)
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=NormalizerModel(),
-            artifacts={"normalizer": str(model_dir), "concepts": str(concepts)},
-            code_paths=[str(PACKAGE_DIR)],
-            signature=SIGNATURE,
-            input_example=INPUT_EXAMPLE,
-            # named apart from the fine-tuning run's `batch_size`: MLflow logs these as an active run's params
-            model_config={"max_length": max_length, "predict_batch_size": batch_size},
-            # pinned from this environment; saves MLflow from loading the model to guess them
-            pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
-            model_id=model_id,
-        )
-
-
-def find_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
-    """The newest version of registered model `name` made from run `run_id`, if any."""
-    versions = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
-    return max(versions, key=lambda v: int(v.version), default=None)
-
-
-def register_champion(
-    run_id: str,
-    name: str,
-    concept_names: Callable[[], Mapping[str, str]],
-    tags: Mapping[str, str] | None = None,
-    description: str = "",
-    alias: str = "champion",
-    max_length: int = 32,
-    model_artifact: str = "model",
-) -> tuple[ModelVersion, bool]:
-    """Point `name@alias` at the normalizer of fine-tuning run `run_id`; (version, whether it is new).
-
-    When a version of `name` from `run_id` exists, it is reused (alias moved, tags updated) and nothing
-    is logged. Otherwise the run's `model_artifact` folder is packaged as a pyfunc logged model whose
-    source is that run (in its experiment, with its parameters, listed among its outputs), and
-    registered, so the version links to the run's metrics. The finished run itself is not reopened.
-    `concept_names` is called only for a new version, so an unchanged champion costs no vocabulary loading.
-    """
-    client = MlflowClient()
-    existing = find_version(client, name, run_id)
-    created = existing is None
-    if created:
-        run = client.get_run(run_id)
-        logged = client.create_logged_model(run.info.experiment_id, name="normalizer", source_run_id=run_id,
-                                            params=run.data.params)
-        with tempfile.TemporaryDirectory() as folder:
-            model_dir = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=model_artifact, dst_path=folder)
-            info = log_normalizer(model_dir, concept_names(), max_length=max_length, model_id=logged.model_id)
-        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
-        existing = mlflow.register_model(info.model_uri, name)
-        log.info("registered %s version %s from run %s", name, existing.version, run_id)
-    for key, value in (tags or {}).items():
-        client.set_model_version_tag(name, existing.version, key, str(value))
-    if description:
-        client.update_model_version(name, existing.version, description=description)
-    client.set_registered_model_alias(name, alias, existing.version)
-    return client.get_model_version(name, existing.version), created

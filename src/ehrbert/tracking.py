@@ -1,14 +1,25 @@
-"""MLflow set-up shared by every stage: one tracking store, one experiment per stage and corpus.
+"""MLflow set-up shared by every stage: one tracking store, one experiment per stage and corpus, provenance tags,
+and the run records through which stages name each other's runs.
 
 The store is MLFLOW_TRACKING_URI when set, else `sqlite:///mlflow.db` at the repository root (the
 model registry needs a database). Artifacts of a sqlite store go to `mlruns/` beside it.
+
+Every run is tagged with what made it (`provenance_tags`): the git commit, a hash of the params the stage
+read, and the DVC experiment it ran in (``workspace`` for a plain `dvc repro`). A training stage writes the
+IDs of its runs into a run record, `runs/<stage>/<name>.json` (`write_run_record`): a small DVC output kept in
+git beside the metrics, so that a commit names the runs its tables came from. A later stage reads that file
+(`read_run_record`) and so uses exactly the runs that made its inputs, never "the newest run with these tags".
+The model folders themselves hold no run ID: two runs of one configuration give identical files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import mlflow
@@ -21,9 +32,33 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
 
 
+def git_commit() -> str:
+    """HEAD of the repository the code runs from ("unknown" outside a git checkout)."""
+    try:
+        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return found.stdout.strip()
+
+
+def params_hash(params: Mapping) -> str:
+    """A short stable hash of the params a stage read (the sections it declares in dvc.yaml)."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def dvc_experiment() -> str:
+    """The DVC experiment being run (`dvc exp run` names it in DVC_EXP_NAME), or "workspace"."""
+    return os.environ.get("DVC_EXP_NAME") or "workspace"
+
+
+def provenance_tags(params: Mapping) -> dict[str, str]:
+    return {"git_commit": git_commit(), "params_hash": params_hash(params), "dvc_experiment": dvc_experiment()}
+
+
 @contextlib.contextmanager
-def start_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run in `experiment` (created on first use) on the project's tracking store."""
+def start_run(experiment: str, run_name: str, tags: dict[str, str], params: Mapping) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run in `experiment` (created on first use) on the project's tracking store, tagged with
+    `tags` and the provenance of `params` (what the stage read of params.yaml)."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
@@ -31,6 +66,7 @@ def start_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[
         location = (ROOT / "mlruns" / experiment).as_uri() if uri == DEFAULT_URI else None
         mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
+    tags = {**provenance_tags(params), **tags}
     # Under `mlflow run`, MLFLOW_RUN_ID names the project's own run: start a fresh run that points
     # to it as its parent instead of resuming it (it lives in another experiment).
     parent = os.environ.pop("MLFLOW_RUN_ID", None)
@@ -42,3 +78,25 @@ def start_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[
     finally:
         if parent:
             os.environ["MLFLOW_RUN_ID"] = parent
+
+
+def write_run_record(path: Path, runs: Mapping[str, str], **facts) -> Path:
+    """{"runs": {name: MLflow run ID}, **facts} as JSON at `path`; written last, when the stage's outputs are."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"runs": dict(runs), **facts}, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_run_record(path: Path) -> dict:
+    """A run record written by `write_run_record`; a clear error naming the file when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no run record; run the stage that writes it (`dvc repro`)")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: line {error.lineno}: not JSON ({error.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("runs"), dict):
+        raise ValueError(f"{path}: not a run record (no 'runs' mapping)")
+    return record

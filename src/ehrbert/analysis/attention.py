@@ -11,8 +11,8 @@ pieces that vector draws from. One PNG per mention, one panel per model:
 - the same for every layer, bottom layer at the bottom (how the focus builds up);
 - the model's top-k concepts with their probabilities, gold ones marked.
 
-Each model is the MLflow run of experiment ``finetune-{corpus}`` tagged with the model, the corpus,
-gold mentions and the seed chosen in params (its latest finished run), downloaded from MLflow.
+Each model is the fine-tuning stage's output folder of that model, corpus and the seed chosen in params
+(`<model>-<corpus>-s<seed>/model`, a DVC output), and its run record names the MLflow run it came from.
 transformers 5 computes attention with SDPA by default, and SDPA returns no weights (`attentions`
 comes back empty), so the models are loaded with ``attn_implementation="eager"``: the same arithmetic,
 written out. The weights also go to ``attention.csv`` and the top-k to ``predictions.csv``.
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import json
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,12 +42,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from ehrbert import normalizer
 from ehrbert.analysis import PREDICTION_FILE, read_predictions, run_folder, top1_correct
+from ehrbert.normalizer import MODEL_DIR, TRAINING_FILE
 from ehrbert.tasks import Task, add_data_arguments, format_spans, load_task
-from ehrbert.tracking import start_run, tracking_uri
+from ehrbert.tracking import read_run_record, start_run
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_LENGTH = 32  # word pieces, when a run did not log the max_length it was trained with
 ATTENTION_COLUMNS = ["case", "corpus", "doc_id", "spans", "model", "layer", "position", "piece", "weight"]
 TOP_K_COLUMNS = ["case", "corpus", "doc_id", "spans", "why", "query", "gold", "model", "rank", "concept_id",
                       "name", "probability", "correct"]
@@ -238,22 +238,12 @@ def prediction_rows(case: Case, p: Panel, names: Callable[[str], str]) -> list[d
 # The stage: MLflow runs and predictions in, figures out.
 
 
-def find_run(corpus: str, model: str, seed: int) -> pd.Series | None:
-    """The latest finished gold-mention fine-tuning run of (corpus, model, seed), or None."""
-    if mlflow.get_experiment_by_name(f"finetune-{corpus}") is None:
-        return None
-    runs = mlflow.search_runs(
-        experiment_names=[f"finetune-{corpus}"],
-        filter_string=(f"tags.model = '{model}' and tags.corpus = '{corpus}' and tags.seed = '{seed}' "
-                       "and tags.mentions = 'gold' and attributes.status = 'FINISHED'"),
-        order_by=["attributes.start_time DESC"], max_results=1, output_format="pandas")
-    return None if runs.empty else runs.iloc[0]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--predictions", type=Path, required=True,
-                        help="fine-tuning outputs (<model>-<corpus>-s<seed>/test_predictions.tsv): where models disagree")
+                        help="fine-tuning outputs (<model>-<corpus>-s<seed>/: model/ and test_predictions.tsv)")
+    parser.add_argument("--run-records", type=Path, required=True,
+                        help="the fine-tuning run records (<model>-<corpus>-s<seed>.json): the runs the figures show")
     add_data_arguments(parser)  # the tasks give each mention's text, query, gold IDs and concept names
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out-dir", type=Path, required=True, help="folder for attention_*.png and the CSVs")
@@ -264,7 +254,6 @@ def main(argv: list[str] | None = None) -> None:
 
     params = yaml.safe_load(args.params.read_text())
     config = CaseStudyConfig(**params["case_study"])
-    mlflow.set_tracking_uri(tracking_uri())
     chosen = [Case(**{k: str(v) for k, v in m.items()}) for m in config.mentions]
     rows: dict[Path, dict[str, list[dict]]] = {}
     for folder in (args.out_dir, args.restricted_out_dir):
@@ -289,16 +278,14 @@ def main(argv: list[str] | None = None) -> None:
 
         panels: dict[str, list[Panel]] = {case.stem: [] for case in cases}
         for model_name in config.models:
-            run = find_run(corpus, model_name, config.seed)
-            if run is None:
-                log.warning("%s: no finished run of %s with seed %d on %s", corpus, model_name, config.seed,
-                            mlflow.get_tracking_uri())
+            folder = run_folder(args.predictions, model_name, corpus, config.seed)
+            if not (folder / MODEL_DIR).is_dir():
+                log.warning("%s: no fine-tuned model of %s with seed %d in %s", corpus, model_name, config.seed, folder)
                 continue
-            source_runs[f"run_{corpus}_{model_name}"] = run["run_id"]
-            max_length = int(float(run.get("params.max_length") or DEFAULT_MAX_LENGTH))
-            with tempfile.TemporaryDirectory() as folder:
-                path = mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="model", dst_path=folder)
-                model, tokenizer = load_for_attention(path)
+            record = args.run_records / f"{folder.name}.json"
+            source_runs[f"run_{corpus}_{model_name}"] = read_run_record(record)["runs"]["gold"]
+            max_length = int(json.loads((folder / MODEL_DIR / TRAINING_FILE).read_text())["config"]["max_length"])
+            model, tokenizer = load_for_attention(folder / MODEL_DIR)
             for case in cases:
                 panels[case.stem].append(panel(model_name, model, tokenizer, case.query, config.top_k, max_length))
             del model
@@ -312,13 +299,14 @@ def main(argv: list[str] | None = None) -> None:
                 rows[folder]["attention"] += attention_rows(case, p)
                 rows[folder]["predictions"] += prediction_rows(case, p, names)
     if not figures:
-        raise SystemExit(f"no case drawn: no fine-tuning runs with seed {config.seed} on {mlflow.get_tracking_uri()}")
+        raise SystemExit(f"no case drawn: no fine-tuned models with seed {config.seed} under {args.predictions}")
 
     for folder, tables in rows.items():  # header-only CSVs where a folder got no case
         pd.DataFrame(tables["attention"], columns=ATTENTION_COLUMNS).to_csv(folder / "attention.csv", index=False)
         pd.DataFrame(tables["predictions"], columns=TOP_K_COLUMNS).to_csv(folder / "predictions.csv", index=False)
     with start_run(experiment="case-study", run_name=f"case-study-s{config.seed}",
-                   tags={"models": ",".join(config.models), "seed": str(config.seed)}):
+                   tags={"models": ",".join(config.models), "seed": str(config.seed)},
+                   params={"case_study": params["case_study"], "cadec_split": params["cadec_split"]}):
         mlflow.log_params({**{k: str(v) for k, v in asdict(config).items() if k != "mentions"}, **source_runs})
         mlflow.log_artifacts(str(args.out_dir), artifact_path="case_study")
         mlflow.log_artifacts(str(args.restricted_out_dir), artifact_path="case_study_restricted")

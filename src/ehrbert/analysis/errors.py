@@ -414,7 +414,8 @@ def main(argv: list[str] | None = None) -> None:
 
     with start_run(experiment="error-analysis", run_name="error-analysis",
                    tags={"models": ",".join(config.models), "corpora": ",".join(summary["corpus"].unique()),
-                         "compare": ",".join(config.compare)}):
+                         "compare": ",".join(config.compare)},
+                   params={"error_analysis": params["error_analysis"], "cadec_split": params["cadec_split"]}):
         mlflow.log_params({k: str(v) for k, v in asdict(config).items()})
         unseen = summary[(summary["dimension"] == "seen") & (summary["bucket"] == "unseen")]
         mlflow.log_metrics({f"{r.corpus}/{r.model}/unseen_acc1": float(r.acc1_mean) for r in unseen.itertuples()

@@ -1,0 +1,117 @@
+"""The model registry: a trained normalizer folder packaged as the project's pyfunc and registered with an alias.
+
+`log_normalizer` packages a saved normalizer folder (the classifier's or the hybrid's, a DVC output of the
+stage that trained it) with its concept names as an MLflow pyfunc model (`ehrbert.serving.NormalizerModel`).
+`register_champion` registers the model of one run under a name with an alias (MLflow 3 aliases, not
+stages); the folder comes from the pipeline's outputs, the version is linked to the run that made it, and no
+version is added when one from the same run is already registered.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Mapping
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModelOutput
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.models.model import ModelInfo
+from transformers import AutoConfig
+
+from ehrbert import hybrid
+from ehrbert.serving import CONCEPTS_FILE, INPUT_EXAMPLE, PACKAGE_DIR, REQUIREMENTS, SIGNATURE, NormalizerModel, write_concepts
+
+log = logging.getLogger(__name__)
+
+
+def log_normalizer(
+    model_dir: str | Path,
+    concept_names: Mapping[str, str],
+    name: str = "normalizer",
+    max_length: int = 32,
+    batch_size: int = 256,
+    model_id: str | None = None,
+    variant: str | None = None,
+) -> ModelInfo:
+    """Log the normalizer folder `model_dir` as a pyfunc model: into the logged model `model_id` when
+    given (see `register_champion`), else as a new one (in the active run, if any).
+
+    `concept_names` ({concept ID: name}) should cover the model's `id2label`; IDs without a name are
+    served with an empty name and logged as a warning. `variant` picks one of a hybrid folder's variants.
+    """
+    if hybrid.is_hybrid(model_dir):
+        labels = hybrid.HybridNormalizer.concept_ids_in(model_dir)
+        variants = hybrid.HybridNormalizer.variants_in(model_dir)
+        if variant is not None and variant not in variants:
+            raise ValueError(f"{model_dir}: no variant {variant!r}; it has {', '.join(variants)}")
+    else:
+        labels = set(AutoConfig.from_pretrained(str(model_dir)).id2label.values())
+    unnamed = labels - set(concept_names)
+    if unnamed:
+        log.warning("%d of %d concepts have no name, e.g. %s", len(unnamed), len(labels), sorted(unnamed)[:3])
+    with tempfile.TemporaryDirectory() as folder:
+        concepts = Path(folder) / CONCEPTS_FILE
+        write_concepts({c: concept_names.get(c, "") for c in sorted(labels)}, concepts)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=NormalizerModel(),
+            artifacts={"normalizer": str(model_dir), "concepts": str(concepts)},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=SIGNATURE,
+            input_example=INPUT_EXAMPLE,
+            # named apart from the fine-tuning run's `batch_size`: MLflow logs these as an active run's params
+            model_config={"max_length": max_length, "predict_batch_size": batch_size, "variant": variant or ""},
+            # pinned from this environment; saves MLflow from loading the model to guess them
+            pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
+            model_id=model_id,
+        )
+
+
+def find_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The newest version of registered model `name` made from run `run_id`, if any."""
+    versions = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
+def register_champion(
+    run_id: str,
+    name: str,
+    model_dir: Path,
+    concept_names: Callable[[], Mapping[str, str]],
+    tags: Mapping[str, str] | None = None,
+    description: str = "",
+    alias: str = "champion",
+    max_length: int = 32,
+    variant: str | None = None,
+) -> tuple[ModelVersion, bool]:
+    """Point `name@alias` at `model_dir`, the normalizer that run `run_id` made; (version, whether it is new).
+
+    When a version of `name` from `run_id` exists, it is reused (alias moved, tags updated) and nothing
+    is logged. Otherwise `model_dir` (the stage's DVC output; `variant` for a hybrid folder) is packaged as
+    a pyfunc logged model whose source is that run (in its experiment, with its parameters, listed among its
+    outputs), and registered, so the version links to the run's metrics. The finished run is not reopened.
+    `concept_names` is called only for a new version, so an unchanged champion costs no vocabulary loading.
+    """
+    client = MlflowClient()
+    existing = find_version(client, name, run_id)
+    created = existing is None
+    if created:
+        run = client.get_run(run_id)
+        logged = client.create_logged_model(run.info.experiment_id, name="normalizer", source_run_id=run_id,
+                                            params=run.data.params)
+        if not Path(model_dir).is_dir():
+            raise FileNotFoundError(f"{model_dir}: the model folder of run {run_id} is missing (`dvc pull` or `dvc repro`)")
+        info = log_normalizer(model_dir, concept_names(), max_length=max_length, model_id=logged.model_id, variant=variant)
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        existing = mlflow.register_model(info.model_uri, name)
+        log.info("registered %s version %s from run %s", name, existing.version, run_id)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(name, existing.version, key, str(value))
+    if description:
+        client.update_model_version(name, existing.version, description=description)
+    client.set_registered_model_alias(name, alias, existing.version)
+    return client.get_model_version(name, existing.version), created

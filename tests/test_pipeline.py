@@ -1,0 +1,209 @@
+"""The whole pipeline on a tiny project: `dvc repro` of the real dvc.yaml under a 2-process Accelerate configuration,
+then what a team does with it: a run by hand beside it, and a second clone that pulls every model from the remote.
+
+The tiny project is a git + DVC repository in a temporary folder with this repository's dvc.yaml, src/ and
+accelerate/, a params.yaml that shrinks every stage (one model, one corpus, one seed, a few steps; the tiny
+random BERT of conftest.py as every checkpoint), and data/ cut from the real files (a few documents of NCBI
+disease and BC5CDR, the MEDIC concepts they need and a sample of the rest, a few notes, CADEC whole). Nothing
+is mocked: DVC, Accelerate (two processes joined over gloo) and MLflow (a sqlite store) run for real.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from ehrbert import hybrid, normalizer
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+KEEP_DOCS = {"train": 12, "dev": 4, "test": 4}
+CASE_DOC = "9949209"  # an NCBI test document the case study draws ("CT", copper toxicosis)
+
+
+def _pubtator_documents(path: Path) -> list[str]:
+    return [block for block in path.read_text().split("\n\n") if block.strip()]
+
+
+def _cut_pubtator(source: Path, target: Path, keep: int, also: str | None = None) -> set[str]:
+    """The first `keep` documents of a PubTator file (and document `also`); returns their gold concept IDs."""
+    documents = _pubtator_documents(source)
+    kept = documents[:keep] + [d for d in documents[keep:] if also and d.startswith(f"{also}|")]
+    target.write_text("\n\n".join(kept) + "\n\n")
+    ids = set()
+    for document in kept:
+        for line in document.splitlines():
+            fields = line.split("\t")
+            if len(fields) >= 6:
+                ids |= {part for value in fields[5].replace("+", "|").split("|") for part in [value.strip()] if part}
+    return ids
+
+
+def _cut_medic(source: Path, target: Path, needed: set[str], every: int = 25) -> None:
+    """MEDIC's header, every concept whose primary or alternative IDs hold a needed ID, and every `every`-th other one."""
+    with gzip.open(source, "rt") as lines, gzip.open(target, "wt") as out:
+        row = 0
+        for line in lines:
+            if line.startswith("#"):
+                out.write(line)
+                continue
+            row += 1
+            fields = line.split("\t")
+            ids = {i.split(":", 1)[-1] for i in [fields[1], *fields[2].split("|")] if i}
+            if ids & needed or f"MESH:{fields[1]}" in needed or row % every == 0:
+                out.write(line)
+
+
+def _tiny_data(raw: Path, data: Path) -> None:
+    needed: set[str] = set()
+    for corpus, names in (("ncbi_disease", ("NCBItrainset_corpus.txt", "NCBIdevelopset_corpus.txt", "NCBItestset_corpus.txt")),
+                          ("bc5cdr", ("CDR_TrainingSet.PubTator.txt", "CDR_DevelopmentSet.PubTator.txt", "CDR_TestSet.PubTator.txt"))):
+        (data / corpus).mkdir(parents=True)
+        for split, name in zip(("train", "dev", "test"), names):
+            also = CASE_DOC if corpus == "ncbi_disease" and split == "test" else None
+            needed |= _cut_pubtator(raw / corpus / name, data / corpus / name, KEEP_DOCS[split], also)
+    (data / "medic").mkdir()
+    _cut_medic(raw / "medic" / "CTD_diseases.tsv.gz", data / "medic" / "CTD_diseases.tsv.gz", needed)
+    shutil.copytree(raw / "cadec", data / "cadec")
+    (data / "mtsamples").mkdir()
+    notes = (raw / "mtsamples" / "mtsamples_dedup_notes.txt").read_text().splitlines()[:12]
+    (data / "mtsamples" / "mtsamples_dedup_notes.txt").write_text("\n".join(notes) + "\n")
+
+
+def _tiny_params(tiny_bert: Path) -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["notes"].update(heldout_notes=2, max_full_notes=8)
+    params["pretrain"].update(max_seq_length=32, batch_size=4)
+    params["pretrain"]["base"]["init"] = str(tiny_bert)
+    params["pretrain"]["bio"].update(init=str(tiny_bert), max_steps=2)
+    params["pretrain"]["ehr_half"]["max_steps"] = 2
+    params["pretrain"]["ehr_full"]["max_steps"] = 2
+    finetune = params["finetune"]
+    finetune.update(models=[{"name": "base", "path": "outputs/pretrain/base"}], corpora=["ncbi"], seeds=[1])
+    finetune["config"].update(max_epochs=1, batch_size=8, eval_batch_size=64)
+    finetune["head_init_ablation"].update(corpora=["ncbi"])
+    finetune["head_init_ablation"]["config"].update(max_epochs=1)
+    params["hybrid"].update(corpora=["ncbi"], seeds=[1])
+    params["hybrid"]["config"].update(encoder=str(tiny_bert), classifier_weights=[0.0, 0.5])
+    params["hybrid"]["config"]["retrieval"].update(steps=2, batch_size=8, embed_batch_size=256)
+    params["compare"].update(corpora=["ncbi"])
+    params["case_study"].update(models=["base"], compare=["base", "base_uniform_head"],
+                                mentions=[m for m in params["case_study"]["mentions"] if m["doc_id"] == CASE_DOC])
+    params["error_analysis"].update(models=["base", "base_uniform_head"], corpora=["ncbi"],
+                                    compare=["base", "base_uniform_head"])
+    return params
+
+
+def _run(command: list[str], cwd: Path, env: dict, timeout: int = 1200) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, raw_data, tiny_bert):
+    """The tiny project after `dvc repro` (2 processes) and a commit; its remote holds every output (`dvc push`)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    work, remote = root / "work", root / "remote"
+    work.mkdir()
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, work / name)
+    shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT / "accelerate", work / "accelerate")
+    (work / "params.yaml").write_text(yaml.safe_dump(_tiny_params(tiny_bert), sort_keys=False))
+    (work / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+    _tiny_data(raw_data, work / "data")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "ACCELERATE_ARGS": f"--config_file {ROOT / 'accelerate' / 'cpu-2proc.yaml'}", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.org",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org"}
+    env.pop("DVC_EXP_NAME", None)
+    for command in (["git", "init", "-q", "-b", "main"], [str(BIN / "dvc"), "init", "-q"],
+                    [str(BIN / "dvc"), "config", "core.autostage", "true"],
+                    [str(BIN / "dvc"), "remote", "add", "-d", "store", str(remote)],
+                    [str(BIN / "dvc"), "add", "-q", "data"]):
+        _run(command, work, env)
+    repro = _run([str(BIN / "dvc"), "repro"], work, env, timeout=2400)
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-q", "-m", "tiny pipeline"], work, env)
+    _run([str(BIN / "dvc"), "push", "-q"], work, env)
+    return {"root": root, "work": work, "env": env, "repro": repro}
+
+
+def _runs(project, experiment: str):
+    mlflow.set_tracking_uri(project["env"]["MLFLOW_TRACKING_URI"])
+    return mlflow.search_runs(experiment_names=[experiment])
+
+
+def test_dvc_repro_trains_every_model_on_two_processes(project):
+    work = project["work"]
+    assert "Running stage 'pretrain_bio'" in project["repro"].stdout
+    pretrain = _runs(project, "pretrain")
+    assert set(pretrain["tags.stage"]) == {"base", "bio", "ehr_half", "ehr_full"}
+    assert set(pretrain["params.processes"]) == {"2"}  # world size, asserted in every training stage
+    finetune = _runs(project, "finetune-ncbi")
+    trained = finetune[finetune["tags.model"].isin(["base", "base_uniform_head"])]
+    assert len(trained) == 2 and set(trained["params.processes"]) == {"2"} and set(trained["params.mixed_precision"]) == {"bf16"}
+    variants = finetune[finetune["tags.model"].isin(hybrid.VARIANTS)]
+    assert len(variants) == len(hybrid.VARIANTS) and set(variants["params.processes"]) == {"2"}
+    assert set(finetune["tags.dvc_experiment"]) == {"workspace"} and finetune["tags.params_hash"].str.len().eq(16).all()
+    # models are DVC outputs; run records and metrics are small files in git
+    assert (work / "outputs" / "finetune" / "base-ncbi-s1" / "model" / "model.safetensors").is_file()
+    assert (work / "outputs" / "hybrid" / "ncbi-s1" / "model" / "hybrid.json").is_file()
+    tracked = subprocess.run(["git", "ls-files"], cwd=work, capture_output=True, text=True).stdout.split()
+    assert {"runs/finetune/base-ncbi-s1.json", "runs/hybrid/ncbi-s1.json", "metrics/finetune/base-ncbi-s1.json",
+            "metrics/compare.json", "reports/table2.csv"} <= set(tracked)
+    assert not any(name.startswith(("outputs/", "data/")) for name in tracked)
+
+
+def test_a_run_by_hand_changes_no_table_champion_or_classifier(project):
+    """Another fine-tuning run in the same MLflow experiment (other params, its outputs under manual/) is not
+    what the pipeline's stages read: nothing is out of date, and rerunning compare changes neither Table 2 nor
+    the champion; the hybrid's classifier is still the pipeline's fine-tuning run."""
+    work, env = project["work"], project["env"]
+    record = json.loads((work / "runs" / "finetune" / "base-ncbi-s1.json").read_text())
+    table = (work / "reports" / "table2.csv").read_text()
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("ehrbert-ncbi", "champion")
+
+    entry = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["finetune"]
+    manual = entry["command"].format(**{**{k: v["default"] for k, v in entry["parameters"].items()}, "seed": "2"})
+    _run(["bash", "-c", manual], work, env)
+    assert len(_runs(project, "finetune-ncbi").query("`tags.model` == 'base'")) == 2
+    status = _run([str(BIN / "dvc"), "status"], work, env).stdout
+    assert "up to date" in status, status
+    _run([str(BIN / "dvc"), "repro", "-f", "-s", "compare"], work, env)
+    assert (work / "reports" / "table2.csv").read_text() == table
+    assert client.get_model_version_by_alias("ehrbert-ncbi", "champion").version == champion.version
+    classifier_tags = _runs(project, "finetune-ncbi").query("`tags.model` == 'hybrid'")["tags.classifier_run"]
+    assert set(classifier_tags) == {record["runs"]["gold"]}
+
+
+def test_a_clone_pulls_every_model_and_reruns_nothing(project):
+    clone = project["root"] / "clone"
+    env = project["env"]
+    _run(["git", "clone", "-q", str(project["work"]), str(clone)], project["root"], env)
+    _run([str(BIN / "dvc"), "pull", "-q"], clone, env)
+    status = _run([str(BIN / "dvc"), "status"], clone, env).stdout
+    assert "Data and pipelines are up to date" in status, status
+    repro = _run([str(BIN / "dvc"), "repro"], clone, env).stdout
+    assert "Running stage" not in repro and "up to date" in repro, repro
+    model, tokenizer, trained = normalizer.load_finetuned(clone / "outputs" / "finetune" / "base-ncbi-s1")
+    assert trained["seed"] == 1 and model.config.num_labels > 100
+    served = hybrid.HybridNormalizer.load(clone / "outputs" / "hybrid" / "ncbi-s1" / "model")
+    assert served.predict(["copper toxicosis"])[0].ranked
+    metrics = json.loads((clone / "metrics" / "compare.json").read_text())
+    assert metrics["ncbi"]["champion"]["model"] in hybrid.VARIANTS
+    assert not re.search(r"seconds", (clone / "metrics" / "finetune" / "base-ncbi-s1.json").read_text())
