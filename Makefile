@@ -16,29 +16,47 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 ACCELERATE_CONFIG ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,accelerate/cpu.yaml)
 export ACCELERATE_ARGS ?= $(if $(ACCELERATE_CONFIG),--config_file $(ACCELERATE_CONFIG))
 
-.PHONY: install data run test
+.PHONY: install data run test checkpoints lock
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Every package at the version requirements.lock names (made from pyproject.toml by `make lock`), then this
+# project on top of them without resolving again.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
+
+# Refresh requirements.lock after a change to pyproject.toml's dependencies. torch is locked without its local
+# build label (2.13.0, not 2.13.0+cpu), so the same lock installs the CPU build here and a CUDA build elsewhere.
+lock: install
+	$(BIN)/pip install --quiet --disable-pip-version-check pip-tools==7.6.2
+	$(BIN)/pip-compile --quiet --extra test --strip-extras --no-emit-find-links --no-emit-index-url \
+		--output-file requirements.lock pyproject.toml
+	sed -i 's/^torch==\(.*\)+cpu$$/torch==\1/' requirements.lock
 
 # Raw inputs into data/ (sha256-verified against data.sha256), then into DVC's cache (data.dvc).
 data: install
 	$(BIN)/python -m ehrbert.rawdata fetch
 	$(BIN)/dvc add --quiet data
 
-# `make run PROFILE=paper` runs the pipeline as a DVC experiment named after the profile, with
-# profiles/paper.yaml applied; its champions are registered under their own alias (champion-paper).
+# `make run PROFILE=paper` runs the pipeline as a DVC experiment with profiles/paper.yaml applied; its
+# champions are registered under the profile's own alias (champion-paper).
 PROFILE ?=
 run: data
 ifeq ($(PROFILE),)
 	$(BIN)/dvc repro
 else
-	eval "$(BIN)/dvc exp run --name $(PROFILE) $$($(BIN)/python -m ehrbert.profiles $(PROFILE))"
+	$(BIN)/python -m ehrbert.hub check $(PROFILE)
+	eval "$(BIN)/dvc exp run $$($(BIN)/python -m ehrbert.profiles $(PROFILE))"
 endif
+
+# Once, on a machine that reaches the Hugging Face hub: the checkpoints a profile names under hub/ (the paper
+# profile: BERT-base, BioBERT), into DVC (hub.dvc; `dvc push` shares them). Runs stay offline.
+checkpoints: install
+	HF_HUB_OFFLINE=0 $(BIN)/python -m ehrbert.hub fetch $(PROFILE)
+	$(BIN)/dvc add hub
 
 test: install
 	$(BIN)/python -m pytest

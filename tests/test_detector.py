@@ -226,5 +226,6 @@ def test_main_writes_detector_and_metrics(raw_data, tmp_path):
     main(["--cadec-dir", str(raw_data / "cadec"), "--params", str(ROOT / "params.yaml"),
           "--out", str(out), "--metrics", str(metrics)])
     written = json.loads(metrics.read_text())
-    assert set(written) >= {"min_precision", "dev", "test", "fit_seconds", "test_detect_seconds"}
+    assert set(written) >= {"min_precision", "dev", "test"}
+    assert not any(key.endswith("seconds") for key in written)  # wall clock goes to the log: reruns leave the metrics equal
     assert LexiconDetector.load(out).min_precision == written["min_precision"]

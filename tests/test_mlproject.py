@@ -38,6 +38,8 @@ def test_an_entry_point_runs_under_mlflow_run(raw_data, tmp_path):
     """`mlflow run . -e detector --env-manager local`: the stage's command with MLproject's parameters."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        env.pop(name, None)  # another test's mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID into this process
     command = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "-e", "detector", "--env-manager", "local",
                "-P", f"cadec_dir={raw_data / 'cadec'}", "-P", f"out={tmp_path / 'detector.json'}",
                "-P", f"metrics={tmp_path / 'metrics.json'}"]

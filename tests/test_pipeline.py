@@ -116,7 +116,7 @@ def project(tmp_path_factory, raw_data, tiny_bert):
     root = tmp_path_factory.mktemp("pipeline")
     work, remote = root / "work", root / "remote"
     work.mkdir()
-    for name in ("dvc.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore", "MLproject", "python_env.yaml"):
         shutil.copy(ROOT / name, work / name)
     shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(ROOT / "accelerate", work / "accelerate")
@@ -128,7 +128,8 @@ def project(tmp_path_factory, raw_data, tiny_bert):
            "ACCELERATE_ARGS": f"--config_file {ROOT / 'accelerate' / 'cpu-2proc.yaml'}", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.org",
            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org"}
-    env.pop("DVC_EXP_NAME", None)
+    for name in ("DVC_EXP_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        env.pop(name, None)  # mlflow.set_experiment in this test process exports MLFLOW_EXPERIMENT_ID
     for command in (["git", "init", "-q", "-b", "main"], [str(BIN / "dvc"), "init", "-q"],
                     [str(BIN / "dvc"), "config", "core.autostage", "true"],
                     [str(BIN / "dvc"), "remote", "add", "-d", "store", str(remote)],
@@ -168,9 +169,9 @@ def test_dvc_repro_trains_every_model_on_two_processes(project):
 
 
 def test_a_run_by_hand_changes_no_table_champion_or_classifier(project):
-    """Another fine-tuning run in the same MLflow experiment (other params, its outputs under manual/) is not
-    what the pipeline's stages read: nothing is out of date, and rerunning compare changes neither Table 2 nor
-    the champion; the hybrid's classifier is still the pipeline's fine-tuning run."""
+    """Another fine-tuning run in the same MLflow experiment with the same tags (`mlflow run . -e finetune`, its
+    outputs under manual/) is not what the pipeline's stages read: nothing is out of date, and rerunning compare
+    changes neither Table 2 nor the champion; the hybrid's classifier is still the pipeline's fine-tuning run."""
     work, env = project["work"], project["env"]
     record = json.loads((work / "runs" / "finetune" / "base-ncbi-s1.json").read_text())
     table = (work / "reports" / "table2.csv").read_text()
@@ -178,10 +179,11 @@ def test_a_run_by_hand_changes_no_table_champion_or_classifier(project):
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias("ehrbert-ncbi", "champion")
 
-    entry = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["finetune"]
-    manual = entry["command"].format(**{**{k: v["default"] for k, v in entry["parameters"].items()}, "seed": "2"})
-    _run(["bash", "-c", manual], work, env)
-    assert len(_runs(project, "finetune-ncbi").query("`tags.model` == 'base'")) == 2
+    # the same model, corpus and seed as the pipeline's run, so the same tags: only the run record tells them apart
+    _run([str(BIN / "mlflow"), "run", ".", "-e", "finetune", "--env-manager", "local", "-P", "seed=1",
+          "--experiment-name", "manual"], work, env)
+    assert len(_runs(project, "finetune-ncbi").query("`tags.model` == 'base' and `tags.seed` == '1'")) == 2
+    assert (work / "manual" / "outputs" / "finetune" / "base-ncbi-s1" / "model").is_dir()  # not DVC's output folder
     status = _run([str(BIN / "dvc"), "status"], work, env).stdout
     assert "up to date" in status, status
     _run([str(BIN / "dvc"), "repro", "-f", "-s", "compare"], work, env)

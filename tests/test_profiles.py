@@ -33,3 +33,17 @@ def test_paper_profile_only_overrides_known_keys(capsys):
     arguments = shlex.split(capsys.readouterr().out)
     assert arguments[0::2] == ["--set-param"] * (len(arguments) // 2) and arguments
 
+
+
+def test_hub_checkpoints_of_a_profile_are_checked_before_it_runs(tmp_path, capsys):
+    from ehrbert import hub
+
+    assert hub.hub_folders(hub.profile_path("paper")) == {
+        "hub/bert-base-cased": "bert-base-cased", "hub/dmis-lab/biobert-base-cased-v1.1": "dmis-lab/biobert-base-cased-v1.1"}
+    assert hub.main(["check", "paper", "--root", str(tmp_path)]) == 2
+    message = capsys.readouterr().err
+    assert "hub/bert-base-cased" in message and "make checkpoints PROFILE=paper" in message
+    for folder in ("hub/bert-base-cased", "hub/dmis-lab/biobert-base-cased-v1.1"):  # what `make checkpoints` leaves
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "config.json").write_text("{}")
+    assert hub.main(["check", "paper", "--root", str(tmp_path)]) == 0

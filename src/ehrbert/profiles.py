@@ -51,14 +51,18 @@ def set_param_arguments(profile: Path, params: Path) -> list[str]:
     return arguments
 
 
+def profile_path(name: str) -> Path:
+    """A profile named as a file, or by its name under profiles/."""
+    path = Path(name)
+    return path if path.is_file() else ROOT / "profiles" / f"{name}.yaml"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Print `dvc exp run` arguments for a profile.")
     parser.add_argument("profile", help="a name under profiles/ (e.g. paper) or a YAML file")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     args = parser.parse_args(argv)
-    path = Path(args.profile)
-    if not path.is_file():
-        path = ROOT / "profiles" / f"{args.profile}.yaml"
+    path = profile_path(args.profile)
     try:
         print(shlex.join(set_param_arguments(path, args.params)))
     except (OSError, ValueError, yaml.YAMLError) as error:
