@@ -190,8 +190,8 @@ def test_two_processes_under_accelerate_launch_train_as_one(tiny_bert, raw_data,
     the same global batches, one MLflow run that records the world size, and the weights of a one-process run.
 
     Dropout is off here: its masks depend on the shapes each process draws them for, so with it two process
-    counts differ as two seeds do. Measured (tiny BERT, bf16 autocast, 1 epoch): weights within 1e-2 of the
-    one-process run's, equal test F1."""
+    counts differ as two seeds do. The tolerance (tiny BERT, bf16 autocast, 1 epoch): weights within 1e-2 of
+    the one-process run's, test F1 within 1 point."""
     import os
     import subprocess
     import sys
