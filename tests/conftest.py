@@ -2,13 +2,25 @@
 
 Reader tests run on the real staged files: `data/` once `make data` has run, else the read-only
 mirror named by EHRBERT_DATA_MIRROR (default `../shared/data`, where this project's CI finds it).
+`tiny_raw_data` cuts a few documents of each corpus from them, for stages that read every corpus.
+
+Models are tiny random BERTs written by `write_tiny_bert` (the `make_tiny_bert` fixture hands it to tests):
+`tiny_bert` (an encoder with an MLM head), `tiny_normalizer` (a saved classifier over `tiny_concepts`) and the
+base of `make_pretraining_workspace` (no pretraining heads). Session-scoped folders are shared: read them,
+never write into them.
 """
 
+import gzip
 import os
+import random
+import shutil
+import string
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,33 +40,181 @@ def raw_data() -> Path:
     return path
 
 
-def write_tiny_bert(folder: Path, num_labels: int | None = None, words: tuple[str, ...] = ()) -> Path:
-    """A randomly initialized BERT of a few hundred KB with a character-level WordPiece vocabulary.
+# --- a tiny slice of the real data -------------------------------------------------------------------------
+
+TINY_DOCUMENTS = {"train": 12, "dev": 4, "test": 4}  # first documents of each PubTator file
+PUBTATOR_FILES = {
+    "ncbi_disease": ("NCBItrainset_corpus.txt", "NCBIdevelopset_corpus.txt", "NCBItestset_corpus.txt"),
+    "bc5cdr": ("CDR_TrainingSet.PubTator.txt", "CDR_DevelopmentSet.PubTator.txt", "CDR_TestSet.PubTator.txt"),
+}
+TINY_CADEC_DRUGS = ("CATAFLAM", "VOLTAREN-XR")  # 10 + 22 posts: each drug has test and dev posts at 0.2 / 0.1
+CADEC_FOLDERS = ("text", "original", "meddra", "sct")
+
+
+def _cut_pubtator(source: Path, target: Path, keep: int) -> set[str]:
+    """The first `keep` documents of a PubTator file; returns their gold concept IDs (with and without prefix)."""
+    documents = [block for block in source.read_text().split("\n\n") if block.strip()][:keep]
+    target.write_text("\n\n".join(documents) + "\n\n")
+    ids = set()
+    for line in (line for document in documents for line in document.splitlines()):
+        fields = line.split("\t")
+        if len(fields) >= 6:
+            ids |= {part.strip() for part in fields[5].replace("+", "|").split("|") if part.strip()}
+    return ids | {i.split(":", 1)[-1] for i in ids}
+
+
+def _cut_medic(source: Path, target: Path, needed: set[str], every: int = 25) -> None:
+    """MEDIC's header, every concept with a needed primary or alternative ID, and every `every`-th other one."""
+    with gzip.open(source, "rt") as lines, gzip.open(target, "wt") as out:
+        row = 0
+        for line in lines:
+            if line.startswith("#"):
+                out.write(line)
+                continue
+            row += 1
+            fields = line.split("\t")
+            ids = {i for raw in [fields[1], *fields[2].split("|")] if raw for i in (raw, raw.split(":", 1)[-1])}
+            if ids & needed or row % every == 0:
+                out.write(line)
+
+
+@pytest.fixture(scope="session")
+def tiny_raw_data(raw_data, tmp_path_factory) -> Path:
+    """A folder laid out like `raw_data`, cut from it: the first 12 / 4 / 4 train / dev / test documents of NCBI
+    disease and BC5CDR, the MEDIC concepts their gold IDs name plus every 25th other one, and the CADEC posts
+    of TINY_CADEC_DRUGS. Small enough for a stage that reads all three corpora to run in seconds."""
+    root = tmp_path_factory.mktemp("tiny-data")
+    needed: set[str] = set()
+    for corpus, names in PUBTATOR_FILES.items():
+        (root / corpus).mkdir()
+        for split, name in zip(("train", "dev", "test"), names):
+            needed |= _cut_pubtator(raw_data / corpus / name, root / corpus / name, TINY_DOCUMENTS[split])
+    (root / "medic").mkdir()
+    _cut_medic(raw_data / "medic" / "CTD_diseases.tsv.gz", root / "medic" / "CTD_diseases.tsv.gz", needed)
+    for folder in CADEC_FOLDERS:
+        (root / "cadec" / folder).mkdir(parents=True)
+        for drug in TINY_CADEC_DRUGS:
+            for path in (raw_data / "cadec" / folder).glob(f"{drug}.*"):
+                shutil.copy(path, root / "cadec" / folder / path.name)
+    return root
+
+
+# --- tiny models -------------------------------------------------------------------------------------------
+
+HEADS = ("mlm", "none", "classifier")
+
+
+def write_tiny_bert(folder: Path, words: Sequence[str] = (), *, head: str = "mlm", labels: Sequence[str] = (),
+                    seed: int | None = None, initializer_range: float = 0.02) -> Path:
+    """A randomly initialized BERT of a few hundred KB with a character-level WordPiece vocabulary, plus `words`.
 
     Every lowercase word tokenizes (into single characters at worst), so real mentions work as inputs.
+    `head`: "mlm" (BertForMaskedLM), "none" (a bare BertModel, a checkpoint without pretraining heads like
+    all-MiniLM-L6-v2) or "classifier" (BertForSequenceClassification with label i = `labels[i]`, a saved
+    normalizer). `seed` seeds torch before the weights are drawn.
     """
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel, BertTokenizerFast
 
-    import string
-
+    if head not in HEADS:
+        raise ValueError(f"head {head!r}: expected one of {HEADS}")
+    if (head == "classifier") != bool(labels):
+        raise ValueError("labels are for head='classifier', which needs them")
     chars = string.ascii_lowercase + string.digits
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars), *words]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
     tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
+    label_config = {}
+    if labels:
+        label_config = {"id2label": dict(enumerate(labels)), "label2id": {c: i for i, c in enumerate(labels)}}
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertForMaskedLM(config).save_pretrained(folder)
+                        intermediate_size=64, max_position_embeddings=128, initializer_range=initializer_range,
+                        **label_config)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model_class = {"mlm": BertForMaskedLM, "none": BertModel, "classifier": BertForSequenceClassification}[head]
+    model_class(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    import torch
+def make_tiny_bert():
+    """`write_tiny_bert`, for tests that need a model of their own."""
+    return write_tiny_bert
 
-    torch.manual_seed(0)
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), words=("disease", "cancer", "syndrome", "deficiency"))
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), words=("disease", "cancer", "syndrome", "deficiency"),
+                           seed=0)
+
+
+TINY_CONCEPTS = {"D001943": "Breast Neoplasms", "D003110": "Colonic Neoplasms",
+                 "D011125": "Adenomatous Polyposis Coli", "D006333": "Heart Failure"}
+TINY_NORMALIZER_WORDS = ("breast", "cancer", "colon", "adenomatous", "polyposis", "coli", "heart", "failure", "of",
+                         "the")
+
+
+@pytest.fixture(scope="session")
+def tiny_concepts() -> dict[str, str]:
+    """{concept ID: name} of the four MeSH concepts `tiny_normalizer` answers with."""
+    return dict(TINY_CONCEPTS)
+
+
+@pytest.fixture(scope="session")
+def tiny_normalizer(tmp_path_factory, tiny_concepts) -> Path:
+    """A saved, randomly initialized 2-layer BERT classifier over tiny_concepts' IDs (a normalizer folder, as
+    fine-tuning leaves it in out/model), with spread-out scores (initializer_range 0.5)."""
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-normalizer") / "model", words=TINY_NORMALIZER_WORDS,
+                           head="classifier", labels=tuple(tiny_concepts), seed=0, initializer_range=0.5)
+
+
+# --- a tiny pretraining workspace --------------------------------------------------------------------------
+
+NOTE_WORDS = ("patient denies chest pain fever cough history of hypertension diabetes the was is and with no left "
+              "right knee surgery performed under general anesthesia blood pressure normal exam heart lungs clear "
+              "abdomen soft mild severe acute chronic daily dose tablet given").split()
+
+
+def synthetic_notes(n_documents: int, seed: int) -> list[list[str]]:
+    """Documents of 2-6 sentences of 3-9 NOTE_WORDS each, ending with " ."."""
+    rng = random.Random(seed)
+    return [[" ".join(rng.choice(NOTE_WORDS) for _ in range(rng.randint(3, 9))) + " ."
+             for _ in range(rng.randint(2, 6))] for _ in range(n_documents)]
+
+
+def write_pretraining_workspace(root: Path, max_steps: int = 12) -> Path:
+    """`root` with what a pretraining stage reads: base/ (a tiny BERT without pretraining heads whose vocabulary
+    holds every note word as one word piece), params.yaml (stage `tiny`: `max_steps` steps of batch 8, a
+    checkpoint's worth of science) and the tokenize stage's outputs for synthetic notes: tokenized/train.npz
+    (23 documents), tokenized/heldout.npz (10, masked once) and tokenized.json."""
+    from ehrbert import pretraining_data
+    from ehrbert.corpora.notes import format_sentence_documents
+
+    root.mkdir(parents=True, exist_ok=True)
+    base = write_tiny_bert(root / "base", words=(*sorted(set(NOTE_WORDS)), ".", ","), head="none", seed=0)
+    section = {"base": str(base), "max_seq_length": 32, "short_seq_prob": 0.1, "nsp_probability": 0.5,
+               "mlm_probability": 0.15, "seed": 13, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.25,
+               "weight_decay": 0.01, "max_grad_norm": 1.0,
+               "tiny": {"label": "tiny-test", "stands_in_for": "nothing (test)", "epochs": 1, "max_steps": max_steps}}
+    (root / "params.yaml").write_text(yaml.safe_dump({"pretrain": section}))
+    (root / "train.txt").write_text(format_sentence_documents(synthetic_notes(23, seed=1)))
+    (root / "heldout.txt").write_text(format_sentence_documents(synthetic_notes(10, seed=2)))
+    pretraining_data.main(["--tokenizer", str(base), "--corpus", f"train={root / 'train.txt'}",
+                           "--heldout", f"heldout={root / 'heldout.txt'}", "--params", str(root / "params.yaml"),
+                           "--out-dir", str(root / "tokenized"), "--metrics", str(root / "tokenized.json")])
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_pretraining_workspace():
+    """`write_pretraining_workspace`: each test module builds its own workspace, since runs write into it."""
+    return write_pretraining_workspace
+
+
+# --- MLflow ------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ import pytest
 import torch
 import yaml
 
-from ehrbert import finetune, normalizer
-from ehrbert.analysis import attention, run_folder
+from ehrbert.analysis import attention
+from ehrbert.models import classifier
 from ehrbert.corpora.records import Concept, Document, Mention, Vocabulary
+from ehrbert.predictions import predictions_table, run_folder
 from ehrbert.tasks import Task, load_task
 from ehrbert.tracking import start_run, write_run_record
 
@@ -19,7 +20,7 @@ CONCEPTS = [Concept("D1", "breast cancer"), Concept("D2", "ovarian cancer"), Con
 
 
 def _saved_normalizer(tiny_bert, folder, vocabulary, seed=0):
-    model, tokenizer = normalizer.build(tiny_bert, vocabulary, dropout=0.1, seed=seed)
+    model, tokenizer = classifier.build(tiny_bert, vocabulary, dropout=0.1, seed=seed)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -34,13 +35,13 @@ def test_cls_attention_is_a_distribution_over_the_word_pieces(tiny_bert, tmp_pat
     np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
 
     # the default (SDPA) model returns no weights: said plainly instead of an empty figure
-    sdpa, _ = normalizer.load(folder)
+    sdpa, _ = classifier.load(folder)
     with pytest.raises(ValueError, match="eager"):
         attention.cls_attention(sdpa, tokenizer, "wilson disease", max_length=24)
     # eager attention is the same arithmetic: the same probabilities
     queries = ["wilson disease", "breast and ovarian cancer"]
-    eager_ranked, eager_scores = normalizer.predict(model, tokenizer, queries, k=4)
-    sdpa_ranked, sdpa_scores = normalizer.predict(sdpa, tokenizer, queries, k=4)
+    eager_ranked, eager_scores = classifier.predict(model, tokenizer, queries, k=4)
+    sdpa_ranked, sdpa_scores = classifier.predict(sdpa, tokenizer, queries, k=4)
     assert eager_ranked == sdpa_ranked
     np.testing.assert_allclose(eager_scores, sdpa_scores, atol=1e-5)
 
@@ -85,8 +86,8 @@ def _finetune_output(tiny_bert, task, root, model_name, seed):
         mlflow.log_params({"max_length": 24, "seed": seed})
     folder = run_folder(root, model_name, task.name, seed)
     torch.manual_seed(seed)
-    _saved_normalizer(tiny_bert, folder / normalizer.MODEL_DIR, task.vocabulary, seed)
-    (folder / normalizer.MODEL_DIR / normalizer.TRAINING_FILE).write_text(json.dumps({"config": {"max_length": 24}}))
+    _saved_normalizer(tiny_bert, folder / classifier.MODEL_DIR, task.vocabulary, seed)
+    (folder / classifier.MODEL_DIR / classifier.TRAINING_FILE).write_text(json.dumps({"config": {"max_length": 24}}))
     write_run_record(root.parent / "runs" / f"{folder.name}.json", {"gold": run.info.run_id}, experiment=f"finetune-{task.name}")
 
 
@@ -96,16 +97,14 @@ def _write_predictions(task, root, model, seed, right):
     scores = [[0.9 - 0.0001 * i] for i in range(len(mentions))]
     folder = run_folder(root, model, task.name, seed)
     folder.mkdir(parents=True, exist_ok=True)
-    finetune.predictions_table(task, "test", queries, ranked, scores).to_csv(folder / "test_predictions.tsv", sep="\t", index=False)
+    predictions_table(task, "test", queries, ranked, scores).to_csv(folder / "test_predictions.tsv", sep="\t", index=False)
 
 
-def test_main_draws_each_case_for_each_model_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+def test_main_draws_each_case_for_each_model_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path, tracking_store,
+                                                               monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = argparse.Namespace(ncbi_dir=raw_data / "ncbi_disease", ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz")
     task = load_task("ncbi", args, {})
-    mlflow.set_tracking_uri(uri)
     for model_name in ("base", "ehr_full"):
         _finetune_output(tiny_bert, task, tmp_path / "ft", model_name, seed=1)
     _write_predictions(task, tmp_path / "ft", "base", 1, lambda i: i % 3 != 0)

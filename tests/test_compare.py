@@ -12,7 +12,6 @@ two-sided p = 2 * P(T_3.7409 > 7.3413) = 0.00237.
 import json
 from dataclasses import asdict
 import math
-import sys
 from pathlib import Path
 
 import mlflow
@@ -22,9 +21,6 @@ from mlflow import MlflowClient
 
 from ehrbert import compare
 from ehrbert.tracking import write_run_record
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_serving import CONCEPTS, tiny_normalizer  # noqa: E402
 
 F1 = {  # (corpus, mentions, model) -> test F1 of seeds 1, 2, 3
     ("ncbi", "gold", "base"): [0.70, 0.73, 0.71],
@@ -36,7 +32,7 @@ F1 = {  # (corpus, mentions, model) -> test F1 of seeds 1, 2, 3
     ("cadec", "predicted", "ehr_half"): [0.50, 0.52, 0.51],
 }
 CONFIG = compare.CompareConfig(corpora=["ncbi", "cdr", "cadec"], models=["base", "bio", "ehr_half", "ehr_full"],
-                               reference="base", champion_models=["ehr_half", "ehr_full"], alpha=0.05,
+                               reference="base", champion_models=["ehr_half", "ehr_full"], components=[], alpha=0.05,
                                baseline_labels={"vocab": "dictionary baseline (exact + TF-IDF), not DNorm"})
 BASELINE = {"ncbi": {"vocab": {"precision": 0.74, "recall": 0.76, "f1": 0.75, "acc1": 0.79},
                      "vocab+train": {"precision": 0.84, "recall": 0.86, "f1": 0.85, "acc1": 0.85}}}
@@ -90,7 +86,7 @@ def test_welch_matches_the_hand_computed_test():
 
 
 def test_summary_mean_sd_delta_and_p(runs):
-    summary = compare.summarize(runs, "base").set_index(["corpus", "mentions", "model"])
+    summary = compare.model_rows(runs, "base").set_index(["corpus", "mentions", "model"])
     full = summary.loc[("ncbi", "gold", "ehr_full")]
     assert full["seeds"] == 3
     assert full["f1_mean"] == pytest.approx(0.82)
@@ -117,7 +113,7 @@ def test_pairwise_ttests_cover_every_pair(runs):
 
 
 def test_table2_adds_the_dictionary_rows_with_their_delta(runs):
-    summary = compare.summarize(runs, "base")
+    summary = compare.model_rows(runs, "base")
     table = compare.table2(summary, compare.baseline_rows(BASELINE, CONFIG.baseline_labels, CONFIG.corpora), "base")
     ncbi = table[table["corpus"] == "ncbi"].set_index("model")
     assert list(ncbi.index) == ["base", "ehr_half", "ehr_full", "dictionary:vocab", "dictionary:vocab+train"]
@@ -132,7 +128,7 @@ def test_table2_adds_the_dictionary_rows_with_their_delta(runs):
 
 
 def test_champion_is_the_best_mean_notes_model_and_its_best_seed(runs):
-    summary = compare.summarize(runs, "base")
+    summary = compare.model_rows(runs, "base")
     champions = {c.corpus: c for c in compare.choose_champions(runs, summary, ["ehr_half", "ehr_full"], "base")}
     assert set(champions) == {"ncbi", "cadec"}  # predicted-mention runs never make a champion
     ncbi = champions["ncbi"]
@@ -145,7 +141,7 @@ def test_champion_is_the_best_mean_notes_model_and_its_best_seed(runs):
 def test_champion_ties_go_to_the_model_listed_first(runs):
     tied = runs[runs["corpus"] == "ncbi"].copy()
     tied.loc[tied["model"] == "ehr_half", "f1"] = tied.loc[tied["model"] == "ehr_full", "f1"].to_numpy()
-    summary = compare.summarize(tied, "base")
+    summary = compare.model_rows(tied, "base")
     assert compare.choose_champions(tied, summary, ["ehr_half", "ehr_full"], "base")[0].model == "ehr_half"
     assert compare.choose_champions(tied, summary, ["ehr_full", "ehr_half"], "base")[0].model == "ehr_full"
 
@@ -153,10 +149,9 @@ def test_champion_ties_go_to_the_model_listed_first(runs):
 # --- the stage on a real (temporary) MLflow store --------------------------------------------------
 
 
-def log_finetune_runs(tmp_path: Path, scores: dict, record: bool = True) -> dict:
-    """Fine-tuning runs as `ehrbert.finetune` leaves them (tags, test metrics, a model folder and, unless `record`
-    is off, a run record in tmp_path/runs); {key: run_id}."""
-    model_dir = tiny_normalizer(tmp_path / "tiny")
+def log_finetune_runs(tmp_path: Path, model_dir: Path, scores: dict, record: bool = True) -> dict:
+    """Fine-tuning runs as `ehrbert.finetune` leaves them (tags, test metrics, the model folder `model_dir` and,
+    unless `record` is off, a run record in tmp_path/runs); {key: run_id}."""
     run_ids = {}
     for (corpus, mentions, model), values in scores.items():
         experiment = f"finetune-{corpus}"
@@ -188,11 +183,12 @@ def run_stage(tmp_path: Path, *extra: str) -> dict:
     return json.loads(metrics.read_text())
 
 
-def test_stage_writes_reports_and_registers_champions_once(tmp_path, tracking_store, monkeypatch):
+def test_stage_writes_reports_and_registers_champions_once(tmp_path, tracking_store, monkeypatch, tiny_normalizer,
+                                                          tiny_concepts):
     scores = {key: value for key, value in F1.items() if key[1] == "gold"}
-    run_ids = log_finetune_runs(tmp_path, scores)
+    run_ids = log_finetune_runs(tmp_path, tiny_normalizer, scores)
     loaded = []
-    monkeypatch.setattr(compare, "concept_names", lambda corpus, args, split: loaded.append(corpus) or CONCEPTS)
+    monkeypatch.setattr(compare, "concept_names", lambda corpus, args, split: loaded.append(corpus) or tiny_concepts)
 
     metrics = run_stage(tmp_path)
     reports = tmp_path / "reports"
@@ -217,7 +213,7 @@ def test_stage_writes_reports_and_registers_champions_once(tmp_path, tracking_st
     assert sorted(loaded) == ["cadec", "ncbi"]
 
     # a run in the same experiment that no run record names (a manual run, another profile) changes nothing
-    log_finetune_runs(tmp_path, {("ncbi", "gold", "ehr_half"): [0.99, 0.99, 0.99]}, record=False)
+    log_finetune_runs(tmp_path, tiny_normalizer, {("ncbi", "gold", "ehr_half"): [0.99, 0.99, 0.99]}, record=False)
     table = (reports / "table2.csv").read_text()
     assert run_stage(tmp_path) == metrics and (reports / "table2.csv").read_text() == table
     assert client.get_model_version_by_alias("ehrbert-ncbi", "champion").run_id == run_ids[("ncbi", "gold", "ehr_full", 3)]
@@ -225,14 +221,14 @@ def test_stage_writes_reports_and_registers_champions_once(tmp_path, tracking_st
         assert len(client.search_model_versions(f"name = '{name}'")) == 1
 
     # a better ehr_half seed makes ehr_half the ncbi champion: one new version, the alias moves
-    later = log_finetune_runs(tmp_path, {("ncbi", "gold", "ehr_half"): [0.78, 0.80, 0.99]})
+    later = log_finetune_runs(tmp_path, tiny_normalizer, {("ncbi", "gold", "ehr_half"): [0.78, 0.80, 0.99]})
     run_stage(tmp_path)
     assert len(client.search_model_versions("name = 'ehrbert-ncbi'")) == 2
     assert client.get_model_version_by_alias("ehrbert-ncbi", "champion").run_id == later[("ncbi", "gold", "ehr_half", 3)]
 
     model = mlflow.pyfunc.load_model("models:/ehrbert-ncbi@champion")
     predictions = model.predict(pd.DataFrame({"mention": ["breast cancer"]}))
-    assert predictions["concept_name"].iloc[0] == CONCEPTS[predictions["concept_id"].iloc[0]]
+    assert predictions["concept_name"].iloc[0] == tiny_concepts[predictions["concept_id"].iloc[0]]
 
 
 def test_a_run_record_naming_a_run_the_store_lacks_fails_clearly(tmp_path, tracking_store):

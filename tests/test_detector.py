@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from ehrbert.corpora.records import Document, Mention
-from ehrbert.detector import (
+from ehrbert.detector import main
+from ehrbert.metrics import span_scores
+from ehrbert.models.detector import (
     LexiconDetector,
     choose_min_precision,
     detect_documents,
-    main,
+    normalized_tokens,
     predicted_mentions,
-    span_scores,
-    tokenize,
 )
 from ehrbert.tasks import load_cadec_task
 from ehrbert.text import normalize
@@ -45,7 +45,7 @@ def mention(doc_id: str, text: str, surface: str, nth: int = 0) -> Mention:
 
 def test_tokens_are_normalize_split_with_raw_offsets():
     text = "Alzheimer’s  dis-ease, TYPE_2 (AD2)… rock'n'roll ' ok"
-    tokens = tokenize(text)
+    tokens = normalized_tokens(text)
     assert [t.text for t in tokens] == normalize(text).split()
     assert [t.text for t in tokens] == ["alzheimers", "dis", "ease", "type", "2", "ad2", "rocknroll", "ok"]
     raw = ["Alzheimer’s", "dis", "ease", "TYPE", "2", "AD2", "rock'n'roll", "ok"]
@@ -55,7 +55,7 @@ def test_tokens_are_normalize_split_with_raw_offsets():
 def test_every_apostrophe_normalize_deletes_stays_inside_the_token():
     for apostrophe in "'\u2018\u2019\u02bc`\u00b4":
         text = f"Wilms{apostrophe} tumor, Crohn{apostrophe}s"
-        assert [t.text for t in tokenize(text)] == normalize(text).split() == ["wilms", "tumor", "crohns"]
+        assert [t.text for t in normalized_tokens(text)] == normalize(text).split() == ["wilms", "tumor", "crohns"]
 
 
 # --- matching --------------------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_cadec_detected_spans_are_token_aligned_and_disjoint(cadec_task, cadec_d
     for doc in cadec_task.splits["dev"]:
         spans = cadec_detector.detect(doc.text)
         assert all(e1 <= s2 for (_, e1), (s2, _) in zip(spans, spans[1:]))
-        tokens = tokenize(doc.text)
+        tokens = normalized_tokens(doc.text)
         starts, ends = {t.start for t in tokens}, {t.end for t in tokens}
         for start, end in spans:
             assert start in starts and (end in ends or (end - 1 in ends and doc.text[end - 1] in ")]}"))

@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ehrbert import retrieval
-from ehrbert.retrieval import RetrievalConfig
+from ehrbert.models import retrieval
+from ehrbert.models.retrieval import RetrievalConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -30,12 +31,13 @@ NAMES = {"D1": ["breast cancer", "breast neoplasm", "mammary cancer"], "D2": ["o
 PAIRS = [("breast ca", "D1"), ("ovarian ca", "D2"), ("wilsons", "D3"), ("fabry", "D4"), ("crc", "D5"), ("chf", "D6")]
 CONFIG = RetrievalConfig(steps=5, batch_size=8, learning_rate=1e-3, synonym_fraction=0.5, max_length=16)
 
+# each process's script; test_retrieval_training_on_two_processes_matches_one writes NAMES, PAIRS and CONFIG's fields
+# above it as literals, so that nothing is imported from the tests
 SCRIPT = """
 import sys, torch
-from ehrbert import retrieval
+from ehrbert.models import retrieval
 from ehrbert.launch import make_accelerator
-sys.path.insert(0, sys.argv[3])
-from test_distributed import CONFIG, NAMES, PAIRS
+CONFIG = retrieval.RetrievalConfig(**CONFIG_FIELDS)
 accelerator = make_accelerator()
 model, tokenizer = retrieval.load_encoder(sys.argv[1])
 for module in model.modules():
@@ -49,11 +51,11 @@ if accelerator.is_main_process:
 
 def test_retrieval_training_on_two_processes_matches_one(tiny_bert, tmp_path):
     script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
+    script.write_text(f"NAMES, PAIRS, CONFIG_FIELDS = {NAMES!r}, {PAIRS!r}, {asdict(CONFIG)!r}\n{SCRIPT}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "accelerate" / "cpu-2proc.yaml"),
-                           "--mixed_precision", "no", str(script), str(tiny_bert), str(tmp_path / "two.pt"),
-                           str(Path(__file__).parent)], env=env, capture_output=True, text=True, timeout=600)
+                           "--mixed_precision", "no", str(script), str(tiny_bert), str(tmp_path / "two.pt")],
+                          env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     assert two["world"] == 2

@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from ehrbert import finetune
-from ehrbert.analysis import errors, find_prediction_files, run_folder
+from ehrbert.analysis import errors
 from ehrbert.corpora.records import COMPOSITE, NO_CONCEPT, Mention
+from ehrbert.predictions import find_prediction_files, predictions_table, run_folder
 from ehrbert.tasks import load_task
 
-CONFIG = errors.ErrorAnalysisConfig()
+CONFIG = errors.ErrorAnalysisConfig(models=["base", "bio", "ehr_half", "ehr_full"])
 
 
 def _mention(doc_id, start, text, ids, relation="single"):
@@ -101,18 +101,18 @@ def test_bucket_scores_by_hand():
     assert scores.loc[("seen", "seen"), "correct"] == 2 and scores.loc[("seen", "no concept"), "scored"] == 0
 
 
-def test_summarize_means_and_sds_over_seeds():
+def test_bucket_summary_means_and_sds_over_seeds():
     features, order = _features(), errors.bucket_order(CONFIG)
     runs = pd.concat([
         errors.bucket_scores(TEST, features, PREDICTED, order).assign(corpus="toy", model="m", seed=1),
         errors.bucket_scores(TEST, features, ["D3", "D3", "D1", "D1", "D3"], order).assign(corpus="toy", model="m", seed=2),
     ])
-    summary = errors.summarize(runs).set_index(["dimension", "bucket"])
+    summary = errors.bucket_summary(runs).set_index(["dimension", "bucket"])
     unseen = summary.loc[("seen", "unseen")]
     assert (unseen["seeds"], unseen["mentions"]) == (2, 1)
     assert unseen["acc1_mean"] == pytest.approx(0.5) and unseen["acc1_sd"] == pytest.approx(math.sqrt(0.5))
     assert summary.loc[("abbreviation", "abbreviation"), "acc1_mean"] == pytest.approx(0.5)
-    single = errors.summarize(runs[runs["seed"] == 1])
+    single = errors.bucket_summary(runs[runs["seed"] == 1])
     assert single["acc1_sd"].isna().all() and list(single.columns[:8]) == [
         "corpus", "model", "dimension", "bucket", "mentions", "share", "scored", "seeds"]
 
@@ -140,12 +140,10 @@ def _write_predictions(task, root, model, seed, right):
     scores = [[0.9 - 0.0001 * i, 0.05] for i in range(len(mentions))]
     folder = run_folder(root, model, task.name, seed)
     folder.mkdir(parents=True)
-    finetune.predictions_table(task, "test", queries, ranked, scores).to_csv(folder / "test_predictions.tsv", sep="\t", index=False)
+    predictions_table(task, "test", queries, ranked, scores).to_csv(folder / "test_predictions.tsv", sep="\t", index=False)
 
 
-def test_main_writes_tables_figures_plot_data_and_logs_to_mlflow(raw_data, tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+def test_main_writes_tables_figures_plot_data_and_logs_to_mlflow(raw_data, tmp_path, tracking_store, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = argparse.Namespace(ncbi_dir=raw_data / "ncbi_disease", ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz")
     task = load_task("ncbi", args, {})
@@ -185,7 +183,6 @@ def test_main_writes_tables_figures_plot_data_and_logs_to_mlflow(raw_data, tmp_p
     assert list(plot.columns) == ["bucket_model", "bucket", "model", "mentions", "acc1", "f1"]
     assert "unseen | ehr_full" in set(plot["bucket_model"])
 
-    mlflow.set_tracking_uri(uri)
     run = mlflow.search_runs(experiment_names=["error-analysis"]).iloc[0]
     assert run["metrics.ncbi/ehr_full/unseen_acc1"] == pytest.approx(1.0)
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])}

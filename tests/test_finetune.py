@@ -3,14 +3,16 @@ import json
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 import yaml
 from accelerate import Accelerator
 
-from ehrbert import finetune, normalizer
+from ehrbert import finetune
 from ehrbert.corpora.records import COMPOSITE, NO_CONCEPT, Concept, Document, Mention, Vocabulary
 from ehrbert.metrics import accuracy_at_k
+from ehrbert.models import classifier
 from ehrbert.tasks import Task, load_task
 
 CONCEPTS = [Concept("D1", "breast cancer"), Concept("D2", "ovarian cancer"), Concept("D3", "wilson disease"),
@@ -46,8 +48,8 @@ def test_training_pairs_split_composites_drop_no_concept_and_deduplicate():
 
 
 def test_imprinted_head_answers_each_concept_by_its_name_before_training(tiny_bert):
-    model, tokenizer = normalizer.build(tiny_bert, Vocabulary(CONCEPTS), dropout=0.1, seed=0, head_init="names", head_scale=20.0)
-    vectors = normalizer.pooled_vectors(model, tokenizer, [c.name for c in CONCEPTS], max_length=32)
+    model, tokenizer = classifier.build(tiny_bert, Vocabulary(CONCEPTS), dropout=0.1, seed=0, head_init="names", head_scale=20.0)
+    vectors = classifier.pooled_vectors(model, tokenizer, [c.name for c in CONCEPTS], max_length=32)
     rows, bias = model.classifier.weight.detach(), model.classifier.bias.detach()
     logits = vectors @ rows.T + bias  # what the head gives each preferred name (dropout off)
     assert logits.argmax(dim=-1).tolist() == list(range(len(CONCEPTS)))
@@ -59,18 +61,42 @@ def test_imprinted_head_answers_each_concept_by_its_name_before_training(tiny_be
 
 
 def test_uniform_head_is_the_papers_and_a_bad_head_init_is_named(tiny_bert):
-    model, _ = normalizer.build(tiny_bert, Vocabulary(CONCEPTS), dropout=0.1, seed=0, head_init="uniform")
+    model, _ = classifier.build(tiny_bert, Vocabulary(CONCEPTS), dropout=0.1, seed=0, head_init="uniform")
     bound = 1 / model.classifier.in_features ** 0.5
     assert model.classifier.weight.abs().max() <= bound and model.classifier.weight.std() > bound / 3
     with pytest.raises(ValueError, match="head_init 'zeros'"):
-        normalizer.build(tiny_bert, Vocabulary(CONCEPTS), dropout=0.1, seed=0, head_init="zeros")
+        classifier.build(tiny_bert, Vocabulary(CONCEPTS), dropout=0.1, seed=0, head_init="zeros")
     with pytest.raises(ValueError, match="finetune.config.head_init"):
         finetune.FinetuneConfig(head_init="zeros")
 
 
+def test_label_i_is_the_vocabulary_s_concept_i_after_save_and_reload(tiny_bert, tmp_path):
+    """A saved normalizer's label i is concept i of the vocabulary it was built from, and head row i scores that
+    concept: with the head set so that row i's logit is LOGITS[i] whatever the query, a saved and reloaded model
+    must rank the vocabulary's IDs by those logits."""
+    # IDs out of sorted order and from two namespaces: labels sorted or re-keyed on the way would show here
+    concepts = [Concept("D4", "fabry disease"), Concept("OMIM:300", "wilson disease"), Concept("C1", "breast cancer"),
+                Concept("D2", "ovarian cancer"), Concept("D10", "apc deficiency")]
+    logits = torch.tensor([0.0, 4.0, 2.0, 3.0, 1.0])
+    model, tokenizer = classifier.build(tiny_bert, Vocabulary(concepts), dropout=0.1, seed=0)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(logits)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+
+    reloaded, reloaded_tokenizer = classifier.load(tmp_path / "model")
+    ids = [c.concept_id for c in concepts]
+    assert classifier.concept_ids(reloaded) == ids
+    assert [reloaded.config.label2id[c] for c in ids] == [0, 1, 2, 3, 4]
+    ranked, scores = classifier.predict(reloaded, reloaded_tokenizer, ["wilson disease", "fever"], k=len(ids))
+    assert ranked == [["OMIM:300", "D2", "C1", "D10", "D4"]] * 2  # the vocabulary's IDs, by the logits of their rows
+    assert scores[1] == pytest.approx(logits.softmax(-1).sort(descending=True).values.tolist(), abs=1e-6)
+
+
 def _train(tiny_bert, config):
     task = _task()
-    model, tokenizer = normalizer.build(tiny_bert, task.vocabulary, config.dropout, seed=0)
+    model, tokenizer = classifier.build(tiny_bert, task.vocabulary, config.dropout, seed=0)
     pairs = finetune.training_pairs(task, config, model.config.label2id) * 8
     history = finetune.train(model, tokenizer, pairs, task.queries("dev"), task.mentions("dev"), config,
                              Accelerator(cpu=True), seed=0)
@@ -82,7 +108,7 @@ def test_loss_decreases_and_the_best_dev_weights_are_kept(tiny_bert):
     history, model, tokenizer, task = _train(tiny_bert, config)
     assert len(history) == 8
     assert history[-1]["train_loss"] < 0.75 * history[0]["train_loss"]
-    ranked, _ = normalizer.predict(model, tokenizer, task.queries("dev"), k=1)
+    ranked, _ = classifier.predict(model, tokenizer, task.queries("dev"), k=1)
     assert accuracy_at_k(task.mentions("dev"), ranked, k=1) == max(r["dev_acc1"] for r in history)
 
 
@@ -120,15 +146,18 @@ def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path,
     # the run record names the run; the model is the DVC out, and MLflow holds a copy for the UI
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["runs"] == {"gold": run["run_id"]} and record["model_dir"] == "out/model"
-    model, tokenizer, trained = normalizer.load_finetuned(tmp_path / "out")
+    model, tokenizer, trained = classifier.load_finetuned(tmp_path / "out")
     assert trained["config"]["max_length"] == params["finetune"]["config"]["max_length"] and trained["seed"] == 7
-    vocabulary = sorted({c.concept_id for c in load_task("ncbi", argparse.Namespace(
-        ncbi_dir=raw_data / "ncbi_disease", ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz"), {}).vocabulary.concepts})
-    assert sorted(normalizer.concept_ids(model)) == vocabulary  # one label for every vocabulary concept
+    vocabulary = [c.concept_id for c in load_task("ncbi", argparse.Namespace(
+        ncbi_dir=raw_data / "ncbi_disease", ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz"),
+        {}).vocabulary.concepts]
+    assert classifier.concept_ids(model) == vocabulary  # label i is the vocabulary's concept i, every concept once
+    predicted = pd.read_csv(tmp_path / "out" / "test_predictions.tsv", sep="\t", dtype=str)
+    assert {c for top_k in predicted["top_k"] for c in top_k.split("|")} <= set(vocabulary)
     logged = mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="model", dst_path=str(tmp_path / "dl"))
     assert (Path(logged) / "model.safetensors").read_bytes() == (tmp_path / "out" / "model" / "model.safetensors").read_bytes()
     with torch.inference_mode():
-        ranked, scores = normalizer.predict(model, tokenizer, ["wilson disease"], k=3)
+        ranked, scores = classifier.predict(model, tokenizer, ["wilson disease"], k=3)
     assert len(ranked[0]) == 3 and scores[0] == sorted(scores[0], reverse=True)
 
 
@@ -144,7 +173,7 @@ def fresh_accelerate_state():
 
 def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch,
                                                  fresh_accelerate_state):
-    from ehrbert.detector import LexiconDetector
+    from ehrbert.models.detector import LexiconDetector
     from ehrbert.tasks import load_cadec_task
 
     monkeypatch.chdir(tmp_path)
@@ -172,16 +201,6 @@ def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, 
     assert runs.loc["gold", "tags.model_label"].endswith("uniform head (paper)")
     assert json.loads((tmp_path / "run.json").read_text())["runs"] == {"gold": runs.loc["gold", "run_id"],
                                                                      "predicted": runs.loc["predicted", "run_id"]}
-
-
-def test_config_overrides_name_the_params_file_and_key():
-    params = {"finetune": {"ablation": {"config": {"head_init": "uniform"}, "bad": {"colour": 1}}}}
-    assert finetune.config_overrides(params, "finetune.ablation.config", "params.yaml") == {"head_init": "uniform"}
-    assert finetune.config_overrides(params, None, "params.yaml") == {}
-    with pytest.raises(SystemExit, match="params.yaml: no key 'finetune.missing'"):
-        finetune.config_overrides(params, "finetune.missing", "params.yaml")
-    with pytest.raises(SystemExit, match=r"params.yaml: finetune.ablation.bad .*\['colour'\]"):
-        finetune.config_overrides(params, "finetune.ablation.bad", "params.yaml")
 
 
 def test_two_processes_under_accelerate_launch_train_as_one(tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch,
@@ -216,8 +235,8 @@ def test_two_processes_under_accelerate_launch_train_as_one(tiny_bert, raw_data,
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # as accelerate/cpu.yaml hands it to one process
     finetune.main([*data, "--out-dir", "one", "--metrics", "one.json", "--run-record", "one-run.json"])
-    one, _, _ = normalizer.load_finetuned(tmp_path / "one")
-    two, _, _ = normalizer.load_finetuned(tmp_path / "two")
+    one, _, _ = classifier.load_finetuned(tmp_path / "one")
+    two, _, _ = classifier.load_finetuned(tmp_path / "two")
     two_weights = two.state_dict()
     differ = max((v - two_weights[k]).abs().max().item() for k, v in one.state_dict().items())
     assert differ < 1e-2, f"1 vs 2 processes: weights differ by {differ:.2e}"

@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from ehrbert import finetune, hybrid, registry, retrieval, serving
+from ehrbert import finetune, hybrid, registry, serving
 from ehrbert.composite import split_coordination
 from ehrbert.corpora.records import COMPOSITE, Concept, Mention, Vocabulary
-from ehrbert.hybrid import Candidates, Settings, decide
-from ehrbert.retrieval import NameIndex, RetrievalConfig
+from ehrbert.models import retrieval
+from ehrbert.models.hybrid import VARIANTS, Answer, Candidates, HybridNormalizer, Settings, decide
+from ehrbert.models.retrieval import NameIndex, RetrievalConfig
 
 ROOT_PARAMS = hybrid.__file__.replace("src/ehrbert/hybrid.py", "params.yaml")
 
@@ -117,7 +118,7 @@ def test_score_reports_seen_unseen_and_no_concept():
     doc = Document("1", "x" * 40, [Mention("1", ((0, 2),), "ab", ("D1",)), Mention("1", ((3, 5),), "cd", ("D5",)),
                                    Mention("1", ((6, 8),), "ef", (), NO_CONCEPT)])
     task = Task("toy", VOCABULARY, {"test": [doc]}, level="mention")
-    answers = [hybrid.Answer(["D1"], [0.9], ("D1",)), hybrid.Answer(["D2"], [0.3], ()), hybrid.Answer(["D4"], [0.2], ())]
+    answers = [Answer(["D1"], [0.9], ("D1",)), Answer(["D2"], [0.3], ()), Answer(["D4"], [0.2], ())]
     scores = hybrid.score(task, "test", answers, seen={"D1"})
     assert scores["acc1_seen"] == 1.0 and scores["acc1_unseen"] == 0.0 and scores["mentions_unseen"] == 1
     assert (scores["no_concept_precision"], scores["no_concept_recall"]) == (0.5, 1.0)
@@ -140,30 +141,30 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(tiny_be
                  "--run-record", "run.json"])
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert list(metrics) == list(hybrid.VARIANTS)
-    final = metrics["hybrid_nil"]["test"]
+    assert list(metrics) == list(VARIANTS)
+    final = metrics["hybrid_no_concept"]["test"]
     assert final["mentions_seen"] + final["mentions_unseen"] == 960
     assert {"text_f1", "text_span_f1", "acc1_unseen", "no_concept_answers"} <= set(final)
-    assert (tmp_path / "out" / "hybrid_nil_test_predictions.tsv").read_text().count("\n") == 961
+    assert (tmp_path / "out" / "hybrid_no_concept_test_predictions.tsv").read_text().count("\n") == 961
     runs = mlflow.search_runs(experiment_names=["finetune-ncbi"]).set_index("tags.model")
-    assert set(runs.index) == {"base", *hybrid.VARIANTS}
+    assert set(runs.index) == {"base", *VARIANTS}
     assert runs.loc["hybrid", "tags.classifier_run"] == runs.loc["base", "run_id"]
-    assert runs.loc["hybrid_nil", "metrics.test_f1"] == pytest.approx(final["f1"])
+    assert runs.loc["hybrid_no_concept", "metrics.test_f1"] == pytest.approx(final["f1"])
     record = json.loads((tmp_path / "run.json").read_text())
-    assert record["runs"] == {v: runs.loc[v, "run_id"] for v in hybrid.VARIANTS} and record["model_dir"] == "out/model"
+    assert record["runs"] == {v: runs.loc[v, "run_id"] for v in VARIANTS} and record["model_dir"] == "out/model"
     assert "retrieval_train_seconds" not in final and runs.loc["hybrid", "metrics.retrieval_train_seconds"] > 0
 
     # one model folder answers as any variant, as the stage scored it (the saved index is fp16, so a random
     # tiny encoder's near-ties may flip: agreement, not identity)
     test_predictions = pd.read_csv(tmp_path / "out" / "retrieval_test_predictions.tsv", sep="\t", dtype=str,
                                    keep_default_na=False)
-    retrieval_only = hybrid.HybridNormalizer.load(tmp_path / "out" / "model", "retrieval")
-    assert retrieval_only.settings == hybrid.Settings(**metrics["retrieval"]["settings"])
+    retrieval_only = HybridNormalizer.load(tmp_path / "out" / "model", "retrieval")
+    assert retrieval_only.settings == Settings(**metrics["retrieval"]["settings"])
     answers = retrieval_only.predict(test_predictions["query"].tolist())
     same = np.mean(["|".join(a.concept_ids) == p for a, p in zip(answers, test_predictions["predicted"])])
     assert same > 0.9
     with pytest.raises(ValueError, match="no variant 'hybrid_best'"):
-        hybrid.HybridNormalizer.load(tmp_path / "out" / "model", "hybrid_best")
+        HybridNormalizer.load(tmp_path / "out" / "model", "hybrid_best")
 
     # the final variant's model, registered from the stage's output folder and loaded as the served pyfunc
     from ehrbert.tasks import load_task
@@ -172,8 +173,8 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(tiny_be
     task = load_task("ncbi", SimpleNamespace(ncbi_dir=raw_data / "ncbi_disease",
                                              ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz"), {})
     names = {c.concept_id: c.name for c in task.vocabulary.concepts}
-    version, _ = registry.register_champion(runs.loc["hybrid_nil", "run_id"], "ehrbert-ncbi", tmp_path / "out" / "model",
-                                            lambda: names, variant="hybrid_nil")
+    version, _ = registry.register_champion(runs.loc["hybrid_no_concept", "run_id"], "ehrbert-ncbi", tmp_path / "out" / "model",
+                                            lambda: names, variant="hybrid_no_concept")
     served = mlflow.pyfunc.load_model("models:/ehrbert-ncbi@champion")
     seen = {c for m in task.mentions("train") for c in m.concept_ids}
     unseen = next(c for c in task.vocabulary.concepts if c.concept_id not in seen and c.name.lower() == "acromicric dysplasia")
@@ -199,9 +200,9 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(tiny_be
 def test_variant_labels_name_only_the_components_switched_on():
     config = hybrid.HybridConfig(classifier_model="base")
     assert hybrid.variant_label("retrieval", "R", config) == "R"
-    assert hybrid.variant_label("hybrid_nil", "R", config) == "R + base classifier + composite mentions + no-concept threshold"
+    assert hybrid.variant_label("hybrid_no_concept", "R", config) == "R + base classifier + composite mentions + no-concept threshold"
     without = hybrid.HybridConfig(classifier=False, composite=True, no_concept=True)
-    assert hybrid.variant_label("hybrid_nil", "R", without) == "R + composite mentions + no-concept threshold"
+    assert hybrid.variant_label("hybrid_no_concept", "R", without) == "R + composite mentions + no-concept threshold"
 
 
 def test_switched_off_components_are_left_out_of_the_variants():
@@ -216,7 +217,7 @@ def test_switched_off_components_are_left_out_of_the_variants():
                      classifier=[{}, {}, {}], parts=[[("D1", 0.9), ("D2", 0.9)], [], []])
     config = hybrid.HybridConfig(classifier=False, composite=True, no_concept=True, composite_thresholds=[0.8])
     variants = hybrid.choose_settings(task, dev, config, seen={"D1", "D3"})
-    assert [name for name, _, _ in variants] == ["retrieval", "hybrid_composite", "hybrid_nil"]
+    assert [name for name, _, _ in variants] == ["retrieval", "hybrid_composite", "hybrid_no_concept"]
     composite = variants[1][1]
     assert composite.classifier_weight == 0.0 and composite.composite_threshold == 0.8  # both concepts: dev F1 up
     assert "composite_threshold" in variants[1][2] and variants[2][1].composite_threshold == 0.8

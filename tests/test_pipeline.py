@@ -23,7 +23,7 @@ import mlflow
 import pytest
 import yaml
 
-from ehrbert import hybrid, normalizer
+from ehrbert.models import classifier, hybrid
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -202,7 +202,7 @@ def test_a_clone_pulls_every_model_and_reruns_nothing(project):
     assert "Data and pipelines are up to date" in status, status
     repro = _run([str(BIN / "dvc"), "repro"], clone, env).stdout
     assert "Running stage" not in repro and "up to date" in repro, repro
-    model, tokenizer, trained = normalizer.load_finetuned(clone / "outputs" / "finetune" / "base-ncbi-s1")
+    model, tokenizer, trained = classifier.load_finetuned(clone / "outputs" / "finetune" / "base-ncbi-s1")
     assert trained["seed"] == 1 and model.config.num_labels > 100
     served = hybrid.HybridNormalizer.load(clone / "outputs" / "hybrid" / "ncbi-s1" / "model")
     assert served.predict(["copper toxicosis"])[0].ranked

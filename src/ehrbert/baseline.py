@@ -27,12 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ehrbert.corpora.records import Vocabulary
 from ehrbert.metrics import evaluate
-from ehrbert.tasks import SPLITS, TASKS, Task, add_data_arguments, load_task, predictions_table
+from ehrbert.predictions import predictions_table, write_predictions
+from ehrbert.stage import read_params, setup_logging, write_json
+from ehrbert.tasks import SPLITS, TASKS, Task, add_data_arguments, load_task
 from ehrbert.text import normalize
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = yaml.safe_load(args.params.read_text())
+    setup_logging()
+    params = read_params(args.params)
     config, split = params["baseline"], params["cadec_split"]
     ngram_range = (config["ngram_min"], config["ngram_max"])
 
@@ -121,11 +122,10 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             metrics, predictions = run_task(task, variant, ngram_range, k=config["top_k"])
             results[name][variant] = metrics
-            predictions.to_csv(args.out_dir / f"{name}_{variant}_test.tsv", sep="\t", index=False)
+            write_predictions(predictions, args.out_dir / f"{name}_{variant}_test.tsv")
             # wall clock goes to the log only: the tracked metrics stay equal when the stage reruns
             log.info("%s %s (%.1f s): %s", name, variant, time.perf_counter() - started, json.dumps(metrics))
-    args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.metrics, results)
 
 
 if __name__ == "__main__":

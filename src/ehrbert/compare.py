@@ -43,7 +43,7 @@ import argparse
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from itertools import combinations
 from pathlib import Path
@@ -51,11 +51,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-import yaml
 from matplotlib.figure import Figure
-from scipy import stats
 
 from ehrbert import registry
+from ehrbert.stage import config_from, read_params, setup_logging, write_json
+from ehrbert.stats import mean_sd_columns, p_text, percent, welch
 from ehrbert.tasks import add_data_arguments, load_task
 from ehrbert.tracking import dvc_experiment, provenance_tags, read_run_record, tracking_uri
 
@@ -73,13 +73,14 @@ CHART_FILE = "f1_by_model.png"
 
 @dataclass
 class CompareConfig:
-    corpora: list[str] = field(default_factory=lambda: ["ncbi", "cdr", "cadec"])
-    models: list[str] = field(default_factory=lambda: ["base", "bio", "ehr_half", "ehr_full"])  # row order
+    # what is compared: params.yaml names it, there is no default
+    corpora: list[str]
+    models: list[str]  # row order
+    champion_models: list[str]  # champion candidates
+    components: list[str]  # the paper's model, then each added component (hybrid)
+    baseline_labels: dict[str, str]  # baseline variant -> row label
     reference: str = "base"  # Δ F1 and the p-value in Table 2 are against this model
-    champion_models: list[str] = field(default_factory=lambda: ["ehr_half", "ehr_full"])  # champion candidates
-    components: list[str] = field(default_factory=list)  # the paper's model, then each added component (hybrid)
     alpha: float = 0.05  # significance level marked in the tables
-    baseline_labels: dict[str, str] = field(default_factory=dict)  # baseline variant -> row label
     alias: str = "champion"  # the registry alias of each corpus's champion; another profile names its own
 
 
@@ -150,16 +151,7 @@ def runs_table(raw: pd.DataFrame, corpora: list[str], models: list[str]) -> pd.D
     return runs.astype({"seed": int}).reset_index(drop=True)[columns]
 
 
-def welch(a, b) -> tuple[float, float]:
-    """Welch's two-sided t-test of mean(a) vs mean(b): (t, p); (NaN, NaN) where it is undefined."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
-        return math.nan, math.nan
-    result = stats.ttest_ind(a, b, equal_var=False)
-    return float(result.statistic), float(result.pvalue)
-
-
-def summarize(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
+def model_rows(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Table 2 rows of the fine-tuned models: one per (corpus, mentions, model).
 
     Columns: corpus, mentions, model, model_label, seeds, {metric}_mean and {metric}_sd for each of
@@ -170,9 +162,7 @@ def summarize(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
     for (corpus, mentions, model), group in runs.groupby(["corpus", "mentions", "model"], sort=False):
         row = {"corpus": corpus, "mentions": mentions, "model": model, "model_label": group["model_label"].iloc[-1],
                "seeds": len(group)}
-        for metric in METRICS:
-            row[f"{metric}_mean"] = group[metric].mean()
-            row[f"{metric}_sd"] = group[metric].std(ddof=1) if len(group) > 1 else math.nan
+        row.update(mean_sd_columns(group, METRICS))
         ref = runs[(runs["corpus"] == corpus) & (runs["mentions"] == mentions) & (runs["model"] == reference)]["f1"]
         row["delta_f1"] = row["f1_mean"] - ref.mean() if len(ref) else math.nan
         row["p_value"] = welch(group["f1"], ref)[1] if model != reference else math.nan
@@ -233,10 +223,8 @@ def components_table(runs: pd.DataFrame, components: list[str]) -> pd.DataFrame:
         for i, model in enumerate(present):
             runs_of = group[group["model"] == model]
             row = {"corpus": corpus, "model": model, "model_label": runs_of["model_label"].iloc[-1], "seeds": len(runs_of)}
-            for metric in ("f1", "acc1", "acc1_seen", "acc1_unseen", "no_concept_precision", "no_concept_recall",
-                           "no_concept_gold"):
-                row[f"{metric}_mean"] = runs_of[metric].mean()
-                row[f"{metric}_sd"] = runs_of[metric].std(ddof=1) if len(runs_of) > 1 else math.nan
+            row.update(mean_sd_columns(runs_of, ("f1", "acc1", "acc1_seen", "acc1_unseen", "no_concept_precision",
+                                                 "no_concept_recall", "no_concept_gold")))
             for name, other in (("previous", present[i - 1] if i else None), ("first", present[0] if i else None)):
                 f1 = group[group["model"] == other]["f1"] if other else pd.Series(dtype=float)
                 row[f"delta_f1_{name}"] = row["f1_mean"] - f1.mean() if len(f1) else math.nan
@@ -250,7 +238,7 @@ def _no_concept(row) -> str:
         return "–"  # the variant always answers
     if row.no_concept_gold_mean == 0:
         return "no gold case"  # nothing to find: each abstention only trades recall for precision
-    return f"{_percent(row.no_concept_precision_mean)} / {_percent(row.no_concept_recall_mean)}"
+    return f"{percent(row.no_concept_precision_mean)} / {percent(row.no_concept_recall_mean)}"
 
 
 def components_markdown(table: pd.DataFrame, alpha: float) -> str:
@@ -262,13 +250,13 @@ def components_markdown(table: pd.DataFrame, alpha: float) -> str:
     if table.empty:
         return "\n".join(parts + ["No runs of the listed components.", ""])
     for corpus, rows in table.groupby("corpus", sort=False):
-        cell = lambda r, m: _percent(getattr(r, f"{m}_mean"), getattr(r, f"{m}_sd"))
+        cell = lambda r, m: percent(getattr(r, f"{m}_mean"), getattr(r, f"{m}_sd"))
         detail = pd.DataFrame([{
             "model": r.model_label, "seeds": str(r.seeds), "F1": cell(r, "f1"), "acc@1": cell(r, "acc1"),
             "acc@1 seen": cell(r, "acc1_seen"), "acc@1 unseen": cell(r, "acc1_unseen"),
             "no-concept P / R": _no_concept(r),
-            "Δ F1 (p) vs above": "–" if pd.isna(r.delta_f1_previous) else f"{100 * r.delta_f1_previous:+.2f} ({_p(r.p_previous, alpha)})",
-            "Δ F1 (p) vs paper": "–" if pd.isna(r.delta_f1_first) else f"{100 * r.delta_f1_first:+.2f} ({_p(r.p_first, alpha)})",
+            "Δ F1 (p) vs above": "–" if pd.isna(r.delta_f1_previous) else f"{100 * r.delta_f1_previous:+.2f} ({p_text(r.p_previous, alpha)})",
+            "Δ F1 (p) vs paper": "–" if pd.isna(r.delta_f1_first) else f"{100 * r.delta_f1_first:+.2f} ({p_text(r.p_first, alpha)})",
         } for r in rows.itertuples()])
         parts += [f"### {corpus}", "", detail.to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(parts)
@@ -323,19 +311,6 @@ def _without_nan(value):
 # Presentation: Markdown and the chart.
 
 
-def _percent(value: float, sd: float = math.nan) -> str:
-    if pd.isna(value):
-        return "–"
-    return f"{100 * value:.2f}" + (f" ({100 * sd:.2f})" if not pd.isna(sd) else "")
-
-
-def _p(value: float, alpha: float) -> str:
-    if pd.isna(value):
-        return "n/a"
-    text = "<0.001" if value < 0.001 else f"{value:.3f}"
-    return text + (" *" if value < alpha else "")
-
-
 def _group_name(corpus: str, mentions: str) -> str:
     return corpus if mentions == "gold" else f"{corpus} ({mentions} mentions)"
 
@@ -343,7 +318,7 @@ def _group_name(corpus: str, mentions: str) -> str:
 def table2_markdown(table: pd.DataFrame, reference: str, alpha: float) -> str:
     """One wide table (models x corpora, "F1 (SD), Δ" as in the paper), then per corpus P, R, F1, acc@1."""
     table = table.assign(group=[_group_name(c, m) for c, m in zip(table["corpus"], table["mentions"])])
-    cells = [_percent(r.f1_mean, r.f1_sd) + ("" if pd.isna(r.delta_f1) or r.model == reference else f", {100 * r.delta_f1:+.2f}")
+    cells = [percent(r.f1_mean, r.f1_sd) + ("" if pd.isna(r.delta_f1) or r.model == reference else f", {100 * r.delta_f1:+.2f}")
              for r in table.itertuples()]
     wide = table.assign(cell=cells).pivot_table(
         index="model_label", columns="group", values="cell", aggfunc="first", sort=False).fillna("–")
@@ -359,12 +334,12 @@ def table2_markdown(table: pd.DataFrame, reference: str, alpha: float) -> str:
         detail = pd.DataFrame({
             "model": rows["model_label"],
             "seeds": rows["seeds"].astype(str),
-            "P": [_percent(m, s) for m, s in zip(rows["precision_mean"], rows["precision_sd"])],
-            "R": [_percent(m, s) for m, s in zip(rows["recall_mean"], rows["recall_sd"])],
-            "F1": [_percent(m, s) for m, s in zip(rows["f1_mean"], rows["f1_sd"])],
-            "acc@1": [_percent(m, s) for m, s in zip(rows["acc1_mean"], rows["acc1_sd"])],
+            "P": [percent(m, s) for m, s in zip(rows["precision_mean"], rows["precision_sd"])],
+            "R": [percent(m, s) for m, s in zip(rows["recall_mean"], rows["recall_sd"])],
+            "F1": [percent(m, s) for m, s in zip(rows["f1_mean"], rows["f1_sd"])],
+            "acc@1": [percent(m, s) for m, s in zip(rows["acc1_mean"], rows["acc1_sd"])],
             "Δ F1": ["–" if pd.isna(d) else f"{100 * d:+.2f}" for d in rows["delta_f1"]],
-            f"p vs {reference}": [_p(p, alpha) if not m.startswith("dictionary:") else "–" for p, m in zip(rows["p_value"], rows["model"])],
+            f"p vs {reference}": [p_text(p, alpha) if not m.startswith("dictionary:") else "–" for p, m in zip(rows["p_value"], rows["model"])],
         })
         parts += ["", f"### {group}", "", detail.to_markdown(index=False, disable_numparse=True)]
     parts += ["", f"p: Welch's two-sided t-test on per-seed F1; * marks p < {alpha}."]
@@ -380,7 +355,7 @@ def ttests_markdown(tests: pd.DataFrame, alpha: float) -> str:
         models = list(dict.fromkeys([*group["model_a"], *group["model_b"]]))
         matrix = pd.DataFrame("", index=models[:-1], columns=models[1:])
         for row in group.itertuples():
-            matrix.loc[row.model_a, row.model_b] = _p(row.p_value, alpha)
+            matrix.loc[row.model_a, row.model_b] = p_text(row.p_value, alpha)
         parts += [f"### {_group_name(corpus, mentions)}", "", matrix.rename_axis("model").reset_index().to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(parts)
 
@@ -479,7 +454,7 @@ def register(champion: Champion, concept_names, alpha: float, alias: str, params
             **provenance_tags(params)}
     description = (f"{champion.model_label}, seed {champion.seed}: test F1 {100 * champion.f1:.2f}. "
                    f"Mean F1 {100 * champion.f1_mean:.2f} (SD {100 * champion.f1_sd:.2f}) over {champion.seeds} seeds, "
-                   f"{100 * champion.delta_f1:+.2f} vs {champion.reference} (Welch p = {_p(champion.p_value, alpha)}).")
+                   f"{100 * champion.delta_f1:+.2f} vs {champion.reference} (Welch p = {p_text(champion.p_value, alpha)}).")
     version, created = registry.register_champion(
         champion.run_id, REGISTERED_NAME.format(corpus=champion.corpus), Path(champion.model_dir), concept_names,
         tags=tags, description=description, alias=alias, max_length=champion.max_length or 32,
@@ -498,10 +473,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-register", action="store_true", help="write the reports only; leave the registry alone")
     add_data_arguments(parser)  # the task vocabularies give the registered models their concept names
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
-    params = yaml.safe_load(args.params.read_text())
-    config = CompareConfig(**params["compare"])
+    params = read_params(args.params)
+    config = config_from(CompareConfig, params["compare"], "compare", args.params)
     mlflow.set_tracking_uri(tracking_uri())
     raw = fetch_runs(read_run_records(args.run_records))
     try:
@@ -514,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = runs.merge(raw[["run_id", "model_dir", "variant"]], on="run_id", how="left")
     log.info("%d runs: %s", len(runs), runs.groupby(["corpus", "mentions", "model"]).size().to_dict())
 
-    summary = summarize(runs, config.reference)
+    summary = model_rows(runs, config.reference)
     baseline = json.loads(args.baseline.read_text()) if args.baseline.exists() else {}
     if not baseline:
         log.warning("no dictionary baseline at %s: its rows are left out", args.baseline)
@@ -532,8 +507,7 @@ def main(argv: list[str] | None = None) -> None:
     components.to_csv(args.reports / COMPONENT_FILES[0], index=False)
     (args.reports / COMPONENT_FILES[1]).write_text(components_markdown(components, config.alpha))
     plot_f1(table, args.reports / CHART_FILE)
-    args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(json.dumps(headline(table, champions), indent=2) + "\n")
+    write_json(args.metrics, headline(table, champions))
 
     if args.no_register:
         return

@@ -9,7 +9,7 @@ part is completed with what the parts share:
 - a shared head at the start: "cancers of the breast and ovary" -> "cancers of the breast", "cancers of the ovary";
 - otherwise the parts as they are: "deafness and blindness" -> "deafness", "blindness".
 
-Whether a split is used is the normalizer's decision (`ehrbert.hybrid`): only when every part is itself a
+Whether a split is used is the normalizer's decision (`ehrbert.models.hybrid`): only when every part is itself a
 confident match, with a threshold chosen on dev, since "and" also joins words inside one concept's name
 ("Hand and foot syndrome").
 """

@@ -1,29 +1,11 @@
-"""Mention detection: a lexicon matcher that finds mention spans in raw text, standing where MetaMap stands.
+"""Stage `detector`: fit the lexicon mention detector on CADEC train, its threshold on dev, and score it on test.
 
 In the paper the clinical corpus (MADE 1.0) is also scored from *predicted* mentions, MetaMap's output, with
-mention-level P/R/F1 where span and concept must both match. Here a dictionary matcher plays MetaMap's part:
-cheap on CPU, no training loop, the same on any text (CADEC posts, NCBI/CDR abstracts, text sent to a server).
+mention-level P/R/F1 where span and concept must both match. Here a dictionary matcher plays MetaMap's part
+(`ehrbert.models.detector`): cheap on CPU, no training loop, the same on any text (CADEC posts, NCBI/CDR
+abstracts, text sent to a server). Detection is scored by exact span match (`ehrbert.metrics.span_scores`).
 
-1. The lexicon is the `normalize`d vocabulary names and synonyms plus the normalized texts of the contiguous
-   *training* mentions (never dev or test ones). Entries made of stop words only ("off", "not well") are
-   dropped: they are English before they are mentions.
-2. Text is cut into tokens, runs of letters, digits and the apostrophes `normalize` deletes, each keeping its
-   character offsets in the raw text; each token is `normalize`d, so the token sequence is
-   `normalize(text).split()` and the lexicon and the text meet in one string space.
-3. Every token sequence that is an entry is a candidate; the longest win (in tokens, the leftmost on a tie)
-   and candidates overlapping a winner are dropped. A span runs from the first token's start to the last
-   token's end, plus a closing bracket right after it when the span leaves one open ("Lipitor(atorvastatin)").
-4. Too generic entries are skipped: `fit` runs step 3 with the whole lexicon over the training documents and
-   counts, per entry, how often it was matched and how often the match was exactly a gold mention's span.
-   An entry whose training precision is below `min_precision` is not matched; an entry never matched in
-   training (a vocabulary name the posts do not use) has no estimate and is kept. `choose_min_precision`
-   picks the threshold on dev.
-
-Detected spans are contiguous: the discontinuous mentions of CADEC ("pain ... in my legs") cannot be found.
-Detection is scored by exact span match (`span_scores`); `predicted_mentions` turns detected spans into
-`Mention`s without concepts, for a normalizer to label and `metrics.mention_level` to score.
-
-    python -m ehrbert.detector --cadec-dir data/cadec --out outputs/detector/cadec_lexicon.json \
+    python -m ehrbert.detector --cadec-dir data/cadec --out outputs/detector/cadec.json \
         --metrics metrics/detector.json
 """
 
@@ -32,223 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-from ehrbert.corpora.records import Document, Mention
-from ehrbert.metrics import prf
+from ehrbert.metrics import span_scores
+from ehrbert.models.detector import LexiconDetector, choose_min_precision, detect_documents
+from ehrbert.stage import read_params, setup_logging, write_json
 from ehrbert.tasks import load_cadec_task
-from ehrbert.text import normalize
 
 log = logging.getLogger(__name__)
-
-Span = tuple[int, int]  # character offsets into the raw text, end exclusive
-
-FORMAT = "ehrbert-lexicon-detector/1"
-STOP_WORDS = frozenset(ENGLISH_STOP_WORDS)
-DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(20))  # 0.0, 0.05, ..., 0.95
-
-# Letters and digits (`\w` without `_`) and the apostrophes `ehrbert.text.normalize` deletes: the characters
-# normalize keeps together. Everything else separates tokens, as normalize turns it into a space.
-_TOKEN = re.compile(r"(?:[^\W_]|['\u2018\u2019\u02bc`\u00b4])+")
-_CLOSING = {"(": ")", "[": "]", "{": "}"}
-_END = ""  # trie key that marks the end of an entry (no token is empty)
-
-
-@dataclass(frozen=True)
-class Token:
-    text: str  # normalized
-    start: int  # offsets of the raw token, end exclusive
-    end: int
-
-
-def tokenize(text: str) -> list[Token]:
-    """The normalized tokens of `text` with their raw offsets; their texts are `normalize(text).split()`.
-
-    A raw token that normalizes to nothing (a lone apostrophe) is skipped. One that normalizes to several
-    words (lowercasing that yields a combining mark, e.g. "İ") gives each word the raw token's offsets.
-    """
-    tokens = []
-    for match in _TOKEN.finditer(text):
-        for word in normalize(match.group()).split():
-            tokens.append(Token(word, match.start(), match.end()))
-    return tokens
-
-
-def _is_stop_entry(entry: str) -> bool:
-    return all(word in STOP_WORDS for word in entry.split())
-
-
-def _close_bracket(text: str, start: int, end: int) -> int:
-    """`end`, moved past the closing bracket right after it when text[start:end] leaves that bracket open."""
-    if end < len(text):
-        for opening, closing in _CLOSING.items():
-            if text[end] == closing and text.count(opening, start, end) > text.count(closing, start, end):
-                return end + 1
-    return end
-
-
-class LexiconDetector:
-    """Longest-match lexicon detector over normalized tokens.
-
-    entries: normalized entry -> (times matched in the training documents, times that match was exactly a gold
-    mention's span); (0, 0) for an entry never matched there. Entries with matches and a precision
-    hits / matches below `min_precision` are skipped when detecting.
-    """
-
-    def __init__(self, entries: Mapping[str, tuple[int, int]], min_precision: float = 0.0):
-        if not 0.0 <= min_precision <= 1.0:
-            raise ValueError(f"min_precision must be in [0, 1], got {min_precision}")
-        self.entries = {entry: (int(n), int(hits)) for entry, (n, hits) in entries.items()}
-        self.min_precision = min_precision
-        self.active = [entry for entry in self.entries if self.keeps(entry)]
-        self._trie: dict = {}
-        for entry in self.active:
-            node = self._trie
-            for word in entry.split():
-                node = node.setdefault(word, {})
-            node[_END] = entry
-
-    def precision(self, entry: str) -> float | None:
-        """Training precision of `entry`; None when it was never matched in training."""
-        n, hits = self.entries[entry]
-        return hits / n if n else None
-
-    def keeps(self, entry: str) -> bool:
-        precision = self.precision(entry)
-        return precision is None or precision >= self.min_precision
-
-    def with_min_precision(self, min_precision: float) -> LexiconDetector:
-        return LexiconDetector(self.entries, min_precision)
-
-    # --- building --------------------------------------------------------------------------------------
-
-    @classmethod
-    def fit(
-        cls, names: Iterable[str], train_documents: Sequence[Document], min_precision: float = 0.0
-    ) -> LexiconDetector:
-        """The lexicon of `names` (vocabulary names and synonyms) and the contiguous mentions of
-        `train_documents`, with each entry's training counts (see the module docstring)."""
-        lexicon = {normalize(name) for name in names}
-        lexicon |= {normalize(m.text) for doc in train_documents for m in doc.mentions if len(m.spans) == 1}
-        stop = {entry for entry in lexicon if entry and _is_stop_entry(entry)}
-        lexicon = {entry for entry in lexicon if entry and entry not in stop}
-        log.info("lexicon: %d entries (%d stop-word-only entries dropped)", len(lexicon), len(stop))
-
-        everything = cls({entry: (0, 0) for entry in lexicon})
-        counts = {entry: [0, 0] for entry in lexicon}
-        for doc in train_documents:
-            gold = {m.spans[0] for m in doc.mentions if len(m.spans) == 1}
-            for entry, span in everything._matches(doc.text):
-                counts[entry][0] += 1
-                counts[entry][1] += span in gold
-        return cls({entry: (n, hits) for entry, (n, hits) in counts.items()}, min_precision)
-
-    # --- detecting -------------------------------------------------------------------------------------
-
-    def _matches(self, text: str) -> list[tuple[str, Span]]:
-        """(entry, span) of every match that survives longest-first selection, in text order."""
-        tokens = tokenize(text)
-        candidates = []  # (first token, one past the last token, entry)
-        for i in range(len(tokens)):
-            node = self._trie
-            for j in range(i, len(tokens)):
-                node = node.get(tokens[j].text)
-                if node is None:
-                    break
-                if _END in node:
-                    candidates.append((i, j + 1, node[_END]))
-        candidates.sort(key=lambda c: (c[0] - c[1], c[0]))  # longest first, then leftmost
-        taken = [False] * len(tokens)
-        chosen = []
-        for i, j, entry in candidates:
-            if not any(taken[i:j]):
-                taken[i:j] = [True] * (j - i)
-                chosen.append((i, j, entry))
-        chosen.sort()
-        out = []
-        for i, j, entry in chosen:
-            start = tokens[i].start
-            out.append((entry, (start, _close_bracket(text, start, tokens[j - 1].end))))
-        return out
-
-    def detect(self, text: str) -> list[Span]:
-        """The detected mention spans of `text`, in text order, non-overlapping."""
-        return [span for _, span in self._matches(text)]
-
-    # --- files -----------------------------------------------------------------------------------------
-
-    def save(self, path: str | Path) -> None:
-        """One small JSON file: the format, the threshold and the entries with their training counts."""
-        data = {
-            "format": FORMAT,
-            "min_precision": self.min_precision,
-            "entries": {entry: list(self.entries[entry]) for entry in sorted(self.entries)},
-        }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> LexiconDetector:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a {FORMAT} file (format {data.get('format')!r})")
-        return cls({entry: tuple(counts) for entry, counts in data["entries"].items()}, data["min_precision"])
-
-
-def detect_documents(detector: LexiconDetector, documents: Iterable[Document]) -> dict[str, list[Span]]:
-    """{doc_id: detected spans} for each document."""
-    return {doc.doc_id: detector.detect(doc.text) for doc in documents}
-
-
-def predicted_mentions(detector: LexiconDetector, documents: Iterable[Document]) -> list[Mention]:
-    """The detected mentions of `documents` as `Mention`s without concepts, for a normalizer to label."""
-    return [
-        Mention(doc.doc_id, ((start, end),), doc.text[start:end], concept_ids=(), type="")
-        for doc in documents
-        for start, end in detector.detect(doc.text)
-    ]
-
-
-# --- evaluation ----------------------------------------------------------------------------------------
-
-
-def span_scores(documents: Sequence[Document], detected: Mapping[str, Iterable[Span]]) -> dict[str, float]:
-    """Detection P/R/F1 by exact span match, over (document, spans) pairs.
-
-    Gold: the distinct spans of each document's mentions, all of them (a discontinuous mention is a gold span
-    set a contiguous detection never equals; `discontinuous` says how many). Predicted: `detected[doc_id]`,
-    a missing document meaning nothing detected.
-    """
-    tp = n_predicted = n_gold = discontinuous = 0
-    for doc in documents:
-        gold = {m.spans for m in doc.mentions}
-        predicted = {((s, e),) for s, e in detected.get(doc.doc_id, ())}
-        tp += len(gold & predicted)
-        n_predicted += len(predicted)
-        n_gold += len(gold)
-        discontinuous += sum(len(spans) > 1 for spans in gold)
-    scores = prf(tp, n_predicted - tp, n_gold - tp)
-    counts = {"tp": tp, "fp": n_predicted - tp, "fn": n_gold - tp, "gold": n_gold, "discontinuous": discontinuous}
-    return {**scores, **counts}
-
-
-def choose_min_precision(
-    detector: LexiconDetector, dev_documents: Sequence[Document], grid: Iterable[float] = DEFAULT_GRID
-) -> tuple[float, dict[float, dict[str, float]]]:
-    """The threshold of `grid` with the best dev span F1 (the lowest on a tie), and the scores of each."""
-    table = {}
-    for t in grid:
-        table[t] = span_scores(dev_documents, detect_documents(detector.with_min_precision(t), dev_documents))
-    best = max(table, key=lambda t: (table[t]["f1"], -t))
-    return best, table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -258,8 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the detector JSON")
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    task = load_cadec_task(args.cadec_dir, **yaml.safe_load(args.params.read_text())["cadec_split"])
+    setup_logging()
+    task = load_cadec_task(args.cadec_dir, **read_params(args.params)["cadec_split"])
 
     started = time.perf_counter()
     names = [name for concept in task.vocabulary.concepts for name in concept.names]
@@ -283,8 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("dev F1 by min_precision: %s", {t: round(s["f1"], 4) for t, s in table.items()})
     log.info("%s", json.dumps(metrics))
     detector.save(args.out)
-    args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(args.metrics, metrics)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ gets the MLflow run IDs (`ehrbert.tracking.write_run_record`).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -27,7 +26,6 @@ from pathlib import Path
 
 import mlflow
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
@@ -35,56 +33,45 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from ehrbert import checkpoints, normalizer
 from ehrbert.corpora.records import Mention
-from ehrbert.detector import LexiconDetector, predicted_mentions
+from ehrbert.hub import resolve_model
 from ehrbert.launch import make_accelerator
-from ehrbert.metrics import accuracy_at_k, evaluate, mention_level
-from ehrbert.tasks import Task, add_data_arguments, load_task, predictions_table
+from ehrbert.metrics import accuracy_at_k, evaluate
+from ehrbert.models import classifier
+from ehrbert.models.detector import LexiconDetector
+from ehrbert.predictions import PREDICTION_FILE, predictions_table, write_predictions
+from ehrbert.stage import config_from, read_params, section, setup_logging, write_json
+from ehrbert.tasks import Task, add_data_arguments, load_task, score_detected
 from ehrbert.text import normalize
-from ehrbert.tracking import start_run, write_run_record
+from ehrbert.tracking import log_detected_run, start_run, write_run_record
 
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class FinetuneConfig:
-    encoder_lr: float = 5e-5  # paper: 1e-5 for all weights
-    head_lr: float = 1e-3  # paper: 1e-5
+    """params.yaml `finetune.config`. The defaults are the default profile's values (a test keeps them equal);
+    the comments give the paper's."""
+
+    encoder_lr: float = 1e-4  # paper: 1e-5 for all weights
+    head_lr: float = 3e-4  # paper: 1e-5
     batch_size: int = 32  # paper: 32
     dropout: float = 0.1  # paper: 0.1
-    max_epochs: int = 30
-    patience: int = 5  # epochs without dev improvement before stopping; paper: 20
+    max_epochs: int = 6  # paper: up to 200
+    patience: int = 3  # epochs without dev improvement before stopping; paper: 20
     max_length: int = 24  # word pieces per query, [CLS]/[SEP] included
     deduplicate: bool = True  # merge identical (query, concept) training pairs; paper: false
     add_vocabulary_names: bool = False  # also train on every vocabulary name and synonym; paper: false
-    head_init: str = "names"  # uniform or names (normalizer.HEAD_INITS); paper: uniform
+    head_init: str = "names"  # uniform or names (classifier.HEAD_INITS); paper: uniform
     head_scale: float = 20.0  # names: a logit is about head_scale x cosine before training
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if self.head_init not in normalizer.HEAD_INITS:
-            raise ValueError(f"finetune.config.head_init: {self.head_init!r} is not one of {', '.join(normalizer.HEAD_INITS)}")
+        if self.head_init not in classifier.HEAD_INITS:
+            raise ValueError(f"finetune.config.head_init: {self.head_init!r} is not one of {', '.join(classifier.HEAD_INITS)}")
 
 
 HEAD_INIT_LABELS = {"uniform": "uniform head (paper)", "names": "head imprinted from names"}  # appended to model labels
-
-
-def config_overrides(params: dict, key: str | None, source: Path) -> dict:
-    """The mapping at dotted `key` of params (empty for None): finetune.config fields to replace."""
-    if key is None:
-        return {}
-    value = params
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise SystemExit(f"{source}: no key {key!r} (--config-overrides)")
-        value = value[part]
-    fields = set(FinetuneConfig.__dataclass_fields__)
-    if not isinstance(value, dict) or not set(value) <= fields:
-        raise SystemExit(f"{source}: {key} must map finetune.config fields to values; unknown: "
-                         f"{sorted(set(value) - fields) if isinstance(value, dict) else value!r}")
-    return value
 
 
 def training_pairs(task: Task, config: FinetuneConfig, label2id: dict[str, int]) -> list[tuple[str, int]]:
@@ -140,7 +127,7 @@ def train(
             optimizer.zero_grad()
             total, steps = total + loss.item(), steps + 1
         unwrapped = accelerator.unwrap_model(model)
-        ranked, _ = normalizer.predict(unwrapped, tokenizer, dev_queries, k=1, max_length=config.max_length,
+        ranked, _ = classifier.predict(unwrapped, tokenizer, dev_queries, k=1, max_length=config.max_length,
                                        batch_size=config.eval_batch_size)
         dev_acc = accuracy_at_k(dev_mentions, ranked, k=1)
         record = {"epoch": epoch, "train_loss": total / max(steps, 1), "dev_acc1": dev_acc,
@@ -157,14 +144,6 @@ def train(
                 break
     accelerator.unwrap_model(model).load_state_dict(best_state)
     return history
-
-
-def predicted_mention_scores(task: Task, model, tokenizer, detector: LexiconDetector, config: FinetuneConfig) -> dict:
-    """Mention-level P/R/F1 on test when the mentions come from `detector` instead of the gold spans."""
-    detected = predicted_mentions(detector, task.splits["test"])
-    ranked, _ = normalizer.predict(model, tokenizer, task.preprocess(detected), k=1, max_length=config.max_length)
-    predictions = [(m.doc_id, m.spans, set(r[:1])) for m, r in zip(detected, ranked)]
-    return {**mention_level(task.mentions("test"), predictions), "detected": len(detected)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,10 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     accelerator = make_accelerator()  # processes, devices and mixed precision: `accelerate launch`'s configuration
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = yaml.safe_load(args.params.read_text())
-    config = FinetuneConfig(**{**params["finetune"]["config"], **config_overrides(params, args.config_overrides, args.params)})
+    setup_logging(accelerator.is_main_process)
+    params = read_params(args.params)
+    overrides = section(params, args.config_overrides, args.params) if args.config_overrides else {}
+    if not isinstance(overrides, dict):
+        raise SystemExit(f"{args.params}: {args.config_overrides} must map finetune.config fields to values")
+    config = config_from(FinetuneConfig, {**params["finetune"]["config"], **overrides},
+                         f"finetune.config (with {args.config_overrides})" if overrides else "finetune.config", args.params)
     model_label = f'{params["finetune"]["model_labels"].get(args.model, args.model)}, {HEAD_INIT_LABELS[config.head_init]}'
     stage_params = {"finetune.config": asdict(config), "finetune.model_labels": params["finetune"]["model_labels"],
                     "cadec_split": params["cadec_split"]}
@@ -199,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     with accelerator.main_process_first():
         task = load_task(args.corpus, args, params["cadec_split"])
         dev_queries, test_queries = task.queries("dev"), task.queries("test")
-    model, tokenizer = normalizer.build(checkpoints.resolve(args.model_path), task.vocabulary, config.dropout, args.seed,
+    model, tokenizer = classifier.build(resolve_model(args.model_path), task.vocabulary, config.dropout, args.seed,
                                         config.head_init, config.head_scale, config.max_length)
     pairs = training_pairs(task, config, model.config.label2id)
     log.info("%s: %d concepts, %d training pairs", args.corpus, len(task.vocabulary), len(pairs))
@@ -211,18 +193,19 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     model = accelerator.unwrap_model(model)
-    ranked, scores = normalizer.predict(model, tokenizer, test_queries, k=5, max_length=config.max_length)
+    ranked, scores = classifier.predict(model, tokenizer, test_queries, k=5, max_length=config.max_length)
     test = evaluate(task.splits["test"], task.mentions("test"), ranked, level=task.level)
-    test["best_epoch"] = max(history, key=lambda r: r["dev_acc1"])["epoch"]
+    test["best_epoch"] = max(history, key=lambda r: r["dev_acc1"])["epoch"]  # in the metrics file, not a test score
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     args.run_record.unlink(missing_ok=True)  # written last: a stale record never outlives a failed run
-    model_dir = args.out_dir / normalizer.MODEL_DIR
+    model_dir = args.out_dir / classifier.MODEL_DIR
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    (model_dir / normalizer.TRAINING_FILE).write_text(json.dumps({"config": asdict(config), "model": args.model,
-                                                       "corpus": args.corpus, "seed": args.seed}, indent=2) + "\n")
-    predictions_table(task, "test", test_queries, ranked, scores).to_csv(args.out_dir / "test_predictions.tsv", sep="\t", index=False)
+    write_json(model_dir / classifier.TRAINING_FILE,
+               {"config": asdict(config), "model": args.model, "corpus": args.corpus, "seed": args.seed})
+    predictions = write_predictions(predictions_table(task, "test", test_queries, ranked, scores),
+                                    args.out_dir / PREDICTION_FILE)
     tags = {"model": args.model, "model_label": model_label, "corpus": args.corpus, "seed": str(args.seed),
             "mentions": "gold", "encoder_path": str(args.model_path)}
     runs = {}
@@ -233,22 +216,22 @@ def main(argv: list[str] | None = None) -> None:
                            "mixed_precision": accelerator.mixed_precision, "processes": accelerator.num_processes})
         for record in history:
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
-        mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
+        mlflow.log_metrics({f"test_{k}": v for k, v in test.items() if k != "best_epoch"})
+        mlflow.log_metric("best_epoch", test["best_epoch"])
         mlflow.log_metric("train_seconds", round(train_seconds, 1))  # wall clock: MLflow only, not the DVC metrics
-        mlflow.log_artifact(str(args.out_dir / "test_predictions.tsv"))
+        mlflow.log_artifact(str(predictions))
         mlflow.log_artifacts(str(model_dir), artifact_path="model")  # also in MLflow, for the UI; stages read the DVC out
         runs["gold"] = run.info.run_id
     if args.corpus == "cadec" and args.cadec_detector is not None:
         detector = LexiconDetector.load(args.cadec_detector)
-        predicted = predicted_mention_scores(task, model, tokenizer, detector, config)
-        with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{args.model}-{args.corpus}-s{args.seed}-predicted",
-                       tags={**tags, "mentions": "predicted", "trained_in_run": runs["gold"]}, params=stage_params) as run:
-            mlflow.log_params({"detector": str(args.cadec_detector), "model": args.model, "seed": args.seed})
-            mlflow.log_metrics({f"test_{k}": v for k, v in predicted.items()})
-            runs["predicted"] = run.info.run_id
+        top1 = lambda queries: [r[:1] for r in classifier.predict(model, tokenizer, queries, k=1,
+                                                                  max_length=config.max_length)[0]]
+        predicted = score_detected(task, detector, top1)
+        runs["predicted"] = log_detected_run(f"finetune-{args.corpus}", f"{args.model}-{args.corpus}-s{args.seed}", tags,
+                                             stage_params, runs["gold"], predicted, detector=str(args.cadec_detector),
+                                             model=args.model, seed=args.seed)
         test["predicted_mentions"] = predicted
-    args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(json.dumps(test, indent=2) + "\n")
+    write_json(args.metrics, test)
     write_run_record(args.run_record, runs, experiment=f"finetune-{args.corpus}", model=args.model, corpus=args.corpus,
                      seed=args.seed, model_dir=str(model_dir))
 

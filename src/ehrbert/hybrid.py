@@ -1,10 +1,10 @@
 """Beyond the paper: the classifier and retrieval over vocabulary names together, with composite and no-concept answers.
 
-The paper's [CLS] classifier (`ehrbert.normalizer`) cannot answer with a concept that has no training
+The paper's [CLS] classifier (`ehrbert.models.classifier`) cannot answer with a concept that has no training
 mention, gives a composite mention one label, and always answers. This normalizer adds, each switchable in
 params.yaml (`hybrid`) and each chosen on dev only:
 
-1. **retrieval** (`ehrbert.retrieval`): a contrastively trained encoder scores the query against every
+1. **retrieval** (`ehrbert.models.retrieval`): a contrastively trained encoder scores the query against every
    vocabulary name and training mention; a concept's retrieval score is the cosine of its best entry.
    An entry that stands for several concepts (a name two concepts share, a training mention annotated
    two ways) answers with its most frequent one only: one stray annotation ("hemochromatosis" once
@@ -24,7 +24,7 @@ split, threshold on dev) finds the mentions, Ab3P the document's abbreviations.
 The stage (`main`, one corpus x one seed; started by `accelerate launch`, which may train the encoder on
 several processes) logs one MLflow run per cumulative variant to the corpus's fine-tuning experiment, so
 that `ehrbert.compare` puts them beside the paper's models with t-tests: ``retrieval`` -> ``hybrid``
-(+ classifier) -> ``hybrid_composite`` -> ``hybrid_nil`` (+ no-concept), each only if its component is
+(+ classifier) -> ``hybrid_composite`` -> ``hybrid_no_concept`` (+ no-concept), each only if its component is
 switched on. One servable model folder (`HybridNormalizer.save`, a DVC out) holds the components and every
 variant's settings, so that any variant can be registered and served; the run IDs go to the run record.
 """
@@ -32,7 +32,6 @@ variant's settings, so that any variant can be registered and served; the run ID
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,35 +40,34 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-import yaml
 from transformers import set_seed
 
-from ehrbert import checkpoints, normalizer, retrieval
-from ehrbert.composite import split_coordination
 from ehrbert.corpora.records import NO_CONCEPT, Mention
-from ehrbert.detector import LexiconDetector, choose_min_precision, predicted_mentions, span_scores
-from ehrbert.metrics import accuracy_at_k, prf, score_predictions
-from ehrbert.retrieval import NameIndex, RetrievalConfig
-from ehrbert.tasks import Task, add_data_arguments, load_task, predictions_table
-from ehrbert.text import find_abbreviations, preprocess_mention
+from ehrbert.hub import resolve_model
 from ehrbert.launch import make_accelerator
-from ehrbert.tracking import read_run_record, start_run, write_run_record
+from ehrbert.metrics import accuracy_at_k, is_seen, prf, score_predictions, seen_concepts
+from ehrbert.models import classifier as classifier_model
+from ehrbert.models import retrieval
+from ehrbert.models.detector import LexiconDetector, choose_min_precision
+from ehrbert.models.hybrid import VARIANTS, Answer, Candidates, HybridNormalizer, Settings, decide
+from ehrbert.models.retrieval import NameIndex, RetrievalConfig
+from ehrbert.predictions import predictions_table
+from ehrbert.stage import config_from, read_params, setup_logging, write_json
+from ehrbert.tasks import Task, add_data_arguments, load_task, score_detected
+from ehrbert.tracking import log_detected_run, read_run_record, start_run, write_run_record
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"  # in the stage's output folder: the servable normalizer, every variant
-SETTINGS_FILE = "hybrid.json"
-FORMAT = "ehrbert-hybrid/2"  # /2: the settings of every variant, one of them the default
-VARIANTS = ("retrieval", "hybrid", "hybrid_composite", "hybrid_nil")
 COMPONENTS = {"hybrid": "{classifier_model} classifier", "hybrid_composite": "composite mentions",
-              "hybrid_nil": "no-concept threshold"}  # what each variant adds, for its label
+              "hybrid_no_concept": "no-concept threshold"}  # what each variant adds, for its label
 
 
 def variant_label(variant: str, retrieval_label: str, config: HybridConfig) -> str:
     """A variant's name in tables: the retrieval's label plus the components switched on up to it, so that a
-    switched-off component never appears in a label ("hybrid_nil" without the classifier is retrieval +
+    switched-off component never appears in a label ("hybrid_no_concept" without the classifier is retrieval +
     composite + no-concept)."""
-    switched_on = {"hybrid": config.classifier, "hybrid_composite": config.composite, "hybrid_nil": config.no_concept}
+    switched_on = {"hybrid": config.classifier, "hybrid_composite": config.composite, "hybrid_no_concept": config.no_concept}
     added = [COMPONENTS[v].format(classifier_model=config.classifier_model)
              for v in VARIANTS[1 : VARIANTS.index(variant) + 1] if switched_on[v]]
     return " + ".join([retrieval_label, *added])
@@ -81,7 +79,7 @@ class HybridConfig:
     classifier: bool = True  # interpolate the paper's classifier
     classifier_model: str = "base"  # whose fine-tuning runs (same corpus and seed) give the classifier
     classifier_top_k: int = 20
-    classifier_weights: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0])
+    classifier_weights: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
     composite: bool = True
     composite_thresholds: list[float] = field(default_factory=lambda: [0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
     no_concept: bool = True
@@ -91,163 +89,6 @@ class HybridConfig:
     def __post_init__(self):
         if isinstance(self.retrieval, dict):
             self.retrieval = RetrievalConfig(**self.retrieval)
-
-
-@dataclass
-class Settings:
-    """The decisions made on dev."""
-
-    classifier_weight: float = 0.0
-    composite_threshold: float | None = None  # None: one concept a mention
-    no_concept_threshold: float | None = None  # None: always answer
-
-
-@dataclass
-class Answer:
-    ranked: list[str]  # best first
-    scores: list[float]
-    concept_ids: tuple[str, ...]  # the answer: one, several (composite) or none
-
-    @property
-    def score(self) -> float:
-        return self.scores[0] if self.scores else 0.0
-
-
-@dataclass
-class Candidates:
-    """Everything the decisions need about a list of queries, computed once (dev is decided on many times)."""
-
-    retrieval: list[dict[str, float]]  # concept -> cosine of its best entry among the top-k
-    best_tuple: list[tuple[str, ...]]  # concept tuple of the best entry
-    classifier: list[dict[str, float]]  # concept -> probability (top-k); empty without a classifier
-    parts: list[list[tuple[str, float]]]  # a coordinated query's parts: (best concept, cosine); [] if none
-
-
-def decide(candidates: Candidates, settings: Settings, k: int = 5) -> list[Answer]:
-    answers = []
-    for i, retrieved in enumerate(candidates.retrieval):
-        probabilities = candidates.classifier[i] if candidates.classifier else {}
-        floor = min(retrieved.values(), default=0.0)
-        combined = {c: retrieved.get(c, floor) + settings.classifier_weight * probabilities.get(c, 0.0)
-                    for c in retrieved.keys() | probabilities.keys()}
-        ranked = sorted(combined, key=lambda c: (-combined[c], c))[:k]
-        ids = tuple(ranked[:1])
-        if settings.composite_threshold is not None and ranked:
-            best_tuple, parts = candidates.best_tuple[i], candidates.parts[i]
-            if len(best_tuple) > 1 and ranked[0] in best_tuple:
-                ids = best_tuple
-            elif parts and min(s for _, s in parts) >= settings.composite_threshold and len({c for c, _ in parts}) > 1:
-                ids = tuple(dict.fromkeys(c for c, _ in parts))
-        if settings.no_concept_threshold is not None and (not ranked or combined[ranked[0]] < settings.no_concept_threshold):
-            ids = ()
-        answers.append(Answer(ranked, [combined[c] for c in ranked], ids))
-    return answers
-
-
-class HybridNormalizer:
-    """Retrieval encoder + name index, optionally the classifier and the detector; `settings` from dev."""
-
-    def __init__(self, encoder, tokenizer, index: NameIndex, config: RetrievalConfig, classifier=None,
-                 classifier_tokenizer=None, classifier_max_length: int = 24, classifier_top_k: int = 20,
-                 settings: Settings | None = None, detector: LexiconDetector | None = None,
-                 variants: dict[str, Settings] | None = None):
-        self.encoder, self.tokenizer, self.index, self.config = encoder, tokenizer, index, config
-        self.classifier, self.classifier_tokenizer = classifier, classifier_tokenizer
-        self.classifier_max_length, self.classifier_top_k = classifier_max_length, classifier_top_k
-        self.settings = settings or Settings()
-        self.detector = detector
-        self.variants = dict(variants or {})  # variant name -> its dev-chosen settings (saved with the model)
-
-    @staticmethod
-    def concept_ids_in(folder: str | Path) -> set[str]:
-        """The concept IDs a saved normalizer can answer with (read from its index, no weights loaded)."""
-        return NameIndex.load(Path(folder) / "retriever").concept_ids()
-
-    def candidates(self, queries: list[str]) -> Candidates:
-        parts = [split_coordination(q) for q in queries]
-        flat = list(dict.fromkeys(p for ps in parts for p in ps))
-        hits = retrieval.search(self.encoder, self.tokenizer, self.index, list(queries) + flat, self.config)
-        part_best = {}
-        for part, found in zip(flat, hits[len(queries):]):
-            position, cosine = found[0]
-            part_best[part] = (self.index.concepts[position][0][0], cosine)
-        scores, best = [], []
-        for found in hits[: len(queries)]:
-            concept_scores: dict[str, float] = {}
-            for position, cosine in found:
-                for c in self.index.concepts[position][0]:  # an entry answers with its most frequent tuple
-                    concept_scores.setdefault(c, cosine)  # hits come best first
-            scores.append(concept_scores)
-            best.append(self.index.concepts[found[0][0]][0] if found else ())
-        probabilities = []
-        if self.classifier is not None:
-            ranked, probs = normalizer.predict(self.classifier, self.classifier_tokenizer, queries,
-                                               k=self.classifier_top_k, max_length=self.classifier_max_length)
-            probabilities = [dict(zip(r, p)) for r, p in zip(ranked, probs)]
-        return Candidates(scores, best, probabilities, [[part_best[p] for p in ps] for ps in parts])
-
-    def predict(self, queries: list[str]) -> list[Answer]:
-        return decide(self.candidates(queries), self.settings)
-
-    def annotate(self, texts: list[str]) -> list[list[tuple[int, int, str, Answer]]]:
-        """Per raw text, (start, end, mention text, answer) of each mention the detector finds in it; the
-        mentions of all texts are normalized in one batch."""
-        if self.detector is None:
-            raise ValueError("this normalizer has no mention detector: it takes mentions, not raw text")
-        spans = [self.detector.detect(text) for text in texts]
-        queries = []
-        for text, found in zip(texts, spans):
-            abbreviations = find_abbreviations(text) if found else {}
-            queries += [preprocess_mention(text[s:e], abbreviations) for s, e in found]
-        answers = iter(self.predict(queries) if queries else [])
-        return [[(s, e, text[s:e], next(answers)) for s, e in found] for text, found in zip(texts, spans)]
-
-    # --- files ---------------------------------------------------------------------------------------
-
-    def save(self, folder: str | Path, default_variant: str | None = None) -> None:
-        """One folder that loads by itself: retriever/, classifier/ (if any), detector.json (if any), hybrid.json
-        (the settings of every variant in `self.variants`; `default_variant` is the one `load` picks unasked)."""
-        folder = Path(folder)
-        retrieval.save_retriever(self.encoder, self.tokenizer, self.index, folder / "retriever")
-        if self.classifier is not None:
-            self.classifier.save_pretrained(str(folder / "classifier"))
-            self.classifier_tokenizer.save_pretrained(str(folder / "classifier"))
-        if self.detector is not None:
-            self.detector.save(folder / "detector.json")
-        variants = self.variants or {"default": self.settings}
-        default_variant = default_variant or next(reversed(variants))
-        settings = {"format": FORMAT, "default_variant": default_variant,
-                    "variants": {name: asdict(s) for name, s in variants.items()}, "retrieval": asdict(self.config),
-                    "classifier_max_length": self.classifier_max_length, "classifier_top_k": self.classifier_top_k}
-        (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
-
-    @classmethod
-    def load(cls, folder: str | Path, variant: str | None = None) -> HybridNormalizer:
-        """The normalizer saved in `folder`, answering with `variant`'s settings (default: the folder's default)."""
-        folder = Path(folder)
-        data = json.loads((folder / SETTINGS_FILE).read_text())
-        if data.get("format") != FORMAT:
-            raise ValueError(f"{folder / SETTINGS_FILE}: not a {FORMAT} file (format {data.get('format')!r})")
-        variants = {name: Settings(**values) for name, values in data["variants"].items()}
-        variant = variant or data["default_variant"]
-        if variant not in variants:
-            raise ValueError(f"{folder / SETTINGS_FILE}: no variant {variant!r}; it has {', '.join(variants)}")
-        encoder, tokenizer, index = retrieval.load_retriever(folder / "retriever")
-        classifier = classifier_tokenizer = None
-        if (folder / "classifier").is_dir():
-            classifier, classifier_tokenizer = normalizer.load(folder / "classifier")
-        detector = LexiconDetector.load(folder / "detector.json") if (folder / "detector.json").exists() else None
-        return cls(encoder, tokenizer, index, RetrievalConfig(**data["retrieval"]), classifier, classifier_tokenizer,
-                   data["classifier_max_length"], data["classifier_top_k"], variants[variant], detector, variants)
-
-    @staticmethod
-    def variants_in(folder: str | Path) -> list[str]:
-        """The variants a saved normalizer can answer as (read from hybrid.json, no weights loaded)."""
-        return list(json.loads((Path(folder) / SETTINGS_FILE).read_text())["variants"])
-
-
-def is_hybrid(folder: str | Path) -> bool:
-    return (Path(folder) / SETTINGS_FILE).exists()
 
 
 # --- scoring ---------------------------------------------------------------------------------------------
@@ -261,16 +102,16 @@ def score(task: Task, split: str, answers: list[Answer], seen: set[str]) -> dict
     ranked = [a.ranked for a in answers]
     scores["acc1"] = accuracy_at_k(mentions, ranked, 1)
     scores["acc5"] = accuracy_at_k(mentions, ranked, 5)
-    for name, keep in (("seen", True), ("unseen", False)):
-        rows = [i for i, m in enumerate(mentions) if m.relation != NO_CONCEPT and bool(set(m.concept_ids) & seen) == keep]
+    for name, keep in (("seen", True), ("unseen", False)):  # the one rule: `ehrbert.metrics.is_seen`
+        rows = [i for i, m in enumerate(mentions) if m.relation != NO_CONCEPT and is_seen(m, seen) == keep]
         scores[f"acc1_{name}"] = accuracy_at_k([mentions[i] for i in rows], [ranked[i] for i in rows], 1)
         scores[f"mentions_{name}"] = len(rows)
-    none_gold = [m.relation == NO_CONCEPT for m in mentions]
-    none_predicted = [not a.concept_ids for a in answers]
-    tp = sum(g and p for g, p in zip(none_gold, none_predicted))
-    nil = prf(tp, sum(none_predicted) - tp, sum(none_gold) - tp)
-    scores.update({f"no_concept_{k}": v for k, v in nil.items()})
-    scores["no_concept_gold"], scores["no_concept_answers"] = sum(none_gold), sum(none_predicted)
+    no_concept_gold = [m.relation == NO_CONCEPT for m in mentions]
+    no_concept_answers = [not a.concept_ids for a in answers]
+    tp = sum(g and p for g, p in zip(no_concept_gold, no_concept_answers))
+    no_concept = prf(tp, sum(no_concept_answers) - tp, sum(no_concept_gold) - tp)
+    scores.update({f"no_concept_{k}": v for k, v in no_concept.items()})
+    scores["no_concept_gold"], scores["no_concept_answers"] = sum(no_concept_gold), sum(no_concept_answers)
     scores["mentions"] = len(mentions)
     return scores
 
@@ -307,31 +148,18 @@ def choose_settings(task: Task, dev: Candidates, config: HybridConfig, seen: set
         grid = [None, *sorted({round(float(np.quantile(top, q)), 4) for q in config.no_concept_quantiles})]
         threshold, table = _best(grid, lambda t: dev_score(Settings(settings.classifier_weight, settings.composite_threshold, t))["f1"])
         settings = Settings(settings.classifier_weight, settings.composite_threshold, threshold)
-        variants.append(("hybrid_nil", settings, {"no_concept_threshold": table}))
+        variants.append(("hybrid_no_concept", settings, {"no_concept_threshold": table}))
     return variants
 
 
 def predictions_frame(task: Task, split: str, queries: list[str], answers: list[Answer]) -> pd.DataFrame:
-    """`tasks.predictions_table`, with the answered concept set (several, one or none) as `predicted`."""
+    """`predictions.predictions_table`, with the answered concept set (several, one or none) as `predicted`."""
     table = predictions_table(task, split, queries, [a.ranked for a in answers], [[a.score] for a in answers])
     table["predicted"] = ["|".join(a.concept_ids) for a in answers]
     return table
 
 
 # --- the stage ---------------------------------------------------------------------------------------------
-
-
-def detected_scores(task: Task, model: HybridNormalizer) -> dict[str, float]:
-    """Test scores from raw text: the model's detector finds the mentions, the model normalizes them."""
-    documents = task.splits["test"]
-    mentions = predicted_mentions(model.detector, documents)
-    answers = model.predict(task.preprocess(mentions)) if mentions else []
-    scores = score_predictions(documents, answered(mentions, answers), task.level)
-    detected: dict[str, list] = {doc.doc_id: [] for doc in documents}
-    for mention in mentions:
-        detected[mention.doc_id].append(mention.spans[0])
-    spans = span_scores(documents, detected)
-    return {**scores, "detected": len(mentions), **{f"span_{k}": spans[k] for k in ("precision", "recall", "f1")}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -348,10 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-record", type=Path, required=True, help="JSON file for the MLflow run IDs of the variants")
     args = parser.parse_args(argv)
     accelerator = make_accelerator()  # the encoder's training may run on several processes (accelerate launch)
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = yaml.safe_load(args.params.read_text())
-    config = HybridConfig(**params["hybrid"]["config"])
+    setup_logging(accelerator.is_main_process)
+    params = read_params(args.params)
+    config = config_from(HybridConfig, params["hybrid"]["config"], "hybrid.config", args.params)
     retrieval_label = params["hybrid"]["retrieval_label"]
     stage_params = {"hybrid.config": params["hybrid"]["config"], "hybrid.retrieval_label": retrieval_label,
                     "cadec_split": params["cadec_split"]}
@@ -360,9 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     set_seed(args.seed)
 
     task = load_task(args.corpus, args, params["cadec_split"])
-    seen = {c for m in task.mentions("train") for c in m.concept_ids}
+    seen = seen_concepts(task.mentions("train"))
     started = time.perf_counter()
-    encoder, tokenizer = retrieval.load_encoder(checkpoints.resolve(config.encoder))
+    encoder, tokenizer = retrieval.load_encoder(resolve_model(config.encoder))
     names = retrieval.concept_names(task.vocabulary)
     pairs = retrieval.mention_pairs(task.mentions("train"), task.queries("train"), names)
     history = retrieval.train_encoder(encoder, tokenizer, names, pairs, config.retrieval, args.seed, accelerator)
@@ -377,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     classifier_max_length = 0
     tags = {"corpus": args.corpus, "seed": str(args.seed), "mentions": "gold", "encoder_path": config.encoder}
     if config.classifier:
-        classifier, classifier_tokenizer, trained = normalizer.load_finetuned(args.classifier)
+        classifier, classifier_tokenizer, trained = classifier_model.load_finetuned(args.classifier)
         classifier_max_length = trained["config"]["max_length"]  # as the classifier was trained, not as params say now
         tags["classifier_path"] = str(args.classifier)
         if args.classifier_run_record is not None:
@@ -412,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
         last = i == len(variants) - 1
         if last:
             model.settings = settings
-            result.update({f"text_{k}": v for k, v in detected_scores(task, model).items()})
+            detected = score_detected(task, model.detector, lambda queries: [a.concept_ids for a in model.predict(queries)])
+            result.update({f"text_{k}": v for k, v in detected.items()})
         run_tags = {**tags, "model": variant, "model_label": variant_label(variant, retrieval_label, config),
                     "model_path": str(model_dir), "variant": variant}
         with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{variant}-{args.corpus}-s{args.seed}",
@@ -425,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
                                "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision})
             for record in history:
                 mlflow.log_metric("retrieval_loss", record["loss"], step=record["step"])
-            mlflow.log_metrics({f"test_{k}": v for k, v in result.items()})
+            mlflow.log_metrics({("dev_f1" if k == "dev_f1" else f"test_{k}"): v for k, v in result.items()})
             # wall clock: MLflow only, not the DVC metrics
             mlflow.log_metrics({"retrieval_train_seconds": round(train_seconds, 1),
                                 "candidates_seconds": round(test_seconds, 1)})
@@ -435,16 +263,13 @@ def main(argv: list[str] | None = None) -> None:
                 mlflow.log_artifacts(str(model_dir), artifact_path="model")
             runs[variant] = run.info.run_id
         if last and task.level == "mention":  # the clinical corpus is also scored from detected mentions
-            with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{variant}-{args.corpus}-s{args.seed}-predicted",
-                           tags={**run_tags, "mentions": "predicted", "trained_in_run": runs[variant]},
-                           params=stage_params) as run:
-                mlflow.log_metrics({f"test_{k.removeprefix('text_')}": v for k, v in result.items() if k.startswith("text_")})
-                runs[f"{variant}-predicted"] = run.info.run_id
+            runs[f"{variant}-predicted"] = log_detected_run(
+                f"finetune-{args.corpus}", f"{variant}-{args.corpus}-s{args.seed}", run_tags, stage_params, runs[variant],
+                {k.removeprefix("text_"): v for k, v in result.items() if k.startswith("text_")})
         results[variant] = {"settings": asdict(settings), "test": result}
         log.info("%s: test F1 %.4f, acc@1 %.4f (seen %.4f, unseen %.4f)", variant, result["f1"], result["acc1"],
                  result["acc1_seen"], result["acc1_unseen"])
-    args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.metrics, results)
     write_run_record(args.run_record, runs, experiment=f"finetune-{args.corpus}", corpus=args.corpus, seed=args.seed,
                      model_dir=str(model_dir))
 

@@ -8,6 +8,8 @@
 - `mention_level`: the clinical corpus, MADE style: a prediction counts only where its spans equal a
   gold mention's and its concept is right under that mention's relation.
 - `accuracy_at_k`: acc@1 / acc@k over gold mentions, the BioSyn / SapBERT convention.
+- `is_seen`: the one seen / unseen rule that every table of seen and unseen mentions uses.
+- `span_scores`: mention detection by exact span match.
 - `evaluate`: what a stage reports for ranked candidates on gold mentions: acc@1, acc@k and the
   task's own P/R/F1, each mention predicting its top-1 candidate.
 
@@ -17,11 +19,12 @@ mapped to its primary IDs (`Vocabulary.canonical`), as DNorm maps MEDIC alternat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from ehrbert.corpora.records import ALTERNATIVE, NO_CONCEPT, Document, Mention, Vocabulary
 
-Spans = tuple[tuple[int, int], ...]
+Span = tuple[int, int]  # character offsets into the raw text, end exclusive
+Spans = tuple[Span, ...]
 Prediction = tuple[str, Spans, Iterable[str]]  # (doc_id, spans, predicted concept IDs; empty = "no concept")
 
 
@@ -216,3 +219,38 @@ def evaluate(
         scores[f"acc{k}"] = accuracy_at_k(mentions, ranked, k)
     scores["mentions"] = len(mentions)
     return scores
+
+
+def seen_concepts(train_mentions: Iterable[Mention]) -> set[str]:
+    """The concept IDs that at least one training mention is annotated with."""
+    return {cid for mention in train_mentions for cid in mention.concept_ids}
+
+
+def is_seen(mention: Mention, seen: Collection[str]) -> bool:
+    """The seen / unseen rule: a mention is *seen* when every one of its gold concepts has a training mention.
+
+    A closed-set classifier can give the whole answer to a seen mention only; an unseen mention has at least
+    one concept that training never showed, whose output was only ever pushed down. A mention without a
+    concept (NO_CONCEPT) is neither: callers leave it out of both groups.
+    """
+    return mention.relation != NO_CONCEPT and bool(mention.concept_ids) and all(c in seen for c in mention.concept_ids)
+
+
+def span_scores(documents: Sequence[Document], detected: Mapping[str, Iterable[Span]]) -> dict[str, float]:
+    """Detection P/R/F1 by exact span match, over (document, spans) pairs.
+
+    Gold: the distinct spans of each document's mentions, all of them (a discontinuous mention is a gold span
+    set a contiguous detection never equals; `discontinuous` says how many). Predicted: `detected[doc_id]`,
+    a missing document meaning nothing detected.
+    """
+    tp = n_predicted = n_gold = discontinuous = 0
+    for doc in documents:
+        gold = {m.spans for m in doc.mentions}
+        predicted = {((s, e),) for s, e in detected.get(doc.doc_id, ())}
+        tp += len(gold & predicted)
+        n_predicted += len(predicted)
+        n_gold += len(gold)
+        discontinuous += sum(len(spans) > 1 for spans in gold)
+    scores = prf(tp, n_predicted - tp, n_gold - tp)
+    counts = {"tp": tp, "fp": n_predicted - tp, "fn": n_gold - tp, "gold": n_gold, "discontinuous": discontinuous}
+    return {**scores, **counts}

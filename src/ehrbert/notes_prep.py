@@ -20,7 +20,6 @@ punkt, so nothing is downloaded at run time.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 import re
@@ -28,7 +27,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from nltk.tokenize import NLTKWordTokenizer
 from tqdm.auto import tqdm
 
@@ -36,6 +34,7 @@ from ehrbert.corpora.medic import read_medic
 from ehrbert.corpora.notes import format_sentence_documents, read_notes
 from ehrbert.corpora.pubtator import read_pubtator
 from ehrbert.corpora.records import Concept, Document
+from ehrbert.stage import config_from, read_params, setup_logging, write_json
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ class NotesConfig:
     format: str = "auto"  # notes file layout: csv (MTSamples columns), lines (one note a line), auto (by suffix)
     seed: int = 13  # draws the splits
     heldout_notes: int = 100  # notes kept out of all training, for held-out MLM perplexity
-    max_full_notes: int | None = None  # size of `full` (the paper's 1M notes); None: every remaining note
+    max_full_notes: int | None = 700  # size of `full` (the paper's 1M notes); None: every remaining note
     half_fraction: float = 0.5  # `half` = this share of `full`, taken from its start (the paper's 500k)
 
 
@@ -176,19 +175,14 @@ def prepare_biomedical(abstracts: list[Document], concepts: list[Concept], held_
     return [doc_id for doc_id, _ in prepared], [sentences for _, sentences in prepared], metrics
 
 
-def _write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2) + "\n")
-
-
 def _notes_main(args: argparse.Namespace) -> None:
-    config = NotesConfig(**yaml.safe_load(args.params.read_text())["notes"])
+    config = config_from(NotesConfig, read_params(args.params)["notes"], "notes", args.params)
     splits, ids, metrics = prepare_notes(read_notes(args.notes, config.format), config)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for split, documents in splits.items():
         (args.out_dir / f"{split}.txt").write_text(format_sentence_documents(as_lines(documents)), encoding="utf-8")
-    _write_json(args.out_dir / "note_ids.json", ids)
-    _write_json(args.metrics, metrics)
+    write_json(args.out_dir / "note_ids.json", ids)
+    write_json(args.metrics, metrics)
     log.info("%d notes, %d sentences, %d tokens; held-out %d, half %d, full %d notes", metrics["notes"],
              metrics["sentences"], metrics["tokens"], metrics["heldout_notes"], metrics["half_notes"], metrics["full_notes"])
 
@@ -201,7 +195,7 @@ def _biomedical_main(args: argparse.Namespace) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "corpus.txt").write_text(format_sentence_documents(as_lines(documents)), encoding="utf-8")
     (args.out_dir / "doc_ids.txt").write_text("".join(f"{doc_id}\n" for doc_id in doc_ids))
-    _write_json(args.metrics, metrics)
+    write_json(args.metrics, metrics)
     log.info("%d abstracts (%d left out as dev/test), %d definitions, %d tokens", metrics["abstracts"],
              metrics["abstracts_left_out"], metrics["definitions"], metrics["tokens"])
 
@@ -224,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     bio.add_argument("--metrics", type=Path, required=True)
     bio.set_defaults(run=_biomedical_main)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args.run(args)
 
 

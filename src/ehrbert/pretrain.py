@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
 import time
@@ -37,17 +36,23 @@ from pathlib import Path
 
 import mlflow
 import torch
-import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModelForPreTraining, AutoTokenizer, DataCollatorForLanguageModeling, get_linear_schedule_with_warmup
+from transformers import (
+    AutoModelForPreTraining,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    get_linear_schedule_with_warmup,
+)
 
 from ehrbert import checkpoints
+from ehrbert.hub import resolve_model
 from ehrbert.launch import make_accelerator
 from ehrbert.pretraining_data import MaskedPairDataset, PairDataset, load_examples, vocabulary_digest
+from ehrbert.stage import read_params, setup_logging, write_json
 from ehrbert.tracking import start_run, write_run_record
 
 log = logging.getLogger(__name__)
@@ -102,7 +107,7 @@ def position(completed_steps: int, steps_per_epoch: int, accumulation: int) -> t
 
 def load_model(name: str):
     """(model with MLM + NSP heads, tokenizer, names of the weights newly initialized)."""
-    path = checkpoints.resolve(name)
+    path = resolve_model(name)
     model, info = AutoModelForPreTraining.from_pretrained(path, output_loading_info=True)
     return model, AutoTokenizer.from_pretrained(path), sorted(info["missing_keys"])
 
@@ -278,15 +283,14 @@ def _resume_point(accelerator: Accelerator, args: argparse.Namespace, fingerprin
 
 def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
-    config, info = stage_settings(yaml.safe_load(args.params.read_text())["pretrain"], args.stage)
+    config, info = stage_settings(read_params(args.params)["pretrain"], args.stage)
     if config.max_steps != 0 and args.train is None:
         raise SystemExit(f"pretrain.{args.stage} trains (max_steps is not 0): --train is required")
 
     # the seedable sampler draws each epoch's order from data_seed + epoch: the same order after a restart
     accelerator = make_accelerator(gradient_accumulation_steps=args.grad_accum,
                                    dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(accelerator.is_main_process)
     world, accumulation = accelerator.num_processes, args.grad_accum
     if config.batch_size % (world * accumulation):
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {world} processes x {accumulation} accumulation steps")
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps) * world, total_steps * world)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
 
-    made_of = {"stage": args.stage, "config": asdict(config), "init": checkpoints.digest(checkpoints.resolve(args.init)),
+    made_of = {"stage": args.stage, "config": asdict(config), "init": checkpoints.digest(resolve_model(args.init)),
                "train": checkpoints.digest(args.train) if train_dl else None, "processes": world,
                "accumulation": accumulation, "mixed_precision": accelerator.mixed_precision, "total_steps": total_steps}
     fingerprint = checkpoints.fingerprint(made_of)
@@ -333,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("held-out before: perplexity %.2f, NSP accuracy %.3f", before["perplexity"], before["nsp_accuracy"])
 
     tags = {"model_label": info.label, "stage": args.stage, "stands_in_for": info.stands_in_for or "-",
-            "init_checkpoint": args.init, "init_path": checkpoints.resolve(args.init), "fingerprint": fingerprint,
+            "init_checkpoint": args.init, "init_path": resolve_model(args.init), "fingerprint": fingerprint,
             "newly_initialized_heads": ", ".join(new_heads)[:5000] or "-",
             "resumed_from_step": str(start_step) if resume else "-"}
     if resume:
@@ -373,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
                        "steps_per_epoch": steps_per_epoch, "batches_per_epoch": len(train_dl) if train_dl else 0,
                        "processes": world,
                        "heldout_before": before, "heldout_after": after}
-            (args.out / "pretraining.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(args.out / "pretraining.json", summary)
             metrics = {"init_new_head_weights": len(new_heads), "heldout_perplexity_before": before["perplexity"],
                        "heldout_perplexity_after": after["perplexity"], "heldout_nsp_accuracy_before": before["nsp_accuracy"],
                        "heldout_nsp_accuracy_after": after["nsp_accuracy"], "train_steps": total_steps}
@@ -382,9 +386,7 @@ def main(argv: list[str] | None = None) -> None:
             # what this invocation did (a resumed run does less): MLflow only, so the model folder depends on the
             # configuration alone
             mlflow.log_dict({**done, "resumed_from_step": start_step if resume else None}, "progress.json")
-            args.metrics.parent.mkdir(parents=True, exist_ok=True)
-            args.metrics.write_text(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()},
-                                               indent=2) + "\n")
+            write_json(args.metrics, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
             write_run_record(args.run_record, {"pretrain": run.info.run_id}, experiment=EXPERIMENT, stage=args.stage)
     accelerator.end_training()
 

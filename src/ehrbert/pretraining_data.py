@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
-from ehrbert import checkpoints
 from ehrbert.corpora.notes import read_sentence_documents
+from ehrbert.hub import resolve_model
+from ehrbert.stage import read_params, setup_logging, write_json
 
 log = logging.getLogger(__name__)
 
@@ -241,11 +241,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, required=True, help="NAME.npz for each corpus")
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
-    section = yaml.safe_load(args.params.read_text())["pretrain"]
+    section = read_params(args.params)["pretrain"]
     config = PairConfig(**{key: section[key] for key in PairConfig.__dataclass_fields__})
-    tokenizer = AutoTokenizer.from_pretrained(checkpoints.resolve(args.tokenizer))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.tokenizer))
     meta = {"tokenizer": args.tokenizer, "vocabulary": vocabulary_digest(tokenizer), "vocab_size": len(tokenizer),
             "config": vars(config)}
     metrics: dict[str, float] = {}
@@ -255,8 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics.update(statistics(name, arrays))
         log.info("%s: %d examples, %d word pieces, %.1f %% random next", name, metrics[f"{name}_examples"],
                  metrics[f"{name}_word_pieces"], 100 * metrics[f"{name}_random_next_fraction"])
-    args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(args.metrics, metrics)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ehrbert.stage import setup_logging
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dest", type=Path, default=ROOT / "data")
     parser.add_argument("--manifest", type=Path, default=ROOT / "data.sha256")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         manifest = read_manifest(args.manifest)
         if args.command == "fetch":

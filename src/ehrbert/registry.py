@@ -22,8 +22,16 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models.model import ModelInfo
 from transformers import AutoConfig
 
-from ehrbert import hybrid
-from ehrbert.serving import CONCEPTS_FILE, INPUT_EXAMPLE, PACKAGE_DIR, REQUIREMENTS, SIGNATURE, NormalizerModel, write_concepts
+from ehrbert.models.hybrid import HybridNormalizer, is_hybrid
+from ehrbert.serving import (
+    CONCEPTS_FILE,
+    INPUT_EXAMPLE,
+    PACKAGE_DIR,
+    REQUIREMENTS,
+    SIGNATURE,
+    NormalizerModel,
+    write_concepts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +51,9 @@ def log_normalizer(
     `concept_names` ({concept ID: name}) should cover the model's `id2label`; IDs without a name are
     served with an empty name and logged as a warning. `variant` picks one of a hybrid folder's variants.
     """
-    if hybrid.is_hybrid(model_dir):
-        labels = hybrid.HybridNormalizer.concept_ids_in(model_dir)
-        variants = hybrid.HybridNormalizer.variants_in(model_dir)
+    if is_hybrid(model_dir):
+        labels = HybridNormalizer.concept_ids_in(model_dir)
+        variants = HybridNormalizer.variants_in(model_dir)
         if variant is not None and variant not in variants:
             raise ValueError(f"{model_dir}: no variant {variant!r}; it has {', '.join(variants)}")
     else:

@@ -1,7 +1,7 @@
 """A trained normalizer as an MLflow pyfunc model: mentions (or raw text) in, concept ID + name + score out.
 
 The pyfunc is thin: `NormalizerModel.load_context` loads the saved folder, the paper's classifier with
-`ehrbert.normalizer.load` or the beyond-the-paper normalizer with `ehrbert.hybrid.HybridNormalizer.load`,
+`ehrbert.models.classifier.load` or the beyond-the-paper normalizer with `ehrbert.models.hybrid.HybridNormalizer.load`,
 and the concept names from `concepts.tsv`; `predict` delegates to `normalize_mentions` (a ``mention``
 column, optional ``context``) or `annotate_texts` (a ``text`` column: the hybrid normalizer's detector finds
 the mentions, each returned with its row and character offsets), which the tests also call in process.
@@ -33,7 +33,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
-from ehrbert import hybrid, normalizer
+from ehrbert.models import classifier
+from ehrbert.models.hybrid import HybridNormalizer, is_hybrid
 from ehrbert.text import find_abbreviations, preprocess_mention
 
 log = logging.getLogger(__name__)
@@ -110,15 +111,15 @@ def normalize_mentions(
 ) -> pd.DataFrame:
     """One row per input row: the answer's concept ID(s), name(s) and score.
 
-    `model` is the paper's classifier (score: softmax probability; batching is `normalizer.predict`'s,
-    queries sorted by length, `batch_size` at a time) or a `hybrid.HybridNormalizer` (`tokenizer` unused;
+    `model` is the paper's classifier (score: softmax probability; batching is `classifier.predict`'s,
+    queries sorted by length, `batch_size` at a time) or a `HybridNormalizer` (`tokenizer` unused;
     score: cosine + weighted probability).
     """
     queries = mention_queries(frame)
-    if isinstance(model, hybrid.HybridNormalizer):
+    if isinstance(model, HybridNormalizer):
         answers = model.predict(queries) if queries else []
         return answers_frame(concept_names, [a.concept_ids for a in answers], [a.score for a in answers])
-    ranked, scores = normalizer.predict(model, tokenizer, queries, k=1, max_length=max_length, batch_size=batch_size)
+    ranked, scores = classifier.predict(model, tokenizer, queries, k=1, max_length=max_length, batch_size=batch_size)
     return answers_frame(concept_names, [tuple(r[:1]) for r in ranked], [s[0] for s in scores])
 
 
@@ -144,7 +145,7 @@ def validate_texts(frame: pd.DataFrame) -> list[str]:
 
 def annotate_texts(model, concept_names: Mapping[str, str], frame: pd.DataFrame) -> pd.DataFrame:
     """One row per mention found in the input texts: input row, character offsets, mention and its answer."""
-    if not isinstance(model, hybrid.HybridNormalizer) or model.detector is None:
+    if not isinstance(model, HybridNormalizer) or model.detector is None:
         raise _bad_input("this model normalizes mentions only: send a 'mention' column (and optional 'context'), not 'text'")
     found = [(row, *hit) for row, hits in enumerate(model.annotate(validate_texts(frame))) for hit in hits]
     answers = answers_frame(concept_names, [a.concept_ids for *_, a in found], [a.score for *_, a in found])
@@ -182,10 +183,10 @@ class NormalizerModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         folder = context.artifacts["normalizer"]
         config = context.model_config or {}
-        if hybrid.is_hybrid(folder):
-            self.model, self.tokenizer = hybrid.HybridNormalizer.load(folder, config.get("variant") or None), None
+        if is_hybrid(folder):
+            self.model, self.tokenizer = HybridNormalizer.load(folder, config.get("variant") or None), None
         else:
-            self.model, self.tokenizer = normalizer.load(folder)
+            self.model, self.tokenizer = classifier.load(folder)
         self.concept_names = read_concepts(context.artifacts["concepts"])
         self.max_length = int(config.get("max_length", 32))
         self.batch_size = int(config.get("predict_batch_size", 256))

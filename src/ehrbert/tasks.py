@@ -14,15 +14,16 @@ of punctuation (`ehrbert.text.preprocess_mention`).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
 
 from ehrbert.corpora.cadec import cadec_vocabulary, read_cadec, split_cadec
 from ehrbert.corpora.medic import read_biosyn_dictionary, read_medic
 from ehrbert.corpora.pubtator import CDR_TYPES, NCBI_TYPES, read_pubtator
 from ehrbert.corpora.records import Document, Mention, Vocabulary
+from ehrbert.metrics import score_predictions, span_scores
+from ehrbert.models.detector import LexiconDetector, predicted_mentions
 from ehrbert.text import find_abbreviations, preprocess_mention
 
 TASKS = ("ncbi", "cdr", "cadec")
@@ -64,35 +65,7 @@ class Task:
         return out
 
 
-def format_spans(spans: tuple[tuple[int, int], ...]) -> str:
-    """Spans as the predictions TSV writes them: ``"0 5;9 14"``."""
-    return ";".join(f"{start} {end}" for start, end in spans)
-
-
-def predictions_table(
-    task: Task, split: str, queries: list[str], ranked: list[list[str]], scores: list[list[float]] | None = None
-) -> pd.DataFrame:
-    """One row per mention of `split`: its spans, text, query, gold IDs and best-first predictions.
-
-    The TSV every stage writes and `ehrbert.analysis.read_predictions` reads; `score` (the top-1
-    probability) only when the normalizer gives one.
-    """
-    mentions = task.mentions(split)
-    columns = {
-        "doc_id": [m.doc_id for m in mentions],
-        "spans": [format_spans(m.spans) for m in mentions],
-        "mention": [m.text for m in mentions],
-        "query": queries,
-        "gold": ["|".join(m.concept_ids) for m in mentions],
-        "predicted": [r[0] if r else "" for r in ranked],
-    }
-    if scores is not None:
-        columns["score"] = [s[0] for s in scores]
-    columns["top_k"] = ["|".join(r) for r in ranked]
-    return pd.DataFrame(columns)
-
-
-def _canonical(documents: list[Document], vocabulary: Vocabulary) -> list[Document]:
+def _to_primary_ids(documents: list[Document], vocabulary: Vocabulary) -> list[Document]:
     for doc in documents:
         doc.mentions = [vocabulary.canonical_mention(m) for m in doc.mentions]
     return documents
@@ -107,7 +80,7 @@ def read_disease_vocabulary(path: Path) -> Vocabulary:
 def load_pubtator_task(name: str, corpus_dir: Path, vocabulary_path: Path) -> Task:
     files, types = {"ncbi": (NCBI_FILES, NCBI_TYPES), "cdr": (CDR_FILES, CDR_TYPES)}[name]
     vocabulary = read_disease_vocabulary(vocabulary_path)
-    splits = {s: _canonical(read_pubtator(Path(corpus_dir) / f, entity_types=types), vocabulary) for s, f in files.items()}
+    splits = {s: _to_primary_ids(read_pubtator(Path(corpus_dir) / f, entity_types=types), vocabulary) for s, f in files.items()}
     return Task(name, vocabulary, splits, level="document")
 
 
@@ -117,7 +90,7 @@ def load_cadec_task(cadec_dir: Path, seed: int, dev_fraction: float, test_fracti
     split_ids = split_cadec(documents, seed=seed, dev_fraction=dev_fraction, test_fraction=test_fraction)
     splits = {s: [by_id[i] for i in split_ids[s]] for s in SPLITS}
     vocabulary = cadec_vocabulary(documents, name_documents=splits["train"])
-    return Task("cadec", vocabulary, {s: _canonical(d, vocabulary) for s, d in splits.items()}, level="mention")
+    return Task("cadec", vocabulary, {s: _to_primary_ids(d, vocabulary) for s, d in splits.items()}, level="mention")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,3 +113,21 @@ def load_task(name: str, args: argparse.Namespace, cadec_split: dict) -> Task:
     if name == "cadec":
         return load_cadec_task(args.cadec_dir, **cadec_split)
     return load_pubtator_task(name, getattr(args, f"{name}_dir"), getattr(args, f"{name}_vocabulary"))
+
+
+def score_detected(task: Task, detector: LexiconDetector,
+                   answer: Callable[[list[str]], Sequence[Sequence[str]]]) -> dict[str, float]:
+    """Test scores from raw text, as the paper scores the clinical corpus from MetaMap's mentions: `detector`
+    finds the mentions of the test documents, `answer` gives each query's concept IDs (none, one or several),
+    and the task's own P/R/F1 scores them (mention level: span and concept must match). Also the number of
+    detected mentions and the detection's span P/R/F1 (`span_precision`, ...)."""
+    documents = task.splits["test"]
+    mentions = predicted_mentions(detector, documents)
+    answers = answer(task.preprocess(mentions)) if mentions else []
+    scores = score_predictions(documents, [(m.doc_id, m.spans, set(ids)) for m, ids in zip(mentions, answers)],
+                               task.level)
+    detected: dict[str, list] = {doc.doc_id: [] for doc in documents}
+    for mention in mentions:
+        detected[mention.doc_id].append(mention.spans[0])
+    spans = span_scores(documents, detected)
+    return {**scores, "detected": len(mentions), **{f"span_{k}": spans[k] for k in ("precision", "recall", "f1")}}

@@ -15,6 +15,7 @@ The model folders themselves hold no run ID: two runs of one configuration give 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -32,10 +33,12 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
 
 
+@functools.cache
 def git_commit() -> str:
-    """HEAD of the repository the code runs from ("unknown" outside a git checkout)."""
+    """HEAD of the repository the stage runs in, the working directory that `dvc repro` or `mlflow run` sets
+    ("unknown" outside a git checkout); asked once per process."""
     try:
-        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        found = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return found.stdout.strip()
@@ -78,6 +81,18 @@ def start_run(experiment: str, run_name: str, tags: dict[str, str], params: Mapp
     finally:
         if parent:
             os.environ["MLFLOW_RUN_ID"] = parent
+
+
+def log_detected_run(experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping, trained_in_run: str,
+                     scores: Mapping[str, float], **logged_params) -> str:
+    """The extra run of a model scored on test from *detected* mentions (the clinical corpus, as in the paper):
+    named `run_name`-predicted, tagged mentions=predicted and with the run that trained the model. Its run ID."""
+    tags = {**tags, "mentions": "predicted", "trained_in_run": trained_in_run}
+    with start_run(experiment=experiment, run_name=f"{run_name}-predicted", tags=tags, params=params) as run:
+        if logged_params:
+            mlflow.log_params(logged_params)
+        mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
+        return run.info.run_id
 
 
 def write_run_record(path: Path, runs: Mapping[str, str], **facts) -> Path:

@@ -25,8 +25,8 @@ cache and out of git.
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,14 +36,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from matplotlib.figure import Figure
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from ehrbert import normalizer
-from ehrbert.analysis import PREDICTION_FILE, read_predictions, run_folder, top1_correct
-from ehrbert.normalizer import MODEL_DIR, TRAINING_FILE
-from ehrbert.tasks import Task, add_data_arguments, format_spans, load_task
+from ehrbert.models import classifier
+from ehrbert.models.classifier import MODEL_DIR, TRAINING_FILE
+from ehrbert.models.encoding import encode
+from ehrbert.predictions import PREDICTION_FILE, format_spans, read_predictions, run_folder, top1_correct
+from ehrbert.stage import config_from, read_params, setup_logging
+from ehrbert.tasks import Task, add_data_arguments, load_task
 from ehrbert.tracking import read_run_record, start_run
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,13 @@ TOP_K_COLUMNS = ["case", "corpus", "doc_id", "spans", "why", "query", "gold", "m
 
 @dataclass
 class CaseStudyConfig:
-    models: list[str] = field(default_factory=lambda: ["base", "bio", "ehr_half", "ehr_full"])  # panels, top to bottom
+    # what is shown: params.yaml names it, there is no default
+    models: list[str]  # panels, top to bottom
     # {corpus, doc_id, spans: "start end" pairs joined by ";", why, and optionally text, checked against the corpus}
-    mentions: list[dict] = field(default_factory=list)
+    mentions: list[dict]
+    compare: list[str]  # disagreements between these two models
     seed: int = 1  # each model's fine-tuning run with this seed is shown
     top_k: int = 3
-    compare: list[str] = field(default_factory=lambda: ["base", "ehr_full"])  # disagreements between these two
     disagreements: int = 1  # per corpus and direction (one model right, the other wrong); 0: none
     restricted_corpora: list[str] = field(default_factory=lambda: ["cadec"])  # text must stay out of git
 
@@ -104,7 +106,7 @@ class Panel:
 
 
 def load_for_attention(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A saved normalizer (`ehrbert.normalizer` folder) that returns attention weights (eager attention)."""
+    """A saved normalizer (`ehrbert.models.classifier` folder) that returns attention weights (eager attention)."""
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager")
     return model.eval(), AutoTokenizer.from_pretrained(str(folder))
 
@@ -117,7 +119,7 @@ def cls_attention(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, qu
     Each row is a distribution over the pieces (sums to 1). Raises ValueError when the model returns no
     weights (an SDPA or flash attention model: load it with `load_for_attention`).
     """
-    batch = normalizer.encode(tokenizer, [query], max_length).to(model.device)
+    batch = encode(tokenizer, [query], max_length).to(model.device)
     attentions = model(**batch, output_attentions=True).attentions  # layers x (1, heads, T, T)
     if not attentions or any(a is None for a in attentions):
         raise ValueError(f"the model returned no attention weights (attn_implementation="
@@ -129,9 +131,9 @@ def cls_attention(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, qu
 
 def panel(model_name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, query: str,
           top_k: int, max_length: int) -> Panel:
-    """`model`'s attention over `query` and its top-k concepts (`normalizer.predict`, as in the stage's tables)."""
+    """`model`'s attention over `query` and its top-k concepts (`classifier.predict`, as in the stage's tables)."""
     pieces, attention = cls_attention(model, tokenizer, query, max_length)
-    ranked, scores = normalizer.predict(model, tokenizer, [query], k=top_k, max_length=max_length)
+    ranked, scores = classifier.predict(model, tokenizer, [query], k=top_k, max_length=max_length)
     return Panel(model_name, pieces, attention, ranked[0], scores[0])
 
 
@@ -250,10 +252,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--restricted-out-dir", type=Path, required=True,
                         help="the same for the restricted corpora (their text must stay out of git)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
-    params = yaml.safe_load(args.params.read_text())
-    config = CaseStudyConfig(**params["case_study"])
+    params = read_params(args.params)
+    config = config_from(CaseStudyConfig, params["case_study"], "case_study", args.params)
     chosen = [Case(**{k: str(v) for k, v in m.items()}) for m in config.mentions]
     rows: dict[Path, dict[str, list[dict]]] = {}
     for folder in (args.out_dir, args.restricted_out_dir):

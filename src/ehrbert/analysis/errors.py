@@ -46,13 +46,14 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-import yaml
 from matplotlib.figure import Figure
 
-from ehrbert.analysis import find_prediction_files, read_predictions, top1_correct
 from ehrbert.corpora.records import NO_CONCEPT, Mention
 from ehrbert.metrics import accuracy_at_k, mention_level
-from ehrbert.tasks import add_data_arguments, format_spans, load_task
+from ehrbert.predictions import find_prediction_files, format_spans, read_predictions, top1_correct
+from ehrbert.stage import config_from, read_params, setup_logging
+from ehrbert.stats import mean_sd_columns, percent
+from ehrbert.tasks import add_data_arguments, load_task
 from ehrbert.text import normalize
 from ehrbert.tracking import start_run
 
@@ -67,7 +68,7 @@ _SHORT_FORM = re.compile(r"[A-Z][A-Z0-9/&-]*")
 
 @dataclass
 class ErrorAnalysisConfig:
-    models: list[str] = field(default_factory=lambda: ["base", "bio", "ehr_half", "ehr_full"])  # column order
+    models: list[str]  # column order; params.yaml names them, there is no default
     corpora: list[str] = field(default_factory=lambda: ["ncbi", "cdr", "cadec"])
     frequency_edges: list[int] = field(default_factory=lambda: [0, 1, 5, 20])  # training mentions: 0, 1, 2-5, 6-20, >20
     length_edges: list[int] = field(default_factory=lambda: [1, 2, 3])  # words: 1, 2, 3, >3
@@ -183,7 +184,7 @@ def bucket_scores(mentions: Sequence[Mention], features: pd.DataFrame, predicted
     return pd.DataFrame(rows)
 
 
-def summarize(scores: pd.DataFrame) -> pd.DataFrame:
+def bucket_summary(scores: pd.DataFrame) -> pd.DataFrame:
     """Per-run bucket scores (columns corpus, model, seed + `bucket_scores`') -> mean and SD over seeds.
 
     Columns: corpus, model, dimension, bucket, mentions, share, scored, seeds, and {score}_mean and
@@ -194,9 +195,7 @@ def summarize(scores: pd.DataFrame) -> pd.DataFrame:
         row = {"corpus": corpus, "model": model, "dimension": dimension, "bucket": label,
                "mentions": group["mentions"].iloc[0], "share": group["share"].iloc[0], "scored": group["scored"].iloc[0],
                "seeds": len(group)}
-        for score in SCORES:
-            row[f"{score}_mean"] = group[score].mean()
-            row[f"{score}_sd"] = group[score].std(ddof=1) if len(group) > 1 else math.nan
+        row.update(mean_sd_columns(group, SCORES))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -205,7 +204,7 @@ def disagreements(features: pd.DataFrame, tables: dict[str, pd.DataFrame], compa
                   names: Callable[[str], str]) -> pd.DataFrame:
     """The mentions where the two `compare` models give different top-1 IDs, with both predictions.
 
-    `tables[model]` is that model's predictions table (`ehrbert.analysis.read_predictions`), aligned with
+    `tables[model]` is that model's predictions table (`ehrbert.predictions.read_predictions`), aligned with
     `features`. Columns: doc_id, spans, mention, query, gold, gold_names, for each model
     {model}_predicted / _name / _score / _correct, then winner (the model that is right when only one
     is, "both" for two right IDs of a composite mention, else "neither"), train_mentions, and the
@@ -234,12 +233,6 @@ def disagreements(features: pd.DataFrame, tables: dict[str, pd.DataFrame], compa
 # Presentation: Markdown, figures and the `dvc plots` data.
 
 
-def _percent(mean: float, sd: float = math.nan) -> str:
-    if pd.isna(mean):
-        return "–"
-    return f"{100 * mean:.1f}" + ("" if pd.isna(sd) else f" ± {100 * sd:.1f}")
-
-
 def corpus_markdown(summary: pd.DataFrame, models: Sequence[str]) -> str:
     """acc@1 and F1 tables of one corpus: a row per (dimension, bucket), a column per model."""
     cells = {(r["dimension"], r["bucket"], r["model"]): r for r in summary.to_dict("records")}
@@ -253,7 +246,7 @@ def corpus_markdown(summary: pd.DataFrame, models: Sequence[str]) -> str:
                    "share (%)": f"{100 * first['share']:.1f}"}
             for model in present:
                 cell = cells.get((dimension, label, model))
-                row[model] = "–" if cell is None else _percent(cell[f"{score}_mean"], cell[f"{score}_sd"])
+                row[model] = "–" if cell is None else percent(cell[f"{score}_mean"], cell[f"{score}_sd"], digits=1, sd_style=' ± {}')
             rows.append(row)
         parts += [f"#### {title}", "", pd.DataFrame(rows).to_markdown(index=False), ""]
     return "\n".join(parts)
@@ -360,10 +353,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figures", type=Path, required=True, help="folder: one PNG per corpus")
     parser.add_argument("--plot-data", type=Path, required=True, help="folder: the CSVs `dvc plots` draws")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
-    params = yaml.safe_load(args.params.read_text())
-    config = ErrorAnalysisConfig(**params["error_analysis"])
+    params = read_params(args.params)
+    config = config_from(ErrorAnalysisConfig, params["error_analysis"], "error_analysis", args.params)
     order = bucket_order(config)
     per_run, examples, sentences = [], [], {}
     for corpus in config.corpora:
@@ -394,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no test predictions under {args.predictions}")
 
     scores = pd.concat(per_run, ignore_index=True)
-    summary = summarize(scores)
+    summary = bucket_summary(scores)
     for path in (args.table, args.markdown, args.examples, args.restricted_examples):
         path.parent.mkdir(parents=True, exist_ok=True)
     summary.to_csv(args.table, index=False)

@@ -14,7 +14,7 @@ SINGLE = "single"  # one concept
 COMPOSITE = "composite"  # "breast and ovarian cancer": several concepts, each one named (NCBI/CDR `|`)
 COMBINED = "combined"  # one meaning that needs several concepts together (NCBI `+`, CADEC MedDRA `+`)
 ALTERNATIVE = "alternative"  # annotators allowed any one of them (CADEC SNOMED `or`)
-NO_CONCEPT = "none"  # the mention has no concept in the vocabulary (`-1`, CADEC CONCEPT_LESS)
+NO_CONCEPT = "no_concept"  # the mention has no concept in the vocabulary (`-1`, CADEC CONCEPT_LESS)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ The head starts in one of two ways (`HEAD_INITS`):
 A saved normalizer is one directory that loads by itself:
 `save_pretrained` writes the encoder, the head and the tokenizer, and `config.id2label` holds the
 concept IDs, so label i is always the same concept. Inputs are the preprocessed mention queries
-(`ehrbert.text.preprocess_mention`).
+(`ehrbert.text.preprocess_mention`). The stage that trains it is `ehrbert.finetune`.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ehrbert.corpora.records import Vocabulary
+from ehrbert.models.encoding import encode, encode_by_length
 from ehrbert.text import normalize
 
 log = logging.getLogger(__name__)
@@ -99,27 +99,6 @@ def pooled_vectors(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
                             max_length, batch_size)
 
 
-def encode_by_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-                     pool: Callable[[PreTrainedModel, dict], torch.Tensor], max_length: int, batch_size: int) -> torch.Tensor:
-    """(len(texts), hidden) float32 rows pool(model, batch) for each text, in eval mode (the model's mode is
-    restored afterwards) and without gradients.
-
-    Texts are batched in order of length, so a batch pads only to its own longest text, and encoded under
-    bf16 autocast, which halves the time on CPU and leaves the nearest name unchanged in practice.
-    """
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    vectors = torch.empty(len(texts), model.config.hidden_size)
-    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16):
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = encode(tokenizer, [texts[i] for i in chunk], max_length).to(model.device)
-            vectors[chunk] = pool(model, batch).float().cpu()
-    model.train(was_training)
-    return vectors.clone()  # a normal tensor, not an inference-mode one
-
-
 def load(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     model = AutoModelForSequenceClassification.from_pretrained(str(path))
     return model.eval(), AutoTokenizer.from_pretrained(str(path))
@@ -141,10 +120,6 @@ def load_finetuned(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedToken
 
 def concept_ids(model: PreTrainedModel) -> list[str]:
     return [model.config.id2label[i] for i in range(model.config.num_labels)]
-
-
-def encode(tokenizer: PreTrainedTokenizerBase, queries: list[str], max_length: int) -> dict[str, torch.Tensor]:
-    return tokenizer(queries, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
 
 @torch.inference_mode()

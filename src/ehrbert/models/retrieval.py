@@ -35,7 +35,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from ehrbert.corpora.records import Mention, Vocabulary
 from ehrbert.launch import make_accelerator
-from ehrbert.normalizer import encode_by_length
+from ehrbert.models.encoding import encode_by_length
 from ehrbert.text import normalize
 
 log = logging.getLogger(__name__)

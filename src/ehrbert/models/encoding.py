@@ -1,0 +1,38 @@
+"""Encoding many texts without gradients: batched in order of length, under bf16 autocast.
+
+The classifier's head imprinting (`classifier.pooled_vectors`) and retrieval's embeddings
+(`retrieval.embed`) both encode thousands of vocabulary names; they differ only in how a batch's
+vectors are pooled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, queries: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    return tokenizer(queries, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+
+def encode_by_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
+                     pool: Callable[[PreTrainedModel, dict], torch.Tensor], max_length: int, batch_size: int) -> torch.Tensor:
+    """(len(texts), hidden) float32 rows pool(model, batch) for each text, in eval mode (the model's mode is
+    restored afterwards) and without gradients.
+
+    Texts are batched in order of length, so a batch pads only to its own longest text, and encoded under
+    bf16 autocast, which halves the time on CPU and leaves the nearest name unchanged in practice.
+    """
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    vectors = torch.empty(len(texts), model.config.hidden_size)
+    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16):
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = encode(tokenizer, [texts[i] for i in chunk], max_length).to(model.device)
+            vectors[chunk] = pool(model, batch).float().cpu()
+    model.train(was_training)
+    return vectors.clone()  # a normal tensor, not an inference-mode one

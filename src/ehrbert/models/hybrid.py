@@ -1,0 +1,192 @@
+"""The beyond-the-paper normalizer: retrieval over vocabulary names and the paper's classifier together.
+
+`HybridNormalizer` holds the retrieval encoder and its name index (`ehrbert.models.retrieval`), optionally the
+classifier (`ehrbert.models.classifier`) and the lexicon detector (`ehrbert.models.detector`), and the settings
+chosen on dev (`Settings`). `candidates` computes, once per list of queries, everything the decision needs;
+`decide` turns it into answers:
+
+- a concept's score is its retrieval cosine (the best entry that stands for it) plus `classifier_weight` x
+  its classifier probability;
+- **composite**: the best entry's concept tuple when it has several concepts (a composite training mention),
+  else, for a coordinated query, the best concepts of its parts when every part's cosine reaches
+  `composite_threshold`;
+- **no concept**: an empty answer when the best score is below `no_concept_threshold`.
+
+A saved normalizer is one folder that loads by itself: retriever/, classifier/ (if any), detector.json (if
+any) and hybrid.json, the settings of every variant (`VARIANTS`) the stage chose; `load` answers as one of
+them. The stage that trains it and chooses the settings is `ehrbert.hybrid`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ehrbert.composite import split_coordination
+from ehrbert.models import classifier as classifier_model
+from ehrbert.models import retrieval
+from ehrbert.models.detector import LexiconDetector
+from ehrbert.models.retrieval import NameIndex, RetrievalConfig
+from ehrbert.text import find_abbreviations, preprocess_mention
+
+SETTINGS_FILE = "hybrid.json"
+FORMAT = "ehrbert-hybrid/2"  # /2: the settings of every variant, one of them the default
+VARIANTS = ("retrieval", "hybrid", "hybrid_composite", "hybrid_no_concept")  # cumulative: each adds a component
+
+
+@dataclass
+class Settings:
+    """The decisions made on dev."""
+
+    classifier_weight: float = 0.0
+    composite_threshold: float | None = None  # None: one concept a mention
+    no_concept_threshold: float | None = None  # None: always answer
+
+
+@dataclass
+class Answer:
+    ranked: list[str]  # best first
+    scores: list[float]
+    concept_ids: tuple[str, ...]  # the answer: one, several (composite) or none
+
+    @property
+    def score(self) -> float:
+        return self.scores[0] if self.scores else 0.0
+
+
+@dataclass
+class Candidates:
+    """Everything the decisions need about a list of queries, computed once (dev is decided on many times)."""
+
+    retrieval: list[dict[str, float]]  # concept -> cosine of its best entry among the top-k
+    best_tuple: list[tuple[str, ...]]  # concept tuple of the best entry
+    classifier: list[dict[str, float]]  # concept -> probability (top-k); empty without a classifier
+    parts: list[list[tuple[str, float]]]  # a coordinated query's parts: (best concept, cosine); [] if none
+
+
+def decide(candidates: Candidates, settings: Settings, k: int = 5) -> list[Answer]:
+    answers = []
+    for i, retrieved in enumerate(candidates.retrieval):
+        probabilities = candidates.classifier[i] if candidates.classifier else {}
+        floor = min(retrieved.values(), default=0.0)
+        combined = {c: retrieved.get(c, floor) + settings.classifier_weight * probabilities.get(c, 0.0)
+                    for c in retrieved.keys() | probabilities.keys()}
+        ranked = sorted(combined, key=lambda c: (-combined[c], c))[:k]
+        ids = tuple(ranked[:1])
+        if settings.composite_threshold is not None and ranked:
+            best_tuple, parts = candidates.best_tuple[i], candidates.parts[i]
+            if len(best_tuple) > 1 and ranked[0] in best_tuple:
+                ids = best_tuple
+            elif parts and min(s for _, s in parts) >= settings.composite_threshold and len({c for c, _ in parts}) > 1:
+                ids = tuple(dict.fromkeys(c for c, _ in parts))
+        if settings.no_concept_threshold is not None and (not ranked or combined[ranked[0]] < settings.no_concept_threshold):
+            ids = ()
+        answers.append(Answer(ranked, [combined[c] for c in ranked], ids))
+    return answers
+
+
+class HybridNormalizer:
+    """Retrieval encoder + name index, optionally the classifier and the detector; `settings` from dev."""
+
+    def __init__(self, encoder, tokenizer, index: NameIndex, config: RetrievalConfig, classifier=None,
+                 classifier_tokenizer=None, classifier_max_length: int = 24, classifier_top_k: int = 20,
+                 settings: Settings | None = None, detector: LexiconDetector | None = None,
+                 variants: dict[str, Settings] | None = None):
+        self.encoder, self.tokenizer, self.index, self.config = encoder, tokenizer, index, config
+        self.classifier, self.classifier_tokenizer = classifier, classifier_tokenizer
+        self.classifier_max_length, self.classifier_top_k = classifier_max_length, classifier_top_k
+        self.settings = settings or Settings()
+        self.detector = detector
+        self.variants = dict(variants or {})  # variant name -> its dev-chosen settings (saved with the model)
+
+    @staticmethod
+    def concept_ids_in(folder: str | Path) -> set[str]:
+        """The concept IDs a saved normalizer can answer with (read from its index, no weights loaded)."""
+        return NameIndex.load(Path(folder) / "retriever").concept_ids()
+
+    def candidates(self, queries: list[str]) -> Candidates:
+        parts = [split_coordination(q) for q in queries]
+        flat = list(dict.fromkeys(p for ps in parts for p in ps))
+        hits = retrieval.search(self.encoder, self.tokenizer, self.index, list(queries) + flat, self.config)
+        part_best = {}
+        for part, found in zip(flat, hits[len(queries):]):
+            position, cosine = found[0]
+            part_best[part] = (self.index.concepts[position][0][0], cosine)
+        scores, best = [], []
+        for found in hits[: len(queries)]:
+            concept_scores: dict[str, float] = {}
+            for position, cosine in found:
+                for c in self.index.concepts[position][0]:  # an entry answers with its most frequent tuple
+                    concept_scores.setdefault(c, cosine)  # hits come best first
+            scores.append(concept_scores)
+            best.append(self.index.concepts[found[0][0]][0] if found else ())
+        probabilities = []
+        if self.classifier is not None:
+            ranked, probs = classifier_model.predict(self.classifier, self.classifier_tokenizer, queries,
+                                               k=self.classifier_top_k, max_length=self.classifier_max_length)
+            probabilities = [dict(zip(r, p)) for r, p in zip(ranked, probs)]
+        return Candidates(scores, best, probabilities, [[part_best[p] for p in ps] for ps in parts])
+
+    def predict(self, queries: list[str]) -> list[Answer]:
+        return decide(self.candidates(queries), self.settings)
+
+    def annotate(self, texts: list[str]) -> list[list[tuple[int, int, str, Answer]]]:
+        """Per raw text, (start, end, mention text, answer) of each mention the detector finds in it; the
+        mentions of all texts are normalized in one batch."""
+        if self.detector is None:
+            raise ValueError("this normalizer has no mention detector: it takes mentions, not raw text")
+        spans = [self.detector.detect(text) for text in texts]
+        queries = []
+        for text, found in zip(texts, spans):
+            abbreviations = find_abbreviations(text) if found else {}
+            queries += [preprocess_mention(text[s:e], abbreviations) for s, e in found]
+        answers = iter(self.predict(queries) if queries else [])
+        return [[(s, e, text[s:e], next(answers)) for s, e in found] for text, found in zip(texts, spans)]
+
+    # --- files ---------------------------------------------------------------------------------------
+
+    def save(self, folder: str | Path, default_variant: str | None = None) -> None:
+        """One folder that loads by itself: retriever/, classifier/ (if any), detector.json (if any), hybrid.json
+        (the settings of every variant in `self.variants`; `default_variant` is the one `load` picks unasked)."""
+        folder = Path(folder)
+        retrieval.save_retriever(self.encoder, self.tokenizer, self.index, folder / "retriever")
+        if self.classifier is not None:
+            self.classifier.save_pretrained(str(folder / "classifier"))
+            self.classifier_tokenizer.save_pretrained(str(folder / "classifier"))
+        if self.detector is not None:
+            self.detector.save(folder / "detector.json")
+        variants = self.variants or {"default": self.settings}
+        default_variant = default_variant or next(reversed(variants))
+        settings = {"format": FORMAT, "default_variant": default_variant,
+                    "variants": {name: asdict(s) for name, s in variants.items()}, "retrieval": asdict(self.config),
+                    "classifier_max_length": self.classifier_max_length, "classifier_top_k": self.classifier_top_k}
+        (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path, variant: str | None = None) -> HybridNormalizer:
+        """The normalizer saved in `folder`, answering with `variant`'s settings (default: the folder's default)."""
+        folder = Path(folder)
+        data = json.loads((folder / SETTINGS_FILE).read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{folder / SETTINGS_FILE}: not a {FORMAT} file (format {data.get('format')!r})")
+        variants = {name: Settings(**values) for name, values in data["variants"].items()}
+        variant = variant or data["default_variant"]
+        if variant not in variants:
+            raise ValueError(f"{folder / SETTINGS_FILE}: no variant {variant!r}; it has {', '.join(variants)}")
+        encoder, tokenizer, index = retrieval.load_retriever(folder / "retriever")
+        classifier = classifier_tokenizer = None
+        if (folder / "classifier").is_dir():
+            classifier, classifier_tokenizer = classifier_model.load(folder / "classifier")
+        detector = LexiconDetector.load(folder / "detector.json") if (folder / "detector.json").exists() else None
+        return cls(encoder, tokenizer, index, RetrievalConfig(**data["retrieval"]), classifier, classifier_tokenizer,
+                   data["classifier_max_length"], data["classifier_top_k"], variants[variant], detector, variants)
+
+    @staticmethod
+    def variants_in(folder: str | Path) -> list[str]:
+        """The variants a saved normalizer can answer as (read from hybrid.json, no weights loaded)."""
+        return list(json.loads((Path(folder) / SETTINGS_FILE).read_text())["variants"])
+
+
+def is_hybrid(folder: str | Path) -> bool:
+    return (Path(folder) / SETTINGS_FILE).exists()

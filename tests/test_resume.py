@@ -1,0 +1,155 @@
+"""Resuming pretraining after a crash: a run killed after a checkpoint and rerun must end where an uninterrupted run
+of the same configuration ends.
+
+Three real runs of `python -m ehrbert.pretrain` (one CPU process, conftest's tiny pretraining workspace: 12 steps of
+batch 8 over about three epochs, a checkpoint every 3 steps, all kept): one uninterrupted; one started in a
+subprocess and killed with SIGKILL as soon as its step-3 checkpoint is complete (the marker file is written last);
+and the rerun of the killed one, which resumes from the newest complete checkpoint and finishes.
+
+What holds (measured, and asserted below): the killed run's step-3 checkpoint is byte for byte the uninterrupted
+run's (weights, optimizer, scheduler, RNG states); the rerun resumes from the newest complete checkpoint, trains only
+the missing steps at the same learning rates, and carries the held-out scores from before training over.
+
+What does not hold yet (the strict xfail below): the resumed run does not end with the uninterrupted run's weights.
+Resume restores the global torch RNG as it was saved at step k, but `ehrbert.pretrain` draws the MLM masks from
+that RNG in the DataLoader's collate_fn, and Accelerate's DataLoaderShard collates one batch ahead: the state saved
+after step k has already drawn batch k+1's masks. The resumed loader also draws one number from the global RNG when
+its iterator starts (torch's DataLoader base seed), which the uninterrupted run drew only at the epoch's start. So
+from batch k+1 on, the masks and dropout differ, as with another seed; the examples and their order are the same.
+Measured on one machine (see the xfail's reason): weights apart by as much as training moved them. With the masks
+drawn from a generator of their own (seeded per batch) and a `generator=` for the DataLoader, the same three runs
+end bit-identical (weights and held-out scores; measured: 0.0), which is what the xfail asks for, with a margin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from safetensors.torch import load_file
+
+from ehrbert import checkpoints
+
+STEPS, EVERY, KILL_AFTER = 12, 3, 3
+STATE_FILES = ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl")  # save_state's files
+# One machine, one process, fp32 on CPU, the same operations in the same order: a resume that restores everything
+# gives the uninterrupted run's weights bit for bit (0.0 measured with the RNG fixed as above). 1e-6 leaves room for
+# a kernel that sums in another order after a reload, and stays three orders below what training moves (~6e-3).
+WEIGHT_TOLERANCE = 1e-6
+PERPLEXITY_TOLERANCE = 1e-6  # relative
+
+
+def _env(root: Path) -> dict:
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "HF_HUB_OFFLINE": "1",
+            "HF_HOME": str(root / "hf_home"), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _command(root: Path, name: str) -> list[str]:
+    return [sys.executable, "-m", "ehrbert.pretrain", "--stage", "tiny", "--init", str(root / "base"),
+            "--train", str(root / "tokenized" / "train.npz"), "--heldout", str(root / "tokenized" / "heldout.npz"),
+            "--out", str(root / name), "--metrics", str(root / f"{name}.json"),
+            "--run-record", str(root / f"{name}-run.json"), "--checkpoint-dir", str(root / f"{name}-checkpoints"),
+            "--params", str(root / "params.yaml"), "--checkpoint-every", str(EVERY), "--keep-checkpoints", "0"]
+
+
+def _run(root: Path, name: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(_command(root, name), cwd=root, env=_env(root), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def _run_and_kill(root: Path, name: str, step: int, timeout: float = 240) -> subprocess.Popen:
+    """Start a run and SIGKILL it as soon as its checkpoint of `step` is complete."""
+    marker = checkpoints.step_folder(root / f"{name}-checkpoints", step) / checkpoints.MARKER
+    with open(root / f"{name}-killed.log", "w") as log:
+        process = subprocess.Popen(_command(root, name), cwd=root, env=_env(root), stdout=log,
+                                   stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            pytest.fail(f"no checkpoint at step {step} (exit {process.returncode}):\n"
+                        f"{(root / f'{name}-killed.log').read_text()[-4000:]}")
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return process
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, make_pretraining_workspace) -> dict:
+    root = make_pretraining_workspace(tmp_path_factory.mktemp("resume"), max_steps=STEPS)
+    _run(root, "straight")
+    killed = _run_and_kill(root, "resumed", KILL_AFTER)
+    at_kill = [step for step, _, _ in checkpoints.completed(root / "resumed-checkpoints")]
+    rerun = _run(root, "resumed")
+    return {"root": root, "killed": killed, "at_kill": at_kill, "rerun": rerun}
+
+
+def _run_id(root: Path, name: str) -> str:
+    return json.loads((root / f"{name}-run.json").read_text())["runs"]["pretrain"]
+
+
+def _progress(client: MlflowClient, root: Path, name: str) -> dict:
+    """What the last invocation for `name` did (progress.json, logged to MLflow only)."""
+    folder = client.download_artifacts(_run_id(root, name), "progress.json", str(root / f"{name}-progress"))
+    return json.loads(Path(folder).read_text())
+
+
+def test_a_killed_run_resumes_from_its_newest_checkpoint_and_trains_only_the_missing_steps(runs):
+    root = runs["root"]
+    assert runs["killed"].returncode == -signal.SIGKILL
+    resumed_from = runs["at_kill"][-1]
+    assert runs["at_kill"][0] == KILL_AFTER and resumed_from < STEPS, f"killed too late: {runs['at_kill']}"
+    # the first steps of both runs were the same computation, and the checkpoint holds all of its state
+    for name in STATE_FILES:
+        straight = checkpoints.step_folder(root / "straight-checkpoints", KILL_AFTER) / name
+        killed = checkpoints.step_folder(root / "resumed-checkpoints", KILL_AFTER) / name
+        assert straight.read_bytes() == killed.read_bytes(), name
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    progress = _progress(client, root, "resumed")
+    assert progress["resumed_from_step"] == resumed_from and progress["steps_run"] == STEPS - resumed_from
+    assert f"resuming from {root / 'resumed-checkpoints' / f'step_{resumed_from}'}" in runs["rerun"].stderr
+    completed = [step for step, _, _ in checkpoints.completed(root / "resumed-checkpoints")]
+    assert completed == list(range(EVERY, STEPS + 1, EVERY))
+    # the scheduler came back: the same learning rate at every resumed step
+    rates = {name: {m.step: m.value for m in client.get_metric_history(_run_id(root, name), "learning_rate")}
+             for name in ("straight", "resumed")}
+    assert sorted(rates["resumed"]) == list(range(resumed_from + 1, STEPS + 1))
+    assert all(rates["resumed"][step] == rates["straight"][step] for step in rates["resumed"])
+    straight = json.loads((root / "straight" / "pretraining.json").read_text())
+    resumed = json.loads((root / "resumed" / "pretraining.json").read_text())
+    assert resumed["total_steps"] == straight["total_steps"] == STEPS
+    assert resumed["fingerprint"] == straight["fingerprint"]
+    assert resumed["heldout_before"] == straight["heldout_before"]  # carried over in the checkpoint, not recomputed
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "resume is not exact: the MLM masks come from the global torch RNG in collate_fn, which Accelerate's "
+    "DataLoaderShard runs one batch ahead (the RNG state saved at step k has drawn batch k+1's masks), and the "
+    "resumed DataLoader iterator draws its base seed from that RNG. Measured here: weights differ by 6.8e-3 while "
+    "training moved them 6.1e-3; held-out perplexity 107.7 resumed vs 108.7 uninterrupted"))
+def test_the_resumed_run_ends_with_the_uninterrupted_run_s_weights_and_heldout_scores(runs):
+    root = runs["root"]
+    straight, resumed = load_file(str(root / "straight" / "model.safetensors")), load_file(
+        str(root / "resumed" / "model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    base = load_file(str(root / "base" / "model.safetensors"))
+    moved = max((straight[f"bert.{k}"] - v).abs().max().item() for k, v in base.items() if f"bert.{k}" in straight)
+    differ = max((straight[k] - resumed[k]).abs().max().item() for k in straight)
+    after = [json.loads((root / name / "pretraining.json").read_text())["heldout_after"]
+             for name in ("straight", "resumed")]
+    assert differ <= WEIGHT_TOLERANCE, (f"weights differ by {differ:.2e} (training moved them {moved:.2e}); held-out "
+                                        f"after: {after[0]} uninterrupted, {after[1]} resumed")
+    assert after[1]["perplexity"] == pytest.approx(after[0]["perplexity"], rel=PERPLEXITY_TOLERANCE)
+    assert after[1]["nsp_accuracy"] == after[0]["nsp_accuracy"]
+    assert after[1]["masked_word_pieces"] == after[0]["masked_word_pieces"]
