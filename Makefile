@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 ACCELERATE_CONFIG ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,accelerate/cpu.yaml)
 export ACCELERATE_ARGS ?= $(if $(ACCELERATE_CONFIG),--config_file $(ACCELERATE_CONFIG))
 
-.PHONY: install data run test checkpoints lock
+.PHONY: install data run test lint checkpoints lock
 
 install: $(VENV)/.installed
 
@@ -58,5 +58,10 @@ checkpoints: install
 	HF_HUB_OFFLINE=0 $(BIN)/python -m ehrbert.hub fetch $(PROFILE)
 	$(BIN)/dvc add hub
 
-test: install
+# Lint and format check (settings in pyproject.toml), then the tests.
+test: install lint
 	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests

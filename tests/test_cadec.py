@@ -10,7 +10,9 @@ from collections import Counter
 
 import pytest
 
-from ehrbert.corpora.cadec import cadec_vocabulary, read_cadec, split_cadec
+from ehrbert.corpora.cadec import read_cadec
+from ehrbert.corpora.cadec_split import split_cadec
+from ehrbert.corpora.cadec_vocabulary import cadec_vocabulary
 from ehrbert.corpora.records import ALTERNATIVE, COMBINED, NO_CONCEPT, SINGLE, FormatError
 
 SEED = 13

@@ -115,8 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in TASKS:
         task = load_task(name, args, split)
-        log.info("%s: vocabulary %d concepts; %s", name, len(task.vocabulary),
-                 ", ".join(f"{s} {len(task.mentions(s))} mentions" for s in SPLITS))
+        log.info(
+            "%s: vocabulary %d concepts; %s",
+            name,
+            len(task.vocabulary),
+            ", ".join(f"{s} {len(task.mentions(s))} mentions" for s in SPLITS),
+        )
         results[name] = {}
         for variant in config["variants"]:
             started = time.perf_counter()

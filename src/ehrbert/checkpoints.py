@@ -19,7 +19,8 @@ _STEP_FOLDER = re.compile(r"step_(\d+)")
 
 
 def digest(path: str | Path) -> str:
-    """sha256 of a file, or of a folder's files (names and contents, sorted); a name that is no path is hashed as text."""
+    """sha256 of a file, or of a folder's files (names and contents, sorted); a name that is no path is hashed as
+    text."""
     path = Path(path)
     sha = hashlib.sha256()
     if not path.exists():

@@ -61,8 +61,19 @@ from ehrbert.tracking import dvc_experiment, provenance_tags, read_run_record, t
 
 log = logging.getLogger(__name__)
 
-METRICS = ("precision", "recall", "f1", "acc1", "acc5", "micro_f1",  # test_* metrics read from each run
-           "acc1_seen", "acc1_unseen", "no_concept_precision", "no_concept_recall", "no_concept_gold")  # these five: hybrid runs only
+METRICS = (
+    "precision",
+    "recall",
+    "f1",
+    "acc1",
+    "acc5",
+    "micro_f1",  # test_* metrics read from each run
+    "acc1_seen",
+    "acc1_unseen",
+    "no_concept_precision",
+    "no_concept_recall",
+    "no_concept_gold",
+)  # these five: hybrid runs only
 REGISTERED_NAME = "ehrbert-{corpus}"
 TABLE2_FILES = ("table2.csv", "table2.md")
 TTEST_FILES = ("ttests.csv", "ttests.md")
@@ -140,13 +151,19 @@ def runs_table(raw: pd.DataFrame, corpora: list[str], models: list[str]) -> pd.D
     runs = runs[runs["model"].isin(models) & runs["corpus"].isin(corpora) & runs["seed"].notna() & runs["f1"].notna()]
     twice = runs[runs.duplicated(["corpus", "mentions", "model", "seed"], keep=False)]
     if not twice.empty:
+        key = ["corpus", "mentions", "model", "seed"]
         first = twice.iloc[0]
-        raise ValueError(f"{len(twice)} runs for the same (corpus, mentions, model, seed), e.g. {first['corpus']}/"
-                         f"{first['mentions']}/{first['model']}/seed {int(first['seed'])}: runs "
-                         f"{sorted(twice[(twice['corpus'] == first['corpus']) & (twice['model'] == first['model']) & (twice['seed'] == first['seed']) & (twice['mentions'] == first['mentions'])]['run_id'])}")
+        same = twice[(twice[key] == first[key]).all(axis=1)]
+        raise ValueError(
+            f"{len(twice)} runs for the same (corpus, mentions, model, seed), e.g. {first['corpus']}/"
+            f"{first['mentions']}/{first['model']}/seed {int(first['seed'])}: runs {sorted(same['run_id'])}"
+        )
     order = {"corpus": {c: i for i, c in enumerate(corpora)}, "model": {m: i for i, m in enumerate(models)}}
-    runs = runs.assign(_corpus=runs["corpus"].map(order["corpus"]), _predicted=runs["mentions"] != "gold",
-                       _model=runs["model"].map(order["model"]))
+    runs = runs.assign(
+        _corpus=runs["corpus"].map(order["corpus"]),
+        _predicted=runs["mentions"] != "gold",
+        _model=runs["model"].map(order["model"]),
+    )
     runs = runs.sort_values(["_corpus", "_predicted", "_model", "seed"])
     return runs.astype({"seed": int}).reset_index(drop=True)[columns]
 
@@ -160,8 +177,13 @@ def model_rows(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
     """
     rows = []
     for (corpus, mentions, model), group in runs.groupby(["corpus", "mentions", "model"], sort=False):
-        row = {"corpus": corpus, "mentions": mentions, "model": model, "model_label": group["model_label"].iloc[-1],
-               "seeds": len(group)}
+        row = {
+            "corpus": corpus,
+            "mentions": mentions,
+            "model": model,
+            "model_label": group["model_label"].iloc[-1],
+            "seeds": len(group),
+        }
         row.update(mean_sd_columns(group, METRICS))
         ref = runs[(runs["corpus"] == corpus) & (runs["mentions"] == mentions) & (runs["model"] == reference)]["f1"]
         row["delta_f1"] = row["f1_mean"] - ref.mean() if len(ref) else math.nan
@@ -175,8 +197,13 @@ def baseline_rows(baseline: dict, labels: dict[str, str], corpora: list[str]) ->
     rows = []
     for corpus in corpora:
         for variant, scores in baseline.get(corpus, {}).items():
-            row = {"corpus": corpus, "mentions": "gold", "model": f"dictionary:{variant}",
-                   "model_label": labels.get(variant, f"dictionary baseline ({variant}), not DNorm"), "seeds": 1}
+            row = {
+                "corpus": corpus,
+                "mentions": "gold",
+                "model": f"dictionary:{variant}",
+                "model_label": labels.get(variant, f"dictionary baseline ({variant}), not DNorm"),
+                "seeds": 1,
+            }
             for metric in METRICS:
                 row[f"{metric}_mean"] = scores.get(metric, math.nan)
                 row[f"{metric}_sd"] = math.nan
@@ -196,7 +223,11 @@ def table2(summary: pd.DataFrame, baseline: pd.DataFrame, reference: str) -> pd.
     table = pd.concat([summary, baseline], ignore_index=True)
     corpus_order = {c: i for i, c in enumerate(dict.fromkeys(table["corpus"]))}
     table["_corpus"], table["_group"] = table["corpus"].map(corpus_order), table["mentions"] != "gold"
-    return table.sort_values(["_corpus", "_group"], kind="stable").drop(columns=["_corpus", "_group"]).reset_index(drop=True)
+    return (
+        table.sort_values(["_corpus", "_group"], kind="stable")
+        .drop(columns=["_corpus", "_group"])
+        .reset_index(drop=True)
+    )
 
 
 def pairwise_ttests(runs: pd.DataFrame, alpha: float, metric: str = "f1") -> pd.DataFrame:
@@ -206,10 +237,23 @@ def pairwise_ttests(runs: pd.DataFrame, alpha: float, metric: str = "f1") -> pd.
         scores = {model: g[metric].to_numpy() for model, g in group.groupby("model", sort=False)}
         for a, b in combinations(scores, 2):
             t, p = welch(scores[a], scores[b])
-            rows.append({"corpus": corpus, "mentions": mentions, "metric": metric, "model_a": a, "model_b": b,
-                         "n_a": len(scores[a]), "n_b": len(scores[b]), "mean_a": scores[a].mean(), "mean_b": scores[b].mean(),
-                         "difference": scores[a].mean() - scores[b].mean(), "t": t, "p_value": p,
-                         "significant": bool(p < alpha) if not math.isnan(p) else False})
+            rows.append(
+                {
+                    "corpus": corpus,
+                    "mentions": mentions,
+                    "metric": metric,
+                    "model_a": a,
+                    "model_b": b,
+                    "n_a": len(scores[a]),
+                    "n_b": len(scores[b]),
+                    "mean_a": scores[a].mean(),
+                    "mean_b": scores[b].mean(),
+                    "difference": scores[a].mean() - scores[b].mean(),
+                    "t": t,
+                    "p_value": p,
+                    "significant": bool(p < alpha) if not math.isnan(p) else False,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -222,9 +266,26 @@ def components_table(runs: pd.DataFrame, components: list[str]) -> pd.DataFrame:
         present = [m for m in components if (group["model"] == m).any()]
         for i, model in enumerate(present):
             runs_of = group[group["model"] == model]
-            row = {"corpus": corpus, "model": model, "model_label": runs_of["model_label"].iloc[-1], "seeds": len(runs_of)}
-            row.update(mean_sd_columns(runs_of, ("f1", "acc1", "acc1_seen", "acc1_unseen", "no_concept_precision",
-                                                 "no_concept_recall", "no_concept_gold")))
+            row = {
+                "corpus": corpus,
+                "model": model,
+                "model_label": runs_of["model_label"].iloc[-1],
+                "seeds": len(runs_of),
+            }
+            row.update(
+                mean_sd_columns(
+                    runs_of,
+                    (
+                        "f1",
+                        "acc1",
+                        "acc1_seen",
+                        "acc1_unseen",
+                        "no_concept_precision",
+                        "no_concept_recall",
+                        "no_concept_gold",
+                    ),
+                )
+            )
             for name, other in (("previous", present[i - 1] if i else None), ("first", present[0] if i else None)):
                 f1 = group[group["model"] == other]["f1"] if other else pd.Series(dtype=float)
                 row[f"delta_f1_{name}"] = row["f1_mean"] - f1.mean() if len(f1) else math.nan
@@ -242,27 +303,46 @@ def _no_concept(row) -> str:
 
 
 def components_markdown(table: pd.DataFrame, alpha: float) -> str:
-    parts = ["## Beyond the paper: the effect of each component (test, mean (SD) over seeds, %)", "",
-             "Each row adds one component to the row above; the first row is the paper's classifier. Δ and p: F1 "
-             "against the row above and against the paper's model (Welch, two-sided). Seen / unseen: gold concept "
-             "with / without a training mention (acc@1 of the paper's classifier on these is in "
-             "error_analysis.md). No-concept P/R: answers of no concept against gold `-1` / CONCEPT_LESS mentions.", ""]
+    parts = [
+        "## Beyond the paper: the effect of each component (test, mean (SD) over seeds, %)",
+        "",
+        "Each row adds one component to the row above; the first row is the paper's classifier. Δ and p: F1 "
+        "against the row above and against the paper's model (Welch, two-sided). Seen / unseen: gold concept "
+        "with / without a training mention (acc@1 of the paper's classifier on these is in "
+        "error_analysis.md). No-concept P/R: answers of no concept against gold `-1` / CONCEPT_LESS mentions.",
+        "",
+    ]
     if table.empty:
         return "\n".join(parts + ["No runs of the listed components.", ""])
     for corpus, rows in table.groupby("corpus", sort=False):
         cell = lambda r, m: percent(getattr(r, f"{m}_mean"), getattr(r, f"{m}_sd"))
-        detail = pd.DataFrame([{
-            "model": r.model_label, "seeds": str(r.seeds), "F1": cell(r, "f1"), "acc@1": cell(r, "acc1"),
-            "acc@1 seen": cell(r, "acc1_seen"), "acc@1 unseen": cell(r, "acc1_unseen"),
-            "no-concept P / R": _no_concept(r),
-            "Δ F1 (p) vs above": "–" if pd.isna(r.delta_f1_previous) else f"{100 * r.delta_f1_previous:+.2f} ({p_text(r.p_previous, alpha)})",
-            "Δ F1 (p) vs paper": "–" if pd.isna(r.delta_f1_first) else f"{100 * r.delta_f1_first:+.2f} ({p_text(r.p_first, alpha)})",
-        } for r in rows.itertuples()])
+        detail = pd.DataFrame(
+            [
+                {
+                    "model": r.model_label,
+                    "seeds": str(r.seeds),
+                    "F1": cell(r, "f1"),
+                    "acc@1": cell(r, "acc1"),
+                    "acc@1 seen": cell(r, "acc1_seen"),
+                    "acc@1 unseen": cell(r, "acc1_unseen"),
+                    "no-concept P / R": _no_concept(r),
+                    "Δ F1 (p) vs above": "–"
+                    if pd.isna(r.delta_f1_previous)
+                    else f"{100 * r.delta_f1_previous:+.2f} ({p_text(r.p_previous, alpha)})",
+                    "Δ F1 (p) vs paper": "–"
+                    if pd.isna(r.delta_f1_first)
+                    else f"{100 * r.delta_f1_first:+.2f} ({p_text(r.p_first, alpha)})",
+                }
+                for r in rows.itertuples()
+            ]
+        )
         parts += [f"### {corpus}", "", detail.to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(parts)
 
 
-def choose_champions(runs: pd.DataFrame, summary: pd.DataFrame, candidates: list[str], reference: str) -> list[Champion]:
+def choose_champions(
+    runs: pd.DataFrame, summary: pd.DataFrame, candidates: list[str], reference: str
+) -> list[Champion]:
     """Per corpus (gold mentions): the candidate model with the highest mean F1, and its best-F1 run.
 
     Ties go to the model listed first in `candidates`, then to the lowest seed.
@@ -271,16 +351,32 @@ def choose_champions(runs: pd.DataFrame, summary: pd.DataFrame, candidates: list
     rank = {model: i for i, model in enumerate(candidates)}
     eligible = summary[(summary["mentions"] == "gold") & summary["model"].isin(candidates)]
     for corpus, group in eligible.groupby("corpus", sort=False):
-        best = group.assign(_rank=group["model"].map(rank)).sort_values(["f1_mean", "_rank"], ascending=[False, True]).iloc[0]
+        best = (
+            group.assign(_rank=group["model"].map(rank))
+            .sort_values(["f1_mean", "_rank"], ascending=[False, True])
+            .iloc[0]
+        )
         model_runs = runs[(runs["corpus"] == corpus) & (runs["mentions"] == "gold") & (runs["model"] == best["model"])]
         run = model_runs.sort_values(["f1", "seed"], ascending=[False, True]).iloc[0]
-        champions.append(Champion(
-            corpus=corpus, model=best["model"], model_label=best["model_label"], run_id=run["run_id"],
-            seed=int(run["seed"]), f1=float(run["f1"]), f1_mean=float(best["f1_mean"]), f1_sd=float(best["f1_sd"]),
-            seeds=int(best["seeds"]), delta_f1=float(best["delta_f1"]), p_value=float(best["p_value"]), reference=reference,
-            max_length=None if pd.isna(run["max_length"]) else int(run["max_length"]),
-            model_dir=str(run.get("model_dir", "") or ""), variant=str(run.get("variant", "") or ""),
-        ))
+        champions.append(
+            Champion(
+                corpus=corpus,
+                model=best["model"],
+                model_label=best["model_label"],
+                run_id=run["run_id"],
+                seed=int(run["seed"]),
+                f1=float(run["f1"]),
+                f1_mean=float(best["f1_mean"]),
+                f1_sd=float(best["f1_sd"]),
+                seeds=int(best["seeds"]),
+                delta_f1=float(best["delta_f1"]),
+                p_value=float(best["p_value"]),
+                reference=reference,
+                max_length=None if pd.isna(run["max_length"]) else int(run["max_length"]),
+                model_dir=str(run.get("model_dir", "") or ""),
+                variant=str(run.get("variant", "") or ""),
+            )
+        )
     return champions
 
 
@@ -289,8 +385,13 @@ def headline(table: pd.DataFrame, champions: list[Champion]) -> dict:
     metrics: dict = {}
     for row in table.itertuples():
         key = row.corpus if row.mentions == "gold" else f"{row.corpus}_{row.mentions}"
-        metrics.setdefault(key, {})[row.model] = {"f1": row.f1_mean, "f1_sd": row.f1_sd, "seeds": row.seeds,
-                                                  "delta_f1": row.delta_f1, "p_value": row.p_value}
+        metrics.setdefault(key, {})[row.model] = {
+            "f1": row.f1_mean,
+            "f1_sd": row.f1_sd,
+            "seeds": row.seeds,
+            "delta_f1": row.delta_f1,
+            "p_value": row.p_value,
+        }
     for champion in champions:
         metrics[champion.corpus]["champion"] = {"model": champion.model, "seed": champion.seed, "f1": champion.f1}
     return _without_nan(metrics)
@@ -318,10 +419,16 @@ def _group_name(corpus: str, mentions: str) -> str:
 def table2_markdown(table: pd.DataFrame, reference: str, alpha: float) -> str:
     """One wide table (models x corpora, "F1 (SD), Δ" as in the paper), then per corpus P, R, F1, acc@1."""
     table = table.assign(group=[_group_name(c, m) for c, m in zip(table["corpus"], table["mentions"])])
-    cells = [percent(r.f1_mean, r.f1_sd) + ("" if pd.isna(r.delta_f1) or r.model == reference else f", {100 * r.delta_f1:+.2f}")
-             for r in table.itertuples()]
-    wide = table.assign(cell=cells).pivot_table(
-        index="model_label", columns="group", values="cell", aggfunc="first", sort=False).fillna("–")
+    cells = [
+        percent(r.f1_mean, r.f1_sd)
+        + ("" if pd.isna(r.delta_f1) or r.model == reference else f", {100 * r.delta_f1:+.2f}")
+        for r in table.itertuples()
+    ]
+    wide = (
+        table.assign(cell=cells)
+        .pivot_table(index="model_label", columns="group", values="cell", aggfunc="first", sort=False)
+        .fillna("–")
+    )
     parts = [
         "## Table 2 analog: test F1 (%), mean (SD) over seeds, and Δ F1 vs the reference",
         "",
@@ -331,16 +438,21 @@ def table2_markdown(table: pd.DataFrame, reference: str, alpha: float) -> str:
         wide.reset_index().rename(columns={"model_label": "model"}).to_markdown(index=False, disable_numparse=True),
     ]
     for group, rows in table.groupby("group", sort=False):
-        detail = pd.DataFrame({
-            "model": rows["model_label"],
-            "seeds": rows["seeds"].astype(str),
-            "P": [percent(m, s) for m, s in zip(rows["precision_mean"], rows["precision_sd"])],
-            "R": [percent(m, s) for m, s in zip(rows["recall_mean"], rows["recall_sd"])],
-            "F1": [percent(m, s) for m, s in zip(rows["f1_mean"], rows["f1_sd"])],
-            "acc@1": [percent(m, s) for m, s in zip(rows["acc1_mean"], rows["acc1_sd"])],
-            "Δ F1": ["–" if pd.isna(d) else f"{100 * d:+.2f}" for d in rows["delta_f1"]],
-            f"p vs {reference}": [p_text(p, alpha) if not m.startswith("dictionary:") else "–" for p, m in zip(rows["p_value"], rows["model"])],
-        })
+        detail = pd.DataFrame(
+            {
+                "model": rows["model_label"],
+                "seeds": rows["seeds"].astype(str),
+                "P": [percent(m, s) for m, s in zip(rows["precision_mean"], rows["precision_sd"])],
+                "R": [percent(m, s) for m, s in zip(rows["recall_mean"], rows["recall_sd"])],
+                "F1": [percent(m, s) for m, s in zip(rows["f1_mean"], rows["f1_sd"])],
+                "acc@1": [percent(m, s) for m, s in zip(rows["acc1_mean"], rows["acc1_sd"])],
+                "Δ F1": ["–" if pd.isna(d) else f"{100 * d:+.2f}" for d in rows["delta_f1"]],
+                f"p vs {reference}": [
+                    p_text(p, alpha) if not m.startswith("dictionary:") else "–"
+                    for p, m in zip(rows["p_value"], rows["model"])
+                ],
+            }
+        )
         parts += ["", f"### {group}", "", detail.to_markdown(index=False, disable_numparse=True)]
     parts += ["", f"p: Welch's two-sided t-test on per-seed F1; * marks p < {alpha}."]
     return "\n".join(parts) + "\n"
@@ -348,15 +460,24 @@ def table2_markdown(table: pd.DataFrame, reference: str, alpha: float) -> str:
 
 def ttests_markdown(tests: pd.DataFrame, alpha: float) -> str:
     """Per corpus, the upper triangle of a model x model p-value matrix (Tables 3-5 of the paper)."""
-    parts = ["## Tables 3-5 analog: pairwise t-test p-values of test F1", "",
-             f"Welch's two-sided t-test (scipy.stats.ttest_ind, equal_var=False) over seeds; * marks p < {alpha}; "
-             "n/a: a model with fewer than two runs, or no spread in either.", ""]
+    parts = [
+        "## Tables 3-5 analog: pairwise t-test p-values of test F1",
+        "",
+        f"Welch's two-sided t-test (scipy.stats.ttest_ind, equal_var=False) over seeds; * marks p < {alpha}; "
+        "n/a: a model with fewer than two runs, or no spread in either.",
+        "",
+    ]
     for (corpus, mentions), group in tests.groupby(["corpus", "mentions"], sort=False):
         models = list(dict.fromkeys([*group["model_a"], *group["model_b"]]))
         matrix = pd.DataFrame("", index=models[:-1], columns=models[1:])
         for row in group.itertuples():
             matrix.loc[row.model_a, row.model_b] = p_text(row.p_value, alpha)
-        parts += [f"### {_group_name(corpus, mentions)}", "", matrix.rename_axis("model").reset_index().to_markdown(index=False, disable_numparse=True), ""]
+        parts += [
+            f"### {_group_name(corpus, mentions)}",
+            "",
+            matrix.rename_axis("model").reset_index().to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
     return "\n".join(parts)
 
 
@@ -371,9 +492,16 @@ def plot_f1(table: pd.DataFrame, path: Path) -> None:
     for i, label in enumerate(labels):
         rows = table[table["model_label"] == label].set_index("group").reindex(groups)
         dictionary = rows["model"].dropna().str.startswith("dictionary:").any()
-        axes.bar(np.arange(len(groups)) + (i - (len(labels) - 1) / 2) * width, 100 * rows["f1_mean"], width,
-                 yerr=None if dictionary else 100 * rows["f1_sd"].fillna(0), capsize=3, label=label, hatch="//" if dictionary else None,
-                 alpha=0.6 if dictionary else 1.0)
+        axes.bar(
+            np.arange(len(groups)) + (i - (len(labels) - 1) / 2) * width,
+            100 * rows["f1_mean"],
+            width,
+            yerr=None if dictionary else 100 * rows["f1_sd"].fillna(0),
+            capsize=3,
+            label=label,
+            hatch="//" if dictionary else None,
+            alpha=0.6 if dictionary else 1.0,
+        )
     axes.set_xticks(np.arange(len(groups)), groups)
     axes.set_ylabel("test F1 (%)")
     axes.set_title("Test F1, mean ± SD over seeds")
@@ -399,8 +527,12 @@ def read_run_records(folders: list[Path]) -> dict[str, dict]:
             record = read_run_record(path)
             for name, run_id in record["runs"].items():
                 variant = "" if name in ("gold", "predicted") else name.removesuffix("-predicted")
-                found[run_id] = {"record": str(path), "experiment": record["experiment"],
-                                 "model_dir": record.get("model_dir", ""), "variant": variant}
+                found[run_id] = {
+                    "record": str(path),
+                    "experiment": record["experiment"],
+                    "model_dir": record.get("model_dir", ""),
+                    "variant": variant,
+                }
     return found
 
 
@@ -415,21 +547,32 @@ def fetch_runs(records: dict[str, dict]) -> pd.DataFrame:
     frames = []
     if len(missing) < len(experiments):
         for start in range(0, len(ids), 100):  # the search filter takes a bounded list
-            chunk = ", ".join(f"'{run_id}'" for run_id in ids[start:start + 100])
-            frames.append(mlflow.search_runs(experiment_names=[e for e in experiments if e not in missing],
-                                             filter_string=f"attributes.run_id IN ({chunk})", output_format="pandas"))
+            chunk = ", ".join(f"'{run_id}'" for run_id in ids[start : start + 100])
+            frames.append(
+                mlflow.search_runs(
+                    experiment_names=[e for e in experiments if e not in missing],
+                    filter_string=f"attributes.run_id IN ({chunk})",
+                    output_format="pandas",
+                )
+            )
     raw = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id"])
     absent = [run_id for run_id in ids if run_id not in set(raw["run_id"])]
     if absent:
-        raise SystemExit(f"{len(absent)} runs named by run records are not on {mlflow.get_tracking_uri()}, e.g. "
-                         f"{absent[0]} ({records[absent[0]]['record']}): point MLFLOW_TRACKING_URI at the store "
-                         "the pipeline logged to")
+        raise SystemExit(
+            f"{len(absent)} runs named by run records are not on {mlflow.get_tracking_uri()}, e.g. "
+            f"{absent[0]} ({records[absent[0]]['record']}): point MLFLOW_TRACKING_URI at the store "
+            "the pipeline logged to"
+        )
     unfinished = raw[raw["status"] != "FINISHED"]
     if not unfinished.empty:
-        raise SystemExit(f"run {unfinished.iloc[0]['run_id']} ({records[unfinished.iloc[0]['run_id']]['record']}) "
-                         f"is {unfinished.iloc[0]['status']}, not FINISHED")
-    return raw.assign(model_dir=raw["run_id"].map(lambda r: records[r]["model_dir"]),
-                      variant=raw["run_id"].map(lambda r: records[r]["variant"]))
+        raise SystemExit(
+            f"run {unfinished.iloc[0]['run_id']} ({records[unfinished.iloc[0]['run_id']]['record']}) "
+            f"is {unfinished.iloc[0]['status']}, not FINISHED"
+        )
+    return raw.assign(
+        model_dir=raw["run_id"].map(lambda r: records[r]["model_dir"]),
+        variant=raw["run_id"].map(lambda r: records[r]["variant"]),
+    )
 
 
 def registry_alias(alias: str) -> str:
@@ -446,19 +589,38 @@ def concept_names(corpus: str, args: argparse.Namespace, cadec_split: dict) -> d
 
 def register(champion: Champion, concept_names, alpha: float, alias: str, params: dict) -> None:
     """`ehrbert-{corpus}@alias` -> the champion run's model folder; no new version if it is already registered."""
-    tags = {"corpus": champion.corpus, "model": champion.model, "model_label": champion.model_label,
-            "seed": champion.seed, "test_f1": f"{champion.f1:.6f}", "mean_f1": f"{champion.f1_mean:.6f}",
-            "sd_f1": f"{champion.f1_sd:.6f}", "seeds": champion.seeds, "reference": champion.reference,
-            "delta_f1_vs_reference": f"{champion.delta_f1:.6f}", "p_value_vs_reference": f"{champion.p_value:.6g}",
-            "t_test": "Welch, two-sided, per-seed test F1", "variant": champion.variant or "-",
-            **provenance_tags(params)}
-    description = (f"{champion.model_label}, seed {champion.seed}: test F1 {100 * champion.f1:.2f}. "
-                   f"Mean F1 {100 * champion.f1_mean:.2f} (SD {100 * champion.f1_sd:.2f}) over {champion.seeds} seeds, "
-                   f"{100 * champion.delta_f1:+.2f} vs {champion.reference} (Welch p = {p_text(champion.p_value, alpha)}).")
+    tags = {
+        "corpus": champion.corpus,
+        "model": champion.model,
+        "model_label": champion.model_label,
+        "seed": champion.seed,
+        "test_f1": f"{champion.f1:.6f}",
+        "mean_f1": f"{champion.f1_mean:.6f}",
+        "sd_f1": f"{champion.f1_sd:.6f}",
+        "seeds": champion.seeds,
+        "reference": champion.reference,
+        "delta_f1_vs_reference": f"{champion.delta_f1:.6f}",
+        "p_value_vs_reference": f"{champion.p_value:.6g}",
+        "t_test": "Welch, two-sided, per-seed test F1",
+        "variant": champion.variant or "-",
+        **provenance_tags(params),
+    }
+    description = (
+        f"{champion.model_label}, seed {champion.seed}: test F1 {100 * champion.f1:.2f}. "
+        f"Mean F1 {100 * champion.f1_mean:.2f} (SD {100 * champion.f1_sd:.2f}) over {champion.seeds} seeds, "
+        f"{100 * champion.delta_f1:+.2f} vs {champion.reference} (Welch p = {p_text(champion.p_value, alpha)})."
+    )
     version, created = registry.register_champion(
-        champion.run_id, REGISTERED_NAME.format(corpus=champion.corpus), Path(champion.model_dir), concept_names,
-        tags=tags, description=description, alias=alias, max_length=champion.max_length or 32,
-        variant=champion.variant or None)
+        champion.run_id,
+        REGISTERED_NAME.format(corpus=champion.corpus),
+        Path(champion.model_dir),
+        concept_names,
+        tags=tags,
+        description=description,
+        alias=alias,
+        max_length=champion.max_length or 32,
+        variant=champion.variant or None,
+    )
     log.info("%s@%s -> version %s (%s)", version.name, alias, version.version, "new" if created else "unchanged")
 
 
@@ -467,8 +629,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="dictionary baseline metrics JSON")
     parser.add_argument("--reports", type=Path, required=True, help="folder for the tables and the chart")
     parser.add_argument("--metrics", type=Path, required=True, help="headline metrics JSON")
-    parser.add_argument("--run-records", type=Path, nargs="+", required=True,
-                        help="folders of run records (runs/finetune, runs/hybrid): the runs compared")
+    parser.add_argument(
+        "--run-records",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="folders of run records (runs/finetune, runs/hybrid): the runs compared",
+    )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--no-register", action="store_true", help="write the reports only; leave the registry alone")
     add_data_arguments(parser)  # the task vocabularies give the registered models their concept names
@@ -484,8 +651,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         raise SystemExit(f"{', '.join(map(str, args.run_records))}: {error}") from None
     if runs.empty:
-        raise SystemExit(f"no fine-tuning runs of {config.models} in the run records of "
-                         f"{', '.join(map(str, args.run_records))}")
+        raise SystemExit(
+            f"no fine-tuning runs of {config.models} in the run records of {', '.join(map(str, args.run_records))}"
+        )
     runs = runs.merge(raw[["run_id", "model_dir", "variant"]], on="run_id", how="left")
     log.info("%d runs: %s", len(runs), runs.groupby(["corpus", "mentions", "model"]).size().to_dict())
 
@@ -515,8 +683,13 @@ def main(argv: list[str] | None = None) -> None:
     for champion in champions:
         log.info("champion %s: %s", champion.corpus, asdict(champion))
         # the vocabulary is read only when a new version must be packaged
-        register(champion, partial(concept_names, champion.corpus, args, params["cadec_split"]), config.alpha, alias,
-                 {"compare": params["compare"], "cadec_split": params["cadec_split"]})
+        register(
+            champion,
+            partial(concept_names, champion.corpus, args, params["cadec_split"]),
+            config.alpha,
+            alias,
+            {"compare": params["compare"], "cadec_split": params["cadec_split"]},
+        )
 
 
 if __name__ == "__main__":

@@ -68,7 +68,9 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if self.head_init not in classifier.HEAD_INITS:
-            raise ValueError(f"finetune.config.head_init: {self.head_init!r} is not one of {', '.join(classifier.HEAD_INITS)}")
+            raise ValueError(
+                f"finetune.config.head_init: {self.head_init!r} is not one of {', '.join(classifier.HEAD_INITS)}"
+            )
 
 
 HEAD_INIT_LABELS = {"uniform": "uniform head (paper)", "names": "head imprinted from names"}  # appended to model labels
@@ -101,12 +103,18 @@ def train(
 ) -> list[dict]:
     """Train in place; leaves the best-on-dev weights in `model`. Returns one record per epoch."""
     if config.batch_size % accelerator.num_processes:
-        raise ValueError(f"finetune.config.batch_size {config.batch_size} is not divisible by {accelerator.num_processes} processes")
+        raise ValueError(
+            f"finetune.config.batch_size {config.batch_size} is not divisible by {accelerator.num_processes} processes"
+        )
     per_process = config.batch_size // accelerator.num_processes  # batch_size is per optimizer step, all processes
     features = [dict(tokenizer(q, truncation=True, max_length=config.max_length), labels=y) for q, y in pairs]
     generator = torch.Generator().manual_seed(seed)
-    sampler = LengthGroupedSampler(config.batch_size, lengths=[len(f["input_ids"]) for f in features], generator=generator)
-    loader = DataLoader(features, batch_size=per_process, sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer))
+    sampler = LengthGroupedSampler(
+        config.batch_size, lengths=[len(f["input_ids"]) for f in features], generator=generator
+    )
+    loader = DataLoader(
+        features, batch_size=per_process, sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer)
+    )
     head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
     encoder = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
     groups = [{"params": encoder, "lr": config.encoder_lr}, {"params": head, "lr": config.head_lr}]
@@ -119,7 +127,9 @@ def train(
         started = time.perf_counter()
         model.train()
         total, steps = 0.0, 0
-        progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, mininterval=5, disable=not accelerator.is_main_process)
+        progress = tqdm(
+            loader, desc=f"epoch {epoch}", leave=False, mininterval=5, disable=not accelerator.is_main_process
+        )
         for batch in progress:
             loss = model(**batch).loss
             accelerator.backward(loss)
@@ -127,13 +137,24 @@ def train(
             optimizer.zero_grad()
             total, steps = total + loss.item(), steps + 1
         unwrapped = accelerator.unwrap_model(model)
-        ranked, _ = classifier.predict(unwrapped, tokenizer, dev_queries, k=1, max_length=config.max_length,
-                                       batch_size=config.eval_batch_size)
+        ranked, _ = classifier.predict(
+            unwrapped, tokenizer, dev_queries, k=1, max_length=config.max_length, batch_size=config.eval_batch_size
+        )
         dev_acc = accuracy_at_k(dev_mentions, ranked, k=1)
-        record = {"epoch": epoch, "train_loss": total / max(steps, 1), "dev_acc1": dev_acc,
-                  "epoch_seconds": time.perf_counter() - started}
+        record = {
+            "epoch": epoch,
+            "train_loss": total / max(steps, 1),
+            "dev_acc1": dev_acc,
+            "epoch_seconds": time.perf_counter() - started,
+        }
         history.append(record)
-        log.info("epoch %d: loss %.4f, dev acc@1 %.4f (%.0f s)", epoch, record["train_loss"], dev_acc, record["epoch_seconds"])
+        log.info(
+            "epoch %d: loss %.4f, dev acc@1 %.4f (%.0f s)",
+            epoch,
+            record["train_loss"],
+            dev_acc,
+            record["epoch_seconds"],
+        )
         if dev_acc > best:
             best, stale = dev_acc, 0
             best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
@@ -154,15 +175,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     add_data_arguments(parser)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out-dir", type=Path, required=True,
-                        help="the run's model/ (weights, tokenizer, training.json) and test predictions")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        required=True,
+        help="the run's model/ (weights, tokenizer, training.json) and test predictions",
+    )
     parser.add_argument("--run-record", type=Path, required=True, help="JSON file for the MLflow run IDs")
     parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--cadec-detector", type=Path,
-                        help="mention detector (JSON); cadec runs are then also scored on detected mentions")
-    parser.add_argument("--config-overrides", metavar="KEY",
-                        help="dotted params key of a mapping that overrides finetune.config (e.g. "
-                             "finetune.head_init_ablation.config, the head-initialization ablation)")
+    parser.add_argument(
+        "--cadec-detector",
+        type=Path,
+        help="mention detector (JSON); cadec runs are then also scored on detected mentions",
+    )
+    parser.add_argument(
+        "--config-overrides",
+        metavar="KEY",
+        help="dotted params key of a mapping that overrides finetune.config (e.g. "
+        "finetune.head_init_ablation.config, the head-initialization ablation)",
+    )
     args = parser.parse_args(argv)
 
     accelerator = make_accelerator()  # processes, devices and mixed precision: `accelerate launch`'s configuration
@@ -171,18 +202,34 @@ def main(argv: list[str] | None = None) -> None:
     overrides = section(params, args.config_overrides, args.params) if args.config_overrides else {}
     if not isinstance(overrides, dict):
         raise SystemExit(f"{args.params}: {args.config_overrides} must map finetune.config fields to values")
-    config = config_from(FinetuneConfig, {**params["finetune"]["config"], **overrides},
-                         f"finetune.config (with {args.config_overrides})" if overrides else "finetune.config", args.params)
-    model_label = f'{params["finetune"]["model_labels"].get(args.model, args.model)}, {HEAD_INIT_LABELS[config.head_init]}'
-    stage_params = {"finetune.config": asdict(config), "finetune.model_labels": params["finetune"]["model_labels"],
-                    "cadec_split": params["cadec_split"]}
+    config = config_from(
+        FinetuneConfig,
+        {**params["finetune"]["config"], **overrides},
+        f"finetune.config (with {args.config_overrides})" if overrides else "finetune.config",
+        args.params,
+    )
+    model_label = (
+        f"{params['finetune']['model_labels'].get(args.model, args.model)}, {HEAD_INIT_LABELS[config.head_init]}"
+    )
+    stage_params = {
+        "finetune.config": asdict(config),
+        "finetune.model_labels": params["finetune"]["model_labels"],
+        "cadec_split": params["cadec_split"],
+    }
     set_seed(args.seed)
 
     with accelerator.main_process_first():
         task = load_task(args.corpus, args, params["cadec_split"])
         dev_queries, test_queries = task.queries("dev"), task.queries("test")
-    model, tokenizer = classifier.build(resolve_model(args.model_path), task.vocabulary, config.dropout, args.seed,
-                                        config.head_init, config.head_scale, config.max_length)
+    model, tokenizer = classifier.build(
+        resolve_model(args.model_path),
+        task.vocabulary,
+        config.dropout,
+        args.seed,
+        config.head_init,
+        config.head_scale,
+        config.max_length,
+    )
     pairs = training_pairs(task, config, model.config.label2id)
     log.info("%s: %d concepts, %d training pairs", args.corpus, len(task.vocabulary), len(pairs))
 
@@ -202,38 +249,78 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = args.out_dir / classifier.MODEL_DIR
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    write_json(model_dir / classifier.TRAINING_FILE,
-               {"config": asdict(config), "model": args.model, "corpus": args.corpus, "seed": args.seed})
-    predictions = write_predictions(predictions_table(task, "test", test_queries, ranked, scores),
-                                    args.out_dir / PREDICTION_FILE)
-    tags = {"model": args.model, "model_label": model_label, "corpus": args.corpus, "seed": str(args.seed),
-            "mentions": "gold", "encoder_path": str(args.model_path)}
+    write_json(
+        model_dir / classifier.TRAINING_FILE,
+        {"config": asdict(config), "model": args.model, "corpus": args.corpus, "seed": args.seed},
+    )
+    predictions = write_predictions(
+        predictions_table(task, "test", test_queries, ranked, scores), args.out_dir / PREDICTION_FILE
+    )
+    tags = {
+        "model": args.model,
+        "model_label": model_label,
+        "corpus": args.corpus,
+        "seed": str(args.seed),
+        "mentions": "gold",
+        "encoder_path": str(args.model_path),
+    }
     runs = {}
-    with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{args.model}-{args.corpus}-s{args.seed}", tags=tags,
-                   params=stage_params) as run:
-        mlflow.log_params({**asdict(config), "corpus": args.corpus, "model": args.model, "seed": args.seed,
-                           "concepts": len(task.vocabulary), "train_pairs": len(pairs),
-                           "mixed_precision": accelerator.mixed_precision, "processes": accelerator.num_processes})
+    with start_run(
+        experiment=f"finetune-{args.corpus}",
+        run_name=f"{args.model}-{args.corpus}-s{args.seed}",
+        tags=tags,
+        params=stage_params,
+    ) as run:
+        mlflow.log_params(
+            {
+                **asdict(config),
+                "corpus": args.corpus,
+                "model": args.model,
+                "seed": args.seed,
+                "concepts": len(task.vocabulary),
+                "train_pairs": len(pairs),
+                "mixed_precision": accelerator.mixed_precision,
+                "processes": accelerator.num_processes,
+            }
+        )
         for record in history:
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
         mlflow.log_metrics({f"test_{k}": v for k, v in test.items() if k != "best_epoch"})
         mlflow.log_metric("best_epoch", test["best_epoch"])
         mlflow.log_metric("train_seconds", round(train_seconds, 1))  # wall clock: MLflow only, not the DVC metrics
         mlflow.log_artifact(str(predictions))
-        mlflow.log_artifacts(str(model_dir), artifact_path="model")  # also in MLflow, for the UI; stages read the DVC out
+        mlflow.log_artifacts(
+            str(model_dir), artifact_path="model"
+        )  # also in MLflow, for the UI; stages read the DVC out
         runs["gold"] = run.info.run_id
     if args.corpus == "cadec" and args.cadec_detector is not None:
         detector = LexiconDetector.load(args.cadec_detector)
-        top1 = lambda queries: [r[:1] for r in classifier.predict(model, tokenizer, queries, k=1,
-                                                                  max_length=config.max_length)[0]]
+        top1 = lambda queries: [
+            r[:1] for r in classifier.predict(model, tokenizer, queries, k=1, max_length=config.max_length)[0]
+        ]
         predicted = score_detected(task, detector, top1)
-        runs["predicted"] = log_detected_run(f"finetune-{args.corpus}", f"{args.model}-{args.corpus}-s{args.seed}", tags,
-                                             stage_params, runs["gold"], predicted, detector=str(args.cadec_detector),
-                                             model=args.model, seed=args.seed)
+        runs["predicted"] = log_detected_run(
+            f"finetune-{args.corpus}",
+            f"{args.model}-{args.corpus}-s{args.seed}",
+            tags,
+            stage_params,
+            runs["gold"],
+            predicted,
+            detector=str(args.cadec_detector),
+            model=args.model,
+            seed=args.seed,
+        )
         test["predicted_mentions"] = predicted
     write_json(args.metrics, test)
-    write_run_record(args.run_record, runs, experiment=f"finetune-{args.corpus}", model=args.model, corpus=args.corpus,
-                     seed=args.seed, model_dir=str(model_dir))
+    write_run_record(
+        args.run_record,
+        runs,
+        experiment=f"finetune-{args.corpus}",
+        model=args.model,
+        corpus=args.corpus,
+        seed=args.seed,
+        model_dir=str(model_dir),
+    )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,9 @@ def fetch(profile: Path, root: Path) -> list[Path]:
 
     done = []
     for folder, repo_id in hub_folders(profile).items():
-        snapshot_download(repo_id, local_dir=root / folder,
-                          allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"])  # weights as safetensors only
+        snapshot_download(
+            repo_id, local_dir=root / folder, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]
+        )  # weights as safetensors only
         done.append(root / folder)
     return done
 
@@ -79,9 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     absent = missing(profile, args.root)
     if absent:
-        print(f"error: {profile} names hub checkpoints that are not here: {', '.join(absent)}. Fetch them once, on a "
-              f"machine that reaches the Hugging Face hub, with `make checkpoints PROFILE={args.profile}` (then "
-              "`dvc push`), or `dvc pull hub` where a teammate has.", file=sys.stderr)
+        print(
+            f"error: {profile} names hub checkpoints that are not here: {', '.join(absent)}. Fetch them once, on a "
+            f"machine that reaches the Hugging Face hub, with `make checkpoints PROFILE={args.profile}` (then "
+            "`dvc push`), or `dvc pull hub` where a teammate has.",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

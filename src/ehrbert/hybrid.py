@@ -10,8 +10,8 @@ params.yaml (`hybrid`) and each chosen on dev only:
    two ways) answers with its most frequent one only: one stray annotation ("hemochromatosis" once
    labelled T-cell lymphoma in NCBI train, 20 times hemochromatosis) must not tie with the rule.
 2. **classifier**: the paper's classifier fine-tuned on the same corpus with the same seed (the finetune
-   stage's output folder, which dvc.yaml names); a concept's score becomes ``cosine + w * probability``, with `w` chosen on dev acc@1 (w = 0 is
-   retrieval alone).
+   stage's output folder, which dvc.yaml names); a concept's score becomes ``cosine + w * probability``, with
+   `w` chosen on dev acc@1 (w = 0 is retrieval alone).
 3. **composite** (`ehrbert.composite`): the best entry's concept tuple when it has several concepts (a
    composite training mention), else, for a coordinated query, the best concepts of its parts when every
    part's cosine reaches a threshold chosen on dev (task F1).
@@ -59,17 +59,27 @@ from ehrbert.tracking import log_detected_run, read_run_record, start_run, write
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"  # in the stage's output folder: the servable normalizer, every variant
-COMPONENTS = {"hybrid": "{classifier_model} classifier", "hybrid_composite": "composite mentions",
-              "hybrid_no_concept": "no-concept threshold"}  # what each variant adds, for its label
+COMPONENTS = {
+    "hybrid": "{classifier_model} classifier",
+    "hybrid_composite": "composite mentions",
+    "hybrid_no_concept": "no-concept threshold",
+}  # what each variant adds, for its label
 
 
 def variant_label(variant: str, retrieval_label: str, config: HybridConfig) -> str:
     """A variant's name in tables: the retrieval's label plus the components switched on up to it, so that a
     switched-off component never appears in a label ("hybrid_no_concept" without the classifier is retrieval +
     composite + no-concept)."""
-    switched_on = {"hybrid": config.classifier, "hybrid_composite": config.composite, "hybrid_no_concept": config.no_concept}
-    added = [COMPONENTS[v].format(classifier_model=config.classifier_model)
-             for v in VARIANTS[1 : VARIANTS.index(variant) + 1] if switched_on[v]]
+    switched_on = {
+        "hybrid": config.classifier,
+        "hybrid_composite": config.composite,
+        "hybrid_no_concept": config.no_concept,
+    }
+    added = [
+        COMPONENTS[v].format(classifier_model=config.classifier_model)
+        for v in VARIANTS[1 : VARIANTS.index(variant) + 1]
+        if switched_on[v]
+    ]
     return " + ".join([retrieval_label, *added])
 
 
@@ -127,15 +137,16 @@ def _best(grid, objective) -> tuple:
     return max(values, key=lambda v: (v[0], v[1]))[2], {str(v): o for o, _, v in values}
 
 
-def choose_settings(task: Task, dev: Candidates, config: HybridConfig, seen: set[str]) -> list[tuple[str, Settings, dict]]:
+def choose_settings(
+    task: Task, dev: Candidates, config: HybridConfig, seen: set[str]
+) -> list[tuple[str, Settings, dict]]:
     """The variants of VARIANTS that the config switches on, each with its settings chosen on dev (in order:
     classifier weight by acc@1, composite threshold by task F1, no-concept threshold by task F1)."""
     dev_score = lambda s: score(task, "dev", decide(dev, s), seen)
     settings = Settings()
     variants = [("retrieval", settings, {})]
     if config.classifier:
-        weight, table = _best(config.classifier_weights,
-                              lambda w: dev_score(Settings(classifier_weight=w))["acc1"])
+        weight, table = _best(config.classifier_weights, lambda w: dev_score(Settings(classifier_weight=w))["acc1"])
         settings = Settings(classifier_weight=weight)
         variants.append(("hybrid", settings, {"classifier_weight": table}))
     if config.composite:
@@ -146,7 +157,9 @@ def choose_settings(task: Task, dev: Candidates, config: HybridConfig, seen: set
     if config.no_concept:
         top = np.array([a.score for a in decide(dev, settings)])
         grid = [None, *sorted({round(float(np.quantile(top, q)), 4) for q in config.no_concept_quantiles})]
-        threshold, table = _best(grid, lambda t: dev_score(Settings(settings.classifier_weight, settings.composite_threshold, t))["f1"])
+        threshold, table = _best(
+            grid, lambda t: dev_score(Settings(settings.classifier_weight, settings.composite_threshold, t))["f1"]
+        )
         settings = Settings(settings.classifier_weight, settings.composite_threshold, threshold)
         variants.append(("hybrid_no_concept", settings, {"no_concept_threshold": table}))
     return variants
@@ -168,20 +181,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     add_data_arguments(parser)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--classifier", type=Path,
-                        help="the finetune output folder of the classifier to interpolate (hybrid.config.classifier)")
-    parser.add_argument("--classifier-run-record", type=Path, help="that fine-tuning run's run record (its MLflow run ID)")
-    parser.add_argument("--out-dir", type=Path, required=True, help="model/ (every variant) and each variant's test predictions")
+    parser.add_argument(
+        "--classifier",
+        type=Path,
+        help="the finetune output folder of the classifier to interpolate (hybrid.config.classifier)",
+    )
+    parser.add_argument(
+        "--classifier-run-record", type=Path, help="that fine-tuning run's run record (its MLflow run ID)"
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, required=True, help="model/ (every variant) and each variant's test predictions"
+    )
     parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--run-record", type=Path, required=True, help="JSON file for the MLflow run IDs of the variants")
+    parser.add_argument(
+        "--run-record", type=Path, required=True, help="JSON file for the MLflow run IDs of the variants"
+    )
     args = parser.parse_args(argv)
     accelerator = make_accelerator()  # the encoder's training may run on several processes (accelerate launch)
     setup_logging(accelerator.is_main_process)
     params = read_params(args.params)
     config = config_from(HybridConfig, params["hybrid"]["config"], "hybrid.config", args.params)
     retrieval_label = params["hybrid"]["retrieval_label"]
-    stage_params = {"hybrid.config": params["hybrid"]["config"], "hybrid.retrieval_label": retrieval_label,
-                    "cadec_split": params["cadec_split"]}
+    stage_params = {
+        "hybrid.config": params["hybrid"]["config"],
+        "hybrid.retrieval_label": retrieval_label,
+        "cadec_split": params["cadec_split"],
+    }
     if config.classifier and args.classifier is None:
         parser.error("hybrid.config.classifier is on: --classifier (a finetune output folder) is required")
     set_seed(args.seed)
@@ -196,8 +221,11 @@ def main(argv: list[str] | None = None) -> None:
     train_seconds = time.perf_counter() - started
     if not accelerator.is_main_process:  # the rest (index, dev choices, test, logging) runs once
         return
-    index = (NameIndex.build(task.vocabulary, task.mentions("train"), task.queries("train"))
-             if config.retrieval.index_training_mentions else NameIndex.build(task.vocabulary))
+    index = (
+        NameIndex.build(task.vocabulary, task.mentions("train"), task.queries("train"))
+        if config.retrieval.index_training_mentions
+        else NameIndex.build(task.vocabulary)
+    )
     index.embed(encoder, tokenizer, config.retrieval)
 
     classifier = classifier_tokenizer = None
@@ -211,8 +239,17 @@ def main(argv: list[str] | None = None) -> None:
             tags["classifier_run"] = read_run_record(args.classifier_run_record)["runs"]["gold"]
     detector = LexiconDetector.fit([n for ns in names.values() for n in ns], task.splits["train"])
     min_precision, _ = choose_min_precision(detector, task.splits["dev"])
-    model = HybridNormalizer(encoder, tokenizer, index, config.retrieval, classifier, classifier_tokenizer,
-                             classifier_max_length, config.classifier_top_k, detector=detector.with_min_precision(min_precision))
+    model = HybridNormalizer(
+        encoder,
+        tokenizer,
+        index,
+        config.retrieval,
+        classifier,
+        classifier_tokenizer,
+        classifier_max_length,
+        config.classifier_top_k,
+        detector=detector.with_min_precision(min_precision),
+    )
 
     dev = model.candidates(task.queries("dev"))
     test_queries = task.queries("test")
@@ -239,24 +276,45 @@ def main(argv: list[str] | None = None) -> None:
         last = i == len(variants) - 1
         if last:
             model.settings = settings
-            detected = score_detected(task, model.detector, lambda queries: [a.concept_ids for a in model.predict(queries)])
+            detected = score_detected(
+                task, model.detector, lambda queries: [a.concept_ids for a in model.predict(queries)]
+            )
             result.update({f"text_{k}": v for k, v in detected.items()})
-        run_tags = {**tags, "model": variant, "model_label": variant_label(variant, retrieval_label, config),
-                    "model_path": str(model_dir), "variant": variant}
-        with start_run(experiment=f"finetune-{args.corpus}", run_name=f"{variant}-{args.corpus}-s{args.seed}",
-                       tags=run_tags, params=stage_params) as run:
-            mlflow.log_params({**{f"retrieval_{k}": v for k, v in asdict(config.retrieval).items()},
-                               **{k: v for k, v in asdict(settings).items()}, "encoder": config.encoder,
-                               "classifier_model": config.classifier_model if config.classifier else "",
-                               "max_length": config.retrieval.max_length, "index_entries": len(index),
-                               "detector_min_precision": min_precision, "corpus": args.corpus, "seed": args.seed,
-                               "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision})
+        run_tags = {
+            **tags,
+            "model": variant,
+            "model_label": variant_label(variant, retrieval_label, config),
+            "model_path": str(model_dir),
+            "variant": variant,
+        }
+        with start_run(
+            experiment=f"finetune-{args.corpus}",
+            run_name=f"{variant}-{args.corpus}-s{args.seed}",
+            tags=run_tags,
+            params=stage_params,
+        ) as run:
+            mlflow.log_params(
+                {
+                    **{f"retrieval_{k}": v for k, v in asdict(config.retrieval).items()},
+                    **{k: v for k, v in asdict(settings).items()},
+                    "encoder": config.encoder,
+                    "classifier_model": config.classifier_model if config.classifier else "",
+                    "max_length": config.retrieval.max_length,
+                    "index_entries": len(index),
+                    "detector_min_precision": min_precision,
+                    "corpus": args.corpus,
+                    "seed": args.seed,
+                    "processes": accelerator.num_processes,
+                    "mixed_precision": accelerator.mixed_precision,
+                }
+            )
             for record in history:
                 mlflow.log_metric("retrieval_loss", record["loss"], step=record["step"])
             mlflow.log_metrics({("dev_f1" if k == "dev_f1" else f"test_{k}"): v for k, v in result.items()})
             # wall clock: MLflow only, not the DVC metrics
-            mlflow.log_metrics({"retrieval_train_seconds": round(train_seconds, 1),
-                                "candidates_seconds": round(test_seconds, 1)})
+            mlflow.log_metrics(
+                {"retrieval_train_seconds": round(train_seconds, 1), "candidates_seconds": round(test_seconds, 1)}
+            )
             mlflow.log_dict(tables, "dev_choices.json")
             mlflow.log_artifact(str(predictions))
             if last:  # the folder serves every variant: logged once, for the UI (stages read the DVC out)
@@ -264,14 +322,31 @@ def main(argv: list[str] | None = None) -> None:
             runs[variant] = run.info.run_id
         if last and task.level == "mention":  # the clinical corpus is also scored from detected mentions
             runs[f"{variant}-predicted"] = log_detected_run(
-                f"finetune-{args.corpus}", f"{variant}-{args.corpus}-s{args.seed}", run_tags, stage_params, runs[variant],
-                {k.removeprefix("text_"): v for k, v in result.items() if k.startswith("text_")})
+                f"finetune-{args.corpus}",
+                f"{variant}-{args.corpus}-s{args.seed}",
+                run_tags,
+                stage_params,
+                runs[variant],
+                {k.removeprefix("text_"): v for k, v in result.items() if k.startswith("text_")},
+            )
         results[variant] = {"settings": asdict(settings), "test": result}
-        log.info("%s: test F1 %.4f, acc@1 %.4f (seen %.4f, unseen %.4f)", variant, result["f1"], result["acc1"],
-                 result["acc1_seen"], result["acc1_unseen"])
+        log.info(
+            "%s: test F1 %.4f, acc@1 %.4f (seen %.4f, unseen %.4f)",
+            variant,
+            result["f1"],
+            result["acc1"],
+            result["acc1_seen"],
+            result["acc1_unseen"],
+        )
     write_json(args.metrics, results)
-    write_run_record(args.run_record, runs, experiment=f"finetune-{args.corpus}", corpus=args.corpus, seed=args.seed,
-                     model_dir=str(model_dir))
+    write_run_record(
+        args.run_record,
+        runs,
+        experiment=f"finetune-{args.corpus}",
+        corpus=args.corpus,
+        seed=args.seed,
+        model_dir=str(model_dir),
+    )
 
 
 if __name__ == "__main__":

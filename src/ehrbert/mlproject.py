@@ -93,7 +93,9 @@ def render(commands: dict[str, tuple[str, list[str]]]) -> str:
         lines.append(f"  {stage}:")
         if parameters:
             lines.append("    parameters:")
-            lines += [f"      {name}: {{type: string, default: {shlex.quote(value)}}}" for name, value in parameters.items()]
+            lines += [
+                f"      {name}: {{type: string, default: {shlex.quote(value)}}}" for name, value in parameters.items()
+            ]
         lines.append(f"    command: {_yaml_string(text)}")
         lines.append("")
     return "\n".join(lines)

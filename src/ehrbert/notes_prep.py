@@ -139,7 +139,9 @@ def prepare_notes(notes: list[Document], config: NotesConfig) -> tuple[dict[str,
     return splits, ids, metrics
 
 
-def biomedical_documents(abstracts: list[Document], concepts: list[Concept], held_out_ids: set[str]) -> tuple[list[Document], int]:
+def biomedical_documents(
+    abstracts: list[Document], concepts: list[Concept], held_out_ids: set[str]
+) -> tuple[list[Document], int]:
     """(documents, abstracts left out) of the biomedical stand-in's text.
 
     Abstracts become `PMID:<id>` documents (title on its own line) unless their PMID is in `held_out_ids`;
@@ -161,7 +163,9 @@ def biomedical_documents(abstracts: list[Document], concepts: list[Concept], hel
     return list(documents.values()), left_out
 
 
-def prepare_biomedical(abstracts: list[Document], concepts: list[Concept], held_out_ids: set[str]) -> tuple[list[str], list[Prepared], dict]:
+def prepare_biomedical(
+    abstracts: list[Document], concepts: list[Concept], held_out_ids: set[str]
+) -> tuple[list[str], list[Prepared], dict]:
     """(document IDs, prepared documents, metrics) of the biomedical stand-in's text."""
     documents, left_out = biomedical_documents(abstracts, concepts, held_out_ids)
     prepared = [(doc.doc_id, prepare_text(doc.text)) for doc in tqdm(documents, desc="biomedical", unit="doc")]
@@ -183,8 +187,15 @@ def _notes_main(args: argparse.Namespace) -> None:
         (args.out_dir / f"{split}.txt").write_text(format_sentence_documents(as_lines(documents)), encoding="utf-8")
     write_json(args.out_dir / "note_ids.json", ids)
     write_json(args.metrics, metrics)
-    log.info("%d notes, %d sentences, %d tokens; held-out %d, half %d, full %d notes", metrics["notes"],
-             metrics["sentences"], metrics["tokens"], metrics["heldout_notes"], metrics["half_notes"], metrics["full_notes"])
+    log.info(
+        "%d notes, %d sentences, %d tokens; held-out %d, half %d, full %d notes",
+        metrics["notes"],
+        metrics["sentences"],
+        metrics["tokens"],
+        metrics["heldout_notes"],
+        metrics["half_notes"],
+        metrics["full_notes"],
+    )
 
 
 def _biomedical_main(args: argparse.Namespace) -> None:
@@ -196,8 +207,13 @@ def _biomedical_main(args: argparse.Namespace) -> None:
     (args.out_dir / "corpus.txt").write_text(format_sentence_documents(as_lines(documents)), encoding="utf-8")
     (args.out_dir / "doc_ids.txt").write_text("".join(f"{doc_id}\n" for doc_id in doc_ids))
     write_json(args.metrics, metrics)
-    log.info("%d abstracts (%d left out as dev/test), %d definitions, %d tokens", metrics["abstracts"],
-             metrics["abstracts_left_out"], metrics["definitions"], metrics["tokens"])
+    log.info(
+        "%d abstracts (%d left out as dev/test), %d definitions, %d tokens",
+        metrics["abstracts"],
+        metrics["abstracts_left_out"],
+        metrics["definitions"],
+        metrics["tokens"],
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -209,10 +225,17 @@ def main(argv: list[str] | None = None) -> None:
     notes.add_argument("--out-dir", type=Path, required=True, help="heldout/half/full.txt and note_ids.json")
     notes.add_argument("--metrics", type=Path, required=True)
     notes.set_defaults(run=_notes_main)
-    bio = commands.add_parser("biomedical", help="text of the biomedical stand-in: training abstracts + MEDIC definitions")
+    bio = commands.add_parser(
+        "biomedical", help="text of the biomedical stand-in: training abstracts + MEDIC definitions"
+    )
     bio.add_argument("--train", type=Path, action="append", required=True, help="PubTator training file (repeat)")
-    bio.add_argument("--held-out", type=Path, action="append", default=[],
-                     help="PubTator dev/test file whose PMIDs must not enter (repeat)")
+    bio.add_argument(
+        "--held-out",
+        type=Path,
+        action="append",
+        default=[],
+        help="PubTator dev/test file whose PMIDs must not enter (repeat)",
+    )
     bio.add_argument("--medic", type=Path, required=True, help="CTD_diseases.tsv(.gz), for its definitions")
     bio.add_argument("--out-dir", type=Path, required=True, help="corpus.txt and doc_ids.txt")
     bio.add_argument("--metrics", type=Path, required=True)

@@ -59,7 +59,9 @@ def find_prediction_files(root: Path, corpus: str, models: list[str]) -> dict[tu
     found: dict[tuple[str, int], Path] = {}
     for model in models:
         prefix = f"{model}-{corpus}-s"
-        seeds = sorted(int(p.name[len(prefix):]) for p in Path(root).glob(f"{prefix}*") if p.name[len(prefix):].isdigit())
+        seeds = sorted(
+            int(p.name[len(prefix) :]) for p in Path(root).glob(f"{prefix}*") if p.name[len(prefix) :].isdigit()
+        )
         for seed in seeds:
             path = run_folder(root, model, corpus, seed) / PREDICTION_FILE
             if path.is_file():

@@ -121,11 +121,17 @@ class PretrainingObjective(torch.nn.Module):
         super().__init__()
         heads = getattr(model, "cls", None)
         if not (hasattr(heads, "predictions") and hasattr(heads, "seq_relationship")):
-            raise TypeError(f"{type(model).__name__} has no BERT pretraining heads (cls.predictions, cls.seq_relationship)")
+            raise TypeError(
+                f"{type(model).__name__} has no BERT pretraining heads (cls.predictions, cls.seq_relationship)"
+            )
         self.model = model
 
-    def forward(self, input_ids, token_type_ids, attention_mask, labels, next_sentence_label) -> dict[str, torch.Tensor]:
-        encoded = self.model.base_model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+    def forward(
+        self, input_ids, token_type_ids, attention_mask, labels, next_sentence_label
+    ) -> dict[str, torch.Tensor]:
+        encoded = self.model.base_model(
+            input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask
+        )
         predicted = labels != -100  # (B, L)
         return {
             "word_logits": self.model.cls.predictions(encoded.last_hidden_state[predicted]),  # (M, V)
@@ -137,9 +143,13 @@ class PretrainingObjective(torch.nn.Module):
 
 
 def _forward(objective, batch: dict) -> dict[str, torch.Tensor]:
-    return objective(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                     attention_mask=batch["attention_mask"], labels=batch["labels"],
-                     next_sentence_label=batch["next_sentence_label"])
+    return objective(
+        input_ids=batch["input_ids"],
+        token_type_ids=batch["token_type_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=batch["labels"],
+        next_sentence_label=batch["next_sentence_label"],
+    )
 
 
 def pretraining_losses(out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,11 +168,14 @@ def evaluate(objective, dataloader, accelerator: Accelerator) -> dict[str, float
         out = _forward(objective, batch)
         word_losses = F.cross_entropy(out["word_logits"].float(), out["word_labels"], reduction="none")  # (M,)
         rows, size = out["word_rows"], len(batch["input_ids"])
-        per_example = torch.stack([
-            word_losses.new_zeros(size).index_add_(0, rows, word_losses),  # summed loss of its masked word pieces
-            word_losses.new_zeros(size).index_add_(0, rows, torch.ones_like(word_losses)),  # how many
-            (out["nsp_logits"].argmax(-1) == out["nsp_labels"]).float(),  # NSP right
-        ], dim=1)  # (B, 3)
+        per_example = torch.stack(
+            [
+                word_losses.new_zeros(size).index_add_(0, rows, word_losses),  # summed loss of its masked word pieces
+                word_losses.new_zeros(size).index_add_(0, rows, torch.ones_like(word_losses)),  # how many
+                (out["nsp_logits"].argmax(-1) == out["nsp_labels"]).float(),  # NSP right
+            ],
+            dim=1,
+        )  # (B, 3)
         per_example = accelerator.gather_for_metrics(per_example)
         loss_sum += per_example[:, 0].sum().item()
         masked += int(per_example[:, 1].sum().item())
@@ -170,14 +183,21 @@ def evaluate(objective, dataloader, accelerator: Accelerator) -> dict[str, float
         examples += len(per_example)
     objective.train()
     mlm_loss = loss_sum / max(masked, 1)
-    return {"mlm_loss": mlm_loss, "perplexity": math.exp(mlm_loss), "nsp_accuracy": correct / max(examples, 1),
-            "masked_word_pieces": masked}
+    return {
+        "mlm_loss": mlm_loss,
+        "perplexity": math.exp(mlm_loss),
+        "nsp_accuracy": correct / max(examples, 1),
+        "masked_word_pieces": masked,
+    }
 
 
 def _optimizer(model, config: PretrainConfig, device: torch.device) -> torch.optim.Optimizer:
     no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
     groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": config.weight_decay},
+        {
+            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "weight_decay": config.weight_decay,
+        },
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=config.learning_rate, fused=device.type in ("cpu", "cuda"))
@@ -193,15 +213,31 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, record: dic
     accelerator.wait_for_everyone()
 
 
-def train(objective, optimizer, scheduler, train_dl, accelerator: Accelerator, config: PretrainConfig, *, total_steps: int,
-          steps_per_epoch: int, start_step: int, checkpoint_dir: Path, checkpoint_every: int, keep: int,
-          record: dict, label: str) -> dict:
+def train(
+    objective,
+    optimizer,
+    scheduler,
+    train_dl,
+    accelerator: Accelerator,
+    config: PretrainConfig,
+    *,
+    total_steps: int,
+    steps_per_epoch: int,
+    start_step: int,
+    checkpoint_dir: Path,
+    checkpoint_every: int,
+    keep: int,
+    record: dict,
+    label: str,
+) -> dict:
     """Optimizer steps `start_step` + 1 .. `total_steps`, in place; returns what this invocation did."""
     accumulation = accelerator.gradient_accumulation_steps
     epoch, skip = position(start_step, steps_per_epoch, accumulation)
     completed, window = start_step, torch.zeros(3, device=accelerator.device)  # window: MLM loss, NSP loss, tokens
     tokens, examples = 0, 0
-    progress = tqdm(total=total_steps, initial=start_step, desc=label, unit="step", disable=not accelerator.is_local_main_process)
+    progress = tqdm(
+        total=total_steps, initial=start_step, desc=label, unit="step", disable=not accelerator.is_local_main_process
+    )
     started = window_started = time.perf_counter()
     objective.train()
     while completed < total_steps:
@@ -223,11 +259,18 @@ def train(objective, optimizer, scheduler, train_dl, accelerator: Accelerator, c
             if not accelerator.sync_gradients:
                 continue
             completed += 1
-            mlm_loss, nsp_loss, window_tokens = (accelerator.reduce(window, "sum") / torch.tensor(
-                [accelerator.num_processes * accumulation] * 2 + [1], device=window.device)).tolist()
+            mlm_loss, nsp_loss, window_tokens = (
+                accelerator.reduce(window, "sum")
+                / torch.tensor([accelerator.num_processes * accumulation] * 2 + [1], device=window.device)
+            ).tolist()
             now = time.perf_counter()
-            metrics = {"train_loss": mlm_loss + nsp_loss, "train_mlm_loss": mlm_loss, "train_nsp_loss": nsp_loss,
-                       "learning_rate": scheduler.get_last_lr()[0], "tokens_per_s": window_tokens / (now - window_started)}
+            metrics = {
+                "train_loss": mlm_loss + nsp_loss,
+                "train_mlm_loss": mlm_loss,
+                "train_nsp_loss": nsp_loss,
+                "learning_rate": scheduler.get_last_lr()[0],
+                "tokens_per_s": window_tokens / (now - window_started),
+            }
             window.zero_()
             window_started = now
             if accelerator.is_main_process:
@@ -242,16 +285,24 @@ def train(objective, optimizer, scheduler, train_dl, accelerator: Accelerator, c
     progress.close()
     seconds = time.perf_counter() - started
     counts = accelerator.gather(torch.tensor([examples, tokens], device=accelerator.device).view(1, 2)).tolist()
-    return {"steps_run": completed - start_step, "train_seconds": seconds,
-            "examples_per_process": [c[0] for c in counts], "tokens_per_process": [c[1] for c in counts],
-            "train_tokens_per_s": sum(c[1] for c in counts) / seconds if seconds > 0 else 0.0}
+    return {
+        "steps_run": completed - start_step,
+        "train_seconds": seconds,
+        "examples_per_process": [c[0] for c in counts],
+        "tokens_per_process": [c[1] for c in counts],
+        "train_tokens_per_s": sum(c[1] for c in counts) / seconds if seconds > 0 else 0.0,
+    }
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", required=True, help="section pretrain.<stage> of params.yaml: base, bio, ehr_half, ehr_full")
+    parser.add_argument(
+        "--stage", required=True, help="section pretrain.<stage> of params.yaml: base, bio, ehr_half, ehr_full"
+    )
     parser.add_argument("--init", required=True, help="initial checkpoint: folder, hub ID or package:<module>")
-    parser.add_argument("--train", type=Path, help="training examples (.npz from ehrbert.pretraining_data); not with max_steps 0")
+    parser.add_argument(
+        "--train", type=Path, help="training examples (.npz from ehrbert.pretraining_data); not with max_steps 0"
+    )
     parser.add_argument("--heldout", type=Path, required=True, help="held-out masked examples (.npz)")
     parser.add_argument("--out", type=Path, required=True, help="final model + tokenizer (save_pretrained)")
     parser.add_argument("--metrics", type=Path, required=True)
@@ -260,8 +311,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps between checkpoints")
     parser.add_argument("--keep-checkpoints", type=int, default=1, help="newest checkpoints kept; 0: all")
-    parser.add_argument("--resume", choices=["auto", "never"], default="auto",
-                        help="auto: continue from the newest matching checkpoint; never: discard checkpoints, start over")
+    parser.add_argument(
+        "--resume",
+        choices=["auto", "never"],
+        default="auto",
+        help="auto: continue from the newest matching checkpoint; never: discard checkpoints, start over",
+    )
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="per process")
     args = parser.parse_args(argv)
@@ -270,7 +325,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _resume_point(accelerator: Accelerator, args: argparse.Namespace, fingerprint: str) -> tuple[int, Path, dict] | None:
+def _resume_point(
+    accelerator: Accelerator, args: argparse.Namespace, fingerprint: str
+) -> tuple[int, Path, dict] | None:
     """The checkpoint to resume from, if any; checkpoints that cannot be resumed are deleted."""
     resume = checkpoints.latest(args.checkpoint_dir, fingerprint) if args.resume == "auto" else None
     accelerator.wait_for_everyone()  # every process has looked before anything is deleted
@@ -288,12 +345,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"pretrain.{args.stage} trains (max_steps is not 0): --train is required")
 
     # the seedable sampler draws each epoch's order from data_seed + epoch: the same order after a restart
-    accelerator = make_accelerator(gradient_accumulation_steps=args.grad_accum,
-                                   dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
+    accelerator = make_accelerator(
+        gradient_accumulation_steps=args.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+    )
     setup_logging(accelerator.is_main_process)
     world, accumulation = accelerator.num_processes, args.grad_accum
     if config.batch_size % (world * accumulation):
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by {world} processes x {accumulation} accumulation steps")
+        raise ValueError(
+            f"batch_size {config.batch_size} is not divisible by {world} processes x {accumulation} accumulation steps"
+        )
     micro_batch = config.batch_size // (world * accumulation)
     set_seed(config.seed, device_specific=True)  # masks differ between processes; DDP copies rank 0's new heads
 
@@ -304,27 +365,47 @@ def main(argv: list[str] | None = None) -> None:
     vocabulary = vocabulary_digest(tokenizer)
     for path, meta in ((args.train, train_meta), (args.heldout, heldout_meta)):
         if meta and meta["vocabulary"] != vocabulary:
-            raise ValueError(f"{path} was tokenized with {meta['tokenizer']}, whose vocabulary differs from {args.init}'s")
+            raise ValueError(
+                f"{path} was tokenized with {meta['tokenizer']}, whose vocabulary differs from {args.init}'s"
+            )
     if new_heads:
-        log.warning("%s lacks %d weights, newly initialized: %s. Its held-out perplexity measures an untrained head.",
-                    args.init, len(new_heads), ", ".join(new_heads))
+        log.warning(
+            "%s lacks %d weights, newly initialized: %s. Its held-out perplexity measures an untrained head.",
+            args.init,
+            len(new_heads),
+            ", ".join(new_heads),
+        )
 
     eval_dl = accelerator.prepare(DataLoader(MaskedPairDataset(heldout_arrays), batch_size=args.eval_batch_size))
     train_dl, steps_per_epoch, total_steps = None, 0, 0
     if train_arrays is not None:
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=config.mlm_probability, pad_to_multiple_of=8)
-        train_dl = accelerator.prepare(DataLoader(PairDataset(train_arrays), batch_size=micro_batch, shuffle=True,
-                                                  drop_last=True, collate_fn=collator))
+        collator = DataCollatorForLanguageModeling(
+            tokenizer, mlm_probability=config.mlm_probability, pad_to_multiple_of=8
+        )
+        train_dl = accelerator.prepare(
+            DataLoader(
+                PairDataset(train_arrays), batch_size=micro_batch, shuffle=True, drop_last=True, collate_fn=collator
+            )
+        )
         steps_per_epoch, total_steps = plan(len(train_dl), accumulation, config)
     objective = PretrainingObjective(model)
     optimizer = _optimizer(objective, config, accelerator.device)
     # a prepared scheduler steps once per process at each optimizer step
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps) * world, total_steps * world)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, round(config.warmup_ratio * total_steps) * world, total_steps * world
+    )
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
 
-    made_of = {"stage": args.stage, "config": asdict(config), "init": checkpoints.digest(resolve_model(args.init)),
-               "train": checkpoints.digest(args.train) if train_dl else None, "processes": world,
-               "accumulation": accumulation, "mixed_precision": accelerator.mixed_precision, "total_steps": total_steps}
+    made_of = {
+        "stage": args.stage,
+        "config": asdict(config),
+        "init": checkpoints.digest(resolve_model(args.init)),
+        "train": checkpoints.digest(args.train) if train_dl else None,
+        "processes": world,
+        "accumulation": accumulation,
+        "mixed_precision": accelerator.mixed_precision,
+        "total_steps": total_steps,
+    }
     fingerprint = checkpoints.fingerprint(made_of)
     resume = _resume_point(accelerator, args, fingerprint)
     if resume is not None:
@@ -336,53 +417,119 @@ def main(argv: list[str] | None = None) -> None:
         start_step, before = 0, evaluate(objective, eval_dl, accelerator)
     log.info("held-out before: perplexity %.2f, NSP accuracy %.3f", before["perplexity"], before["nsp_accuracy"])
 
-    tags = {"model_label": info.label, "stage": args.stage, "stands_in_for": info.stands_in_for or "-",
-            "init_checkpoint": args.init, "init_path": resolve_model(args.init), "fingerprint": fingerprint,
-            "newly_initialized_heads": ", ".join(new_heads)[:5000] or "-",
-            "resumed_from_step": str(start_step) if resume else "-"}
+    tags = {
+        "model_label": info.label,
+        "stage": args.stage,
+        "stands_in_for": info.stands_in_for or "-",
+        "init_checkpoint": args.init,
+        "init_path": resolve_model(args.init),
+        "fingerprint": fingerprint,
+        "newly_initialized_heads": ", ".join(new_heads)[:5000] or "-",
+        "resumed_from_step": str(start_step) if resume else "-",
+    }
     if resume:
         tags["resumed_mlflow_run"] = resume[2].get("mlflow_run_id") or "-"
     stage_params = {"pretrain": asdict(config), f"pretrain.{args.stage}": asdict(info)}
-    tracking = (start_run(EXPERIMENT, run_name=info.label, tags=tags, params=stage_params) if accelerator.is_main_process
-                else contextlib.nullcontext())
+    tracking = (
+        start_run(EXPERIMENT, run_name=info.label, tags=tags, params=stage_params)
+        if accelerator.is_main_process
+        else contextlib.nullcontext()
+    )
     with tracking as run:
         if accelerator.is_main_process:
-            mlflow.log_params({**asdict(config), "stage": args.stage, "init": args.init, "train": str(args.train),
-                               "heldout": str(args.heldout), "processes": world, "grad_accum": accumulation,
-                               "per_device_batch_size": micro_batch, "mixed_precision": accelerator.mixed_precision,
-                               "train_examples": len(train_arrays["lengths"]) if train_dl else 0,
-                               "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                               "max_seq_length": int(heldout_arrays["input_ids"].shape[1])})
+            mlflow.log_params(
+                {
+                    **asdict(config),
+                    "stage": args.stage,
+                    "init": args.init,
+                    "train": str(args.train),
+                    "heldout": str(args.heldout),
+                    "processes": world,
+                    "grad_accum": accumulation,
+                    "per_device_batch_size": micro_batch,
+                    "mixed_precision": accelerator.mixed_precision,
+                    "train_examples": len(train_arrays["lengths"]) if train_dl else 0,
+                    "steps_per_epoch": steps_per_epoch,
+                    "total_steps": total_steps,
+                    "max_seq_length": int(heldout_arrays["input_ids"].shape[1]),
+                }
+            )
             mlflow.log_metrics({f"heldout_{k}_before": v for k, v in before.items()}, step=start_step)
-        record = {"fingerprint": fingerprint, "made_of": made_of, "heldout_before": before,
-                  "mlflow_run_id": run.info.run_id if run else None}
-        done = {"steps_run": 0, "train_seconds": 0.0, "examples_per_process": [0] * world,
-                "tokens_per_process": [0] * world, "train_tokens_per_s": 0.0}
+        record = {
+            "fingerprint": fingerprint,
+            "made_of": made_of,
+            "heldout_before": before,
+            "mlflow_run_id": run.info.run_id if run else None,
+        }
+        done = {
+            "steps_run": 0,
+            "train_seconds": 0.0,
+            "examples_per_process": [0] * world,
+            "tokens_per_process": [0] * world,
+            "train_tokens_per_s": 0.0,
+        }
         if total_steps:
-            done = train(objective, optimizer, scheduler, train_dl, accelerator, config, total_steps=total_steps,
-                         steps_per_epoch=steps_per_epoch, start_step=start_step, checkpoint_dir=args.checkpoint_dir,
-                         checkpoint_every=args.checkpoint_every, keep=args.keep_checkpoints, record=record, label=info.label)
+            done = train(
+                objective,
+                optimizer,
+                scheduler,
+                train_dl,
+                accelerator,
+                config,
+                total_steps=total_steps,
+                steps_per_epoch=steps_per_epoch,
+                start_step=start_step,
+                checkpoint_dir=args.checkpoint_dir,
+                checkpoint_every=args.checkpoint_every,
+                keep=args.keep_checkpoints,
+                record=record,
+                label=info.label,
+            )
         after = evaluate(objective, eval_dl, accelerator) if total_steps else before
-        log.info("held-out after: perplexity %.2f (before %.2f), NSP accuracy %.3f; %d steps here, %.0f tokens/s",
-                 after["perplexity"], before["perplexity"], after["nsp_accuracy"], done["steps_run"], done["train_tokens_per_s"])
+        log.info(
+            "held-out after: perplexity %.2f (before %.2f), NSP accuracy %.3f; %d steps here, %.0f tokens/s",
+            after["perplexity"],
+            before["perplexity"],
+            after["nsp_accuracy"],
+            done["steps_run"],
+            done["train_tokens_per_s"],
+        )
 
         accelerator.wait_for_everyone()
-        accelerator.unwrap_model(objective).model.save_pretrained(args.out, is_main_process=accelerator.is_main_process,
-                                                                  save_function=accelerator.save)
+        accelerator.unwrap_model(objective).model.save_pretrained(
+            args.out, is_main_process=accelerator.is_main_process, save_function=accelerator.save
+        )
         if accelerator.is_main_process:
             tokenizer.save_pretrained(args.out)
-            summary = {"label": info.label, "stands_in_for": info.stands_in_for, "init": args.init,
-                       "train": str(args.train), "heldout": str(args.heldout), "newly_initialized_heads": new_heads,
-                       "fingerprint": fingerprint, "made_of": made_of, "total_steps": total_steps,
-                       "steps_per_epoch": steps_per_epoch, "batches_per_epoch": len(train_dl) if train_dl else 0,
-                       "processes": world,
-                       "heldout_before": before, "heldout_after": after}
+            summary = {
+                "label": info.label,
+                "stands_in_for": info.stands_in_for,
+                "init": args.init,
+                "train": str(args.train),
+                "heldout": str(args.heldout),
+                "newly_initialized_heads": new_heads,
+                "fingerprint": fingerprint,
+                "made_of": made_of,
+                "total_steps": total_steps,
+                "steps_per_epoch": steps_per_epoch,
+                "batches_per_epoch": len(train_dl) if train_dl else 0,
+                "processes": world,
+                "heldout_before": before,
+                "heldout_after": after,
+            }
             write_json(args.out / "pretraining.json", summary)
-            metrics = {"init_new_head_weights": len(new_heads), "heldout_perplexity_before": before["perplexity"],
-                       "heldout_perplexity_after": after["perplexity"], "heldout_nsp_accuracy_before": before["nsp_accuracy"],
-                       "heldout_nsp_accuracy_after": after["nsp_accuracy"], "train_steps": total_steps}
+            metrics = {
+                "init_new_head_weights": len(new_heads),
+                "heldout_perplexity_before": before["perplexity"],
+                "heldout_perplexity_after": after["perplexity"],
+                "heldout_nsp_accuracy_before": before["nsp_accuracy"],
+                "heldout_nsp_accuracy_after": after["nsp_accuracy"],
+                "train_steps": total_steps,
+            }
             mlflow.log_metrics({f"heldout_{k}_after": v for k, v in after.items()}, step=total_steps)
-            mlflow.log_metrics({"train_tokens_per_s_mean": done["train_tokens_per_s"], "train_seconds": done["train_seconds"]})
+            mlflow.log_metrics(
+                {"train_tokens_per_s_mean": done["train_tokens_per_s"], "train_seconds": done["train_seconds"]}
+            )
             # what this invocation did (a resumed run does less): MLflow only, so the model folder depends on the
             # configuration alone
             mlflow.log_dict({**done, "resumed_from_step": start_step if resume else None}, "progress.json")

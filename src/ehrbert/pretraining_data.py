@@ -143,17 +143,26 @@ def to_arrays(pairs: list[Pair], tokenizer: PreTrainedTokenizerBase, max_seq_len
     return arrays
 
 
-def mask_once(arrays: dict[str, np.ndarray], tokenizer: PreTrainedTokenizerBase, mlm_probability: float, seed: int) -> dict[str, np.ndarray]:
+def mask_once(
+    arrays: dict[str, np.ndarray], tokenizer: PreTrainedTokenizerBase, mlm_probability: float, seed: int
+) -> dict[str, np.ndarray]:
     """The arrays plus one fixed masking (80 % [MASK], 10 % random, 10 % kept) by the training collator's rule."""
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
-    features = [{"input_ids": ids, "special_tokens_mask": special}
-                for ids, special in zip(arrays["input_ids"].tolist(), arrays["special_tokens_mask"].tolist())]
+    features = [
+        {"input_ids": ids, "special_tokens_mask": special}
+        for ids, special in zip(arrays["input_ids"].tolist(), arrays["special_tokens_mask"].tolist())
+    ]
     batch = collator(features) if features else {"input_ids": torch.zeros(0, 0), "labels": torch.zeros(0, 0)}
-    return {**arrays, "masked_input_ids": batch["input_ids"].numpy().astype(np.int32),
-            "labels": batch["labels"].numpy().astype(np.int32)}
+    return {
+        **arrays,
+        "masked_input_ids": batch["input_ids"].numpy().astype(np.int32),
+        "labels": batch["labels"].numpy().astype(np.int32),
+    }
 
 
-def build(documents: list[list[str]], tokenizer: PreTrainedTokenizerBase, config: PairConfig, held_out: bool = False) -> dict[str, np.ndarray]:
+def build(
+    documents: list[list[str]], tokenizer: PreTrainedTokenizerBase, config: PairConfig, held_out: bool = False
+) -> dict[str, np.ndarray]:
     """The example arrays of one corpus (documents of sentences, as `read_sentence_documents` gives them)."""
     arrays = to_arrays(pair_examples(encode_documents(documents, tokenizer), config), tokenizer, config.max_seq_length)
     return mask_once(arrays, tokenizer, config.mlm_probability, config.seed) if held_out else arrays
@@ -234,9 +243,15 @@ def _named_path(value: str) -> tuple[str, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", required=True, help="model whose WordPiece vocabulary to use (see ehrbert.checkpoints)")
-    parser.add_argument("--corpus", type=_named_path, action="append", default=[], help="NAME=PATH of a training corpus (repeat)")
-    parser.add_argument("--heldout", type=_named_path, action="append", default=[], help="NAME=PATH of a held-out corpus (repeat)")
+    parser.add_argument(
+        "--tokenizer", required=True, help="model whose WordPiece vocabulary to use (see ehrbert.checkpoints)"
+    )
+    parser.add_argument(
+        "--corpus", type=_named_path, action="append", default=[], help="NAME=PATH of a training corpus (repeat)"
+    )
+    parser.add_argument(
+        "--heldout", type=_named_path, action="append", default=[], help="NAME=PATH of a held-out corpus (repeat)"
+    )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out-dir", type=Path, required=True, help="NAME.npz for each corpus")
     parser.add_argument("--metrics", type=Path, required=True)
@@ -246,15 +261,24 @@ def main(argv: list[str] | None = None) -> None:
     section = read_params(args.params)["pretrain"]
     config = PairConfig(**{key: section[key] for key in PairConfig.__dataclass_fields__})
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.tokenizer))
-    meta = {"tokenizer": args.tokenizer, "vocabulary": vocabulary_digest(tokenizer), "vocab_size": len(tokenizer),
-            "config": vars(config)}
+    meta = {
+        "tokenizer": args.tokenizer,
+        "vocabulary": vocabulary_digest(tokenizer),
+        "vocab_size": len(tokenizer),
+        "config": vars(config),
+    }
     metrics: dict[str, float] = {}
     for (name, path), held_out in [(item, False) for item in args.corpus] + [(item, True) for item in args.heldout]:
         arrays = build(read_sentence_documents(path), tokenizer, config, held_out=held_out)
         save_examples(args.out_dir / f"{name}.npz", arrays, {**meta, "source": str(path), "held_out": held_out})
         metrics.update(statistics(name, arrays))
-        log.info("%s: %d examples, %d word pieces, %.1f %% random next", name, metrics[f"{name}_examples"],
-                 metrics[f"{name}_word_pieces"], 100 * metrics[f"{name}_random_next_fraction"])
+        log.info(
+            "%s: %d examples, %d word pieces, %.1f %% random next",
+            name,
+            metrics[f"{name}_examples"],
+            metrics[f"{name}_word_pieces"],
+            100 * metrics[f"{name}_random_next_fraction"],
+        )
     write_json(args.metrics, metrics)
 
 

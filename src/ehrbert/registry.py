@@ -109,11 +109,16 @@ def register_champion(
     created = existing is None
     if created:
         run = client.get_run(run_id)
-        logged = client.create_logged_model(run.info.experiment_id, name="normalizer", source_run_id=run_id,
-                                            params=run.data.params)
+        logged = client.create_logged_model(
+            run.info.experiment_id, name="normalizer", source_run_id=run_id, params=run.data.params
+        )
         if not Path(model_dir).is_dir():
-            raise FileNotFoundError(f"{model_dir}: the model folder of run {run_id} is missing (`dvc pull` or `dvc repro`)")
-        info = log_normalizer(model_dir, concept_names(), max_length=max_length, model_id=logged.model_id, variant=variant)
+            raise FileNotFoundError(
+                f"{model_dir}: the model folder of run {run_id} is missing (`dvc pull` or `dvc repro`)"
+            )
+        info = log_normalizer(
+            model_dir, concept_names(), max_length=max_length, model_id=logged.model_id, variant=variant
+        )
         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
         existing = mlflow.register_model(info.model_uri, name)
         log.info("registered %s version %s from run %s", name, existing.version, run_id)

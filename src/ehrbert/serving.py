@@ -42,12 +42,25 @@ log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent  # the `ehrbert` package: the pyfunc's only code path
 CONCEPTS_FILE = "concepts.tsv"
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "mention", required=False), ColSpec("string", "context", required=False),
-                   ColSpec("string", "text", required=False)]),
-    outputs=Schema([ColSpec("long", "row", required=False), ColSpec("long", "start", required=False),
-                    ColSpec("long", "end", required=False), ColSpec("string", "mention", required=False),
-                    ColSpec("string", "concept_id"), ColSpec("string", "concept_ids"), ColSpec("string", "concept_name"),
-                    ColSpec("double", "score")]),
+    inputs=Schema(
+        [
+            ColSpec("string", "mention", required=False),
+            ColSpec("string", "context", required=False),
+            ColSpec("string", "text", required=False),
+        ]
+    ),
+    outputs=Schema(
+        [
+            ColSpec("long", "row", required=False),
+            ColSpec("long", "start", required=False),
+            ColSpec("long", "end", required=False),
+            ColSpec("string", "mention", required=False),
+            ColSpec("string", "concept_id"),
+            ColSpec("string", "concept_ids"),
+            ColSpec("string", "concept_name"),
+            ColSpec("double", "score"),
+        ]
+    ),
 )
 INPUT_EXAMPLE = pd.DataFrame(
     {
@@ -55,7 +68,15 @@ INPUT_EXAMPLE = pd.DataFrame(
         "context": ["Germline mutations of adenomatous polyposis coli (APC) cause familial polyposis.", ""],
     }
 )
-REQUIREMENTS = ("mlflow", "torch", "transformers", "pandas", "numpy", "pyab3p", "scikit-learn")  # what the model imports at load time
+REQUIREMENTS = (
+    "mlflow",
+    "torch",
+    "transformers",
+    "pandas",
+    "numpy",
+    "pyab3p",
+    "scikit-learn",
+)  # what the model imports at load time
 
 
 def _bad_input(message: str) -> MlflowException:
@@ -72,8 +93,10 @@ def validate_input(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
     if not isinstance(frame, pd.DataFrame):
         raise _bad_input(f"input must be a table with a 'mention' column, got {type(frame).__name__}")
     if "mention" not in frame.columns:
-        raise _bad_input(f"input has no 'mention' column (str, the mention text; or 'text', raw text, for a model "
-                         f"with a detector); columns: {list(frame.columns)}")
+        raise _bad_input(
+            f"input has no 'mention' column (str, the mention text; or 'text', raw text, for a model "
+            f"with a detector); columns: {list(frame.columns)}"
+        )
     mentions = frame["mention"].tolist()
     for row, value in enumerate(mentions):
         if _missing(value):
@@ -85,7 +108,9 @@ def validate_input(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
         if _missing(value):
             contexts[row] = ""
         elif not isinstance(value, str):
-            raise _bad_input(f"'context' must be a string (or missing) in every row; row {row} has {type(value).__name__} {value!r}")
+            raise _bad_input(
+                f"'context' must be a string (or missing) in every row; row {row} has {type(value).__name__} {value!r}"
+            )
     return mentions, contexts
 
 
@@ -123,12 +148,16 @@ def normalize_mentions(
     return answers_frame(concept_names, [tuple(r[:1]) for r in ranked], [s[0] for s in scores])
 
 
-def answers_frame(concept_names: Mapping[str, str], concept_ids: list[tuple[str, ...]], scores: list[float]) -> pd.DataFrame:
+def answers_frame(
+    concept_names: Mapping[str, str], concept_ids: list[tuple[str, ...]], scores: list[float]
+) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "concept_id": pd.Series([ids[0] if ids else "" for ids in concept_ids], dtype=object),
             "concept_ids": pd.Series(["|".join(ids) for ids in concept_ids], dtype=object),
-            "concept_name": pd.Series([" | ".join(concept_names.get(c, "") for c in ids) for ids in concept_ids], dtype=object),
+            "concept_name": pd.Series(
+                [" | ".join(concept_names.get(c, "") for c in ids) for ids in concept_ids], dtype=object
+            ),
             "score": pd.Series(scores, dtype="float64"),
         }
     )
@@ -139,27 +168,34 @@ def validate_texts(frame: pd.DataFrame) -> list[str]:
     texts = frame["text"].tolist()
     for row, value in enumerate(texts):
         if _missing(value) or not isinstance(value, str):
-            raise _bad_input(f"'text' must be a string in every row; row {row} has {'no value' if _missing(value) else repr(value)}")
+            raise _bad_input(
+                f"'text' must be a string in every row; row {row} has {'no value' if _missing(value) else repr(value)}"
+            )
     return texts
 
 
 def annotate_texts(model, concept_names: Mapping[str, str], frame: pd.DataFrame) -> pd.DataFrame:
     """One row per mention found in the input texts: input row, character offsets, mention and its answer."""
     if not isinstance(model, HybridNormalizer) or model.detector is None:
-        raise _bad_input("this model normalizes mentions only: send a 'mention' column (and optional 'context'), not 'text'")
+        raise _bad_input(
+            "this model normalizes mentions only: send a 'mention' column (and optional 'context'), not 'text'"
+        )
     found = [(row, *hit) for row, hits in enumerate(model.annotate(validate_texts(frame))) for hit in hits]
     answers = answers_frame(concept_names, [a.concept_ids for *_, a in found], [a.score for *_, a in found])
-    places = pd.DataFrame({
-        "row": pd.Series([f[0] for f in found], dtype="int64"),
-        "start": pd.Series([f[1] for f in found], dtype="int64"),
-        "end": pd.Series([f[2] for f in found], dtype="int64"),
-        "mention": pd.Series([f[3] for f in found], dtype=object),
-    })
+    places = pd.DataFrame(
+        {
+            "row": pd.Series([f[0] for f in found], dtype="int64"),
+            "start": pd.Series([f[1] for f in found], dtype="int64"),
+            "end": pd.Series([f[2] for f in found], dtype="int64"),
+            "mention": pd.Series([f[3] for f in found], dtype=object),
+        }
+    )
     return pd.concat([places, answers], axis=1)
 
 
-def predict_frame(model, tokenizer, concept_names: Mapping[str, str], frame, max_length: int = 32,
-                  batch_size: int = 256) -> pd.DataFrame:
+def predict_frame(
+    model, tokenizer, concept_names: Mapping[str, str], frame, max_length: int = 32, batch_size: int = 256
+) -> pd.DataFrame:
     """What the served model answers: `annotate_texts` for a `text` column, else `normalize_mentions`."""
     if isinstance(frame, pd.DataFrame) and "text" in frame.columns:
         if "mention" in frame.columns:
@@ -169,7 +205,9 @@ def predict_frame(model, tokenizer, concept_names: Mapping[str, str], frame, max
 
 
 def write_concepts(concept_names: Mapping[str, str], path: Path) -> None:
-    pd.DataFrame({"concept_id": list(concept_names), "name": list(concept_names.values())}).to_csv(path, sep="\t", index=False)
+    pd.DataFrame({"concept_id": list(concept_names), "name": list(concept_names.values())}).to_csv(
+        path, sep="\t", index=False
+    )
 
 
 def read_concepts(path: str | Path) -> dict[str, str]:
@@ -192,4 +230,6 @@ class NormalizerModel(mlflow.pyfunc.PythonModel):
         self.batch_size = int(config.get("predict_batch_size", 256))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return predict_frame(self.model, self.tokenizer, self.concept_names, model_input, self.max_length, self.batch_size)
+        return predict_frame(
+            self.model, self.tokenizer, self.concept_names, model_input, self.max_length, self.batch_size
+        )

@@ -58,8 +58,11 @@ def config_from(cls: type[Config], values: dict, key: str, source: str | Path = 
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise SystemExit(f"{source}: {key} has unknown fields {unknown}; {cls.__name__} takes {sorted(fields)}")
-    missing = sorted(name for name, f in fields.items() if name not in values
-                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    missing = sorted(
+        name
+        for name, f in fields.items()
+        if name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
     if missing:
         raise SystemExit(f"{source}: {key} lacks {missing}")
     try:

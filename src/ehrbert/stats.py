@@ -19,8 +19,10 @@ def mean_sd_columns(group: pd.DataFrame, metrics: Sequence[str]) -> dict[str, fl
     """{metric_mean, metric_sd} for each of `metrics` over the rows (seeds) of `group`."""
     out = {}
     for metric in metrics:
-        out[f"{metric}_mean"], out[f"{metric}_sd"] = group[metric].mean(), (
-            group[metric].std(ddof=1) if len(group) > 1 else math.nan)
+        out[f"{metric}_mean"], out[f"{metric}_sd"] = (
+            group[metric].mean(),
+            (group[metric].std(ddof=1) if len(group) > 1 else math.nan),
+        )
     return out
 
 

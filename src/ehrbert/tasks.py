@@ -18,7 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ehrbert.corpora.cadec import cadec_vocabulary, read_cadec, split_cadec
+from ehrbert.corpora.cadec import read_cadec
+from ehrbert.corpora.cadec_split import split_cadec
+from ehrbert.corpora.cadec_vocabulary import cadec_vocabulary
 from ehrbert.corpora.medic import read_biosyn_dictionary, read_medic
 from ehrbert.corpora.pubtator import CDR_TYPES, NCBI_TYPES, read_pubtator
 from ehrbert.corpora.records import Document, Mention, Vocabulary
@@ -80,7 +82,10 @@ def read_disease_vocabulary(path: Path) -> Vocabulary:
 def load_pubtator_task(name: str, corpus_dir: Path, vocabulary_path: Path) -> Task:
     files, types = {"ncbi": (NCBI_FILES, NCBI_TYPES), "cdr": (CDR_FILES, CDR_TYPES)}[name]
     vocabulary = read_disease_vocabulary(vocabulary_path)
-    splits = {s: _to_primary_ids(read_pubtator(Path(corpus_dir) / f, entity_types=types), vocabulary) for s, f in files.items()}
+    splits = {
+        s: _to_primary_ids(read_pubtator(Path(corpus_dir) / f, entity_types=types), vocabulary)
+        for s, f in files.items()
+    }
     return Task(name, vocabulary, splits, level="document")
 
 
@@ -115,8 +120,9 @@ def load_task(name: str, args: argparse.Namespace, cadec_split: dict) -> Task:
     return load_pubtator_task(name, getattr(args, f"{name}_dir"), getattr(args, f"{name}_vocabulary"))
 
 
-def score_detected(task: Task, detector: LexiconDetector,
-                   answer: Callable[[list[str]], Sequence[Sequence[str]]]) -> dict[str, float]:
+def score_detected(
+    task: Task, detector: LexiconDetector, answer: Callable[[list[str]], Sequence[Sequence[str]]]
+) -> dict[str, float]:
     """Test scores from raw text, as the paper scores the clinical corpus from MetaMap's mentions: `detector`
     finds the mentions of the test documents, `answer` gives each query's concept IDs (none, one or several),
     and the task's own P/R/F1 scores them (mention level: span and concept must match). Also the number of
@@ -124,8 +130,9 @@ def score_detected(task: Task, detector: LexiconDetector,
     documents = task.splits["test"]
     mentions = predicted_mentions(detector, documents)
     answers = answer(task.preprocess(mentions)) if mentions else []
-    scores = score_predictions(documents, [(m.doc_id, m.spans, set(ids)) for m, ids in zip(mentions, answers)],
-                               task.level)
+    scores = score_predictions(
+        documents, [(m.doc_id, m.spans, set(ids)) for m, ids in zip(mentions, answers)], task.level
+    )
     detected: dict[str, list] = {doc.doc_id: [] for doc in documents}
     for mention in mentions:
         detected[mention.doc_id].append(mention.spans[0])

@@ -83,8 +83,15 @@ def start_run(experiment: str, run_name: str, tags: dict[str, str], params: Mapp
             os.environ["MLFLOW_RUN_ID"] = parent
 
 
-def log_detected_run(experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping, trained_in_run: str,
-                     scores: Mapping[str, float], **logged_params) -> str:
+def log_detected_run(
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    params: Mapping,
+    trained_in_run: str,
+    scores: Mapping[str, float],
+    **logged_params,
+) -> str:
     """The extra run of a model scored on test from *detected* mentions (the clinical corpus, as in the paper):
     named `run_name`-predicted, tagged mentions=predicted and with the run that trained the model. Its run ID."""
     tags = {**tags, "mentions": "predicted", "trained_in_run": trained_in_run}

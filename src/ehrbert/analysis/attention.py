@@ -50,8 +50,21 @@ from ehrbert.tracking import read_run_record, start_run
 log = logging.getLogger(__name__)
 
 ATTENTION_COLUMNS = ["case", "corpus", "doc_id", "spans", "model", "layer", "position", "piece", "weight"]
-TOP_K_COLUMNS = ["case", "corpus", "doc_id", "spans", "why", "query", "gold", "model", "rank", "concept_id",
-                      "name", "probability", "correct"]
+TOP_K_COLUMNS = [
+    "case",
+    "corpus",
+    "doc_id",
+    "spans",
+    "why",
+    "query",
+    "gold",
+    "model",
+    "rank",
+    "concept_id",
+    "name",
+    "probability",
+    "correct",
+]
 
 
 @dataclass
@@ -112,8 +125,9 @@ def load_for_attention(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedT
 
 
 @torch.inference_mode()
-def cls_attention(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, query: str,
-                  max_length: int) -> tuple[list[str], np.ndarray]:
+def cls_attention(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, query: str, max_length: int
+) -> tuple[list[str], np.ndarray]:
     """The query's word pieces and the [CLS] row of every layer's attention: (pieces, (layers, heads, pieces)).
 
     Each row is a distribution over the pieces (sums to 1). Raises ValueError when the model returns no
@@ -122,15 +136,18 @@ def cls_attention(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, qu
     batch = encode(tokenizer, [query], max_length).to(model.device)
     attentions = model(**batch, output_attentions=True).attentions  # layers x (1, heads, T, T)
     if not attentions or any(a is None for a in attentions):
-        raise ValueError(f"the model returned no attention weights (attn_implementation="
-                         f"{model.config._attn_implementation!r}); load it with attn_implementation='eager'")
+        raise ValueError(
+            f"the model returned no attention weights (attn_implementation="
+            f"{model.config._attn_implementation!r}); load it with attn_implementation='eager'"
+        )
     rows = torch.stack([a[0, :, 0, :] for a in attentions]).float()  # (L, H, T): row of position 0 = [CLS]
     pieces = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
     return pieces, rows.cpu().numpy()
 
 
-def panel(model_name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, query: str,
-          top_k: int, max_length: int) -> Panel:
+def panel(
+    model_name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, query: str, top_k: int, max_length: int
+) -> Panel:
     """`model`'s attention over `query` and its top-k concepts (`classifier.predict`, as in the stage's tables)."""
     pieces, attention = cls_attention(model, tokenizer, query, max_length)
     ranked, scores = classifier.predict(model, tokenizer, [query], k=top_k, max_length=max_length)
@@ -146,14 +163,22 @@ def resolve(cases: Sequence[Case], task: Task) -> list[Case]:
         if mention is None:
             raise ValueError(f"{case.corpus}: no test mention at {case.doc_id} {case.spans!r}")
         if case.text and case.text != mention.text:
-            raise ValueError(f"{case.corpus}: {case.doc_id} {case.spans!r} is {mention.text!r}, params say {case.text!r}")
+            raise ValueError(
+                f"{case.corpus}: {case.doc_id} {case.spans!r} is {mention.text!r}, params say {case.text!r}"
+            )
         query = task.preprocess([mention])[0]
         resolved.append(Case(case.corpus, case.doc_id, case.spans, case.why, mention.text, query, mention.concept_ids))
     return resolved
 
 
-def pick_disagreements(corpus: str, tables: dict[str, pd.DataFrame], compare: Sequence[str], n: int,
-                       exclude: set[tuple[str, str]] = frozenset(), seed: int | None = None) -> list[Case]:
+def pick_disagreements(
+    corpus: str,
+    tables: dict[str, pd.DataFrame],
+    compare: Sequence[str],
+    n: int,
+    exclude: set[tuple[str, str]] = frozenset(),
+    seed: int | None = None,
+) -> list[Case]:
     """Up to `n` mentions where only the second `compare` model is right at top-1, then up to `n` where
     only the first is; each time the winner's most confident ones first, one per distinct query."""
     first, second = compare
@@ -191,18 +216,28 @@ def plot_case(case: Case, panels: Sequence[Panel], names: Callable[[str], str], 
     width = max(len(p.pieces) for p in panels)
     vmax = max(float(p.per_layer.max()) for p in panels)  # one colour scale for every model and layer
     # no pyplot: Agg canvas, no global state; constrained layout keeps tick labels and titles apart
-    figure = Figure(figsize=(max(5.0, 0.55 * width) + 4.2, len(panels) * (1.0 + 0.2 * layers) + 1.0), layout="constrained")
-    grid = figure.add_gridspec(2 * len(panels), 2, width_ratios=[max(5.0, 0.55 * width), 4.2],
-                               height_ratios=[0.5, 0.2 * layers] * len(panels))
+    figure = Figure(
+        figsize=(max(5.0, 0.55 * width) + 4.2, len(panels) * (1.0 + 0.2 * layers) + 1.0), layout="constrained"
+    )
+    grid = figure.add_gridspec(
+        2 * len(panels), 2, width_ratios=[max(5.0, 0.55 * width), 4.2], height_ratios=[0.5, 0.2 * layers] * len(panels)
+    )
     gold = set(case.gold)
     for i, p in enumerate(panels):
         strip, matrix = figure.add_subplot(grid[2 * i, 0]), figure.add_subplot(grid[2 * i + 1, 0])
-        text = figure.add_subplot(grid[2 * i:2 * i + 2, 1])
+        text = figure.add_subplot(grid[2 * i : 2 * i + 2, 1])
         top = p.per_layer[-1]
         strip.imshow(top[None, :], cmap="Blues", vmin=0, vmax=vmax, aspect="auto")
         for j, value in enumerate(top):
-            strip.text(j, 0, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                       color="white" if value > 0.6 * vmax else "black")
+            strip.text(
+                j,
+                0,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if value > 0.6 * vmax else "black",
+            )
         strip.set_xticks(range(len(p.pieces)), p.pieces, fontsize=8)
         strip.xaxis.tick_top()
         strip.set_yticks([0], [f"{p.model}\ntop layer"], fontsize=8)
@@ -216,24 +251,52 @@ def plot_case(case: Case, panels: Sequence[Panel], names: Callable[[str], str], 
         text.text(0.02, 0.5, "\n".join(lines), va="center", ha="left", fontsize=8, family="DejaVu Sans")
         text.axis("off")
     gold_text = "; ".join(f"{cid} {_short(names(cid))}" for cid in case.gold) or "no concept"
-    figure.suptitle(f"{case.corpus} {case.doc_id} [{case.spans}]: \"{case.text}\" → query \"{case.query}\"\n"
-                    f"gold: {gold_text}   ({case.why})\n[CLS] attention over word pieces, averaged over heads",
-                    fontsize=9)
+    figure.suptitle(
+        f'{case.corpus} {case.doc_id} [{case.spans}]: "{case.text}" → query "{case.query}"\n'
+        f"gold: {gold_text}   ({case.why})\n[CLS] attention over word pieces, averaged over heads",
+        fontsize=9,
+    )
     figure.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def attention_rows(case: Case, p: Panel) -> list[dict]:
     """Long-format weights of one panel: a row per (layer, head-average, piece)."""
-    return [{"case": case.stem, "corpus": case.corpus, "doc_id": case.doc_id, "spans": case.spans, "model": p.model,
-             "layer": layer + 1, "position": j, "piece": piece, "weight": round(float(weight), 6)}
-            for layer, weights in enumerate(p.per_layer) for j, (piece, weight) in enumerate(zip(p.pieces, weights))]
+    return [
+        {
+            "case": case.stem,
+            "corpus": case.corpus,
+            "doc_id": case.doc_id,
+            "spans": case.spans,
+            "model": p.model,
+            "layer": layer + 1,
+            "position": j,
+            "piece": piece,
+            "weight": round(float(weight), 6),
+        }
+        for layer, weights in enumerate(p.per_layer)
+        for j, (piece, weight) in enumerate(zip(p.pieces, weights))
+    ]
 
 
 def prediction_rows(case: Case, p: Panel, names: Callable[[str], str]) -> list[dict]:
-    return [{"case": case.stem, "corpus": case.corpus, "doc_id": case.doc_id, "spans": case.spans, "why": case.why,
-             "query": case.query, "gold": "|".join(case.gold), "model": p.model, "rank": rank, "concept_id": cid,
-             "name": names(cid), "probability": round(float(score), 6), "correct": cid in case.gold}
-            for rank, (cid, score) in enumerate(zip(p.ranked, p.scores), start=1)]
+    return [
+        {
+            "case": case.stem,
+            "corpus": case.corpus,
+            "doc_id": case.doc_id,
+            "spans": case.spans,
+            "why": case.why,
+            "query": case.query,
+            "gold": "|".join(case.gold),
+            "model": p.model,
+            "rank": rank,
+            "concept_id": cid,
+            "name": names(cid),
+            "probability": round(float(score), 6),
+            "correct": cid in case.gold,
+        }
+        for rank, (cid, score) in enumerate(zip(p.ranked, p.scores), start=1)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -242,15 +305,27 @@ def prediction_rows(case: Case, p: Panel, names: Callable[[str], str]) -> list[d
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--predictions", type=Path, required=True,
-                        help="fine-tuning outputs (<model>-<corpus>-s<seed>/: model/ and test_predictions.tsv)")
-    parser.add_argument("--run-records", type=Path, required=True,
-                        help="the fine-tuning run records (<model>-<corpus>-s<seed>.json): the runs the figures show")
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        required=True,
+        help="fine-tuning outputs (<model>-<corpus>-s<seed>/: model/ and test_predictions.tsv)",
+    )
+    parser.add_argument(
+        "--run-records",
+        type=Path,
+        required=True,
+        help="the fine-tuning run records (<model>-<corpus>-s<seed>.json): the runs the figures show",
+    )
     add_data_arguments(parser)  # the tasks give each mention's text, query, gold IDs and concept names
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out-dir", type=Path, required=True, help="folder for attention_*.png and the CSVs")
-    parser.add_argument("--restricted-out-dir", type=Path, required=True,
-                        help="the same for the restricted corpora (their text must stay out of git)")
+    parser.add_argument(
+        "--restricted-out-dir",
+        type=Path,
+        required=True,
+        help="the same for the restricted corpora (their text must stay out of git)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -268,16 +343,18 @@ def main(argv: list[str] | None = None) -> None:
         tables = {m: run_folder(args.predictions, m, corpus, config.seed) / PREDICTION_FILE for m in config.compare}
         if config.disagreements and all(path.is_file() for path in tables.values()):
             exclude = {(case.doc_id, case.spans) for case in cases}
-            cases += pick_disagreements(corpus, {m: read_predictions(p) for m, p in tables.items()}, config.compare,
-                                        config.disagreements, exclude, config.seed)
+            cases += pick_disagreements(
+                corpus,
+                {m: read_predictions(p) for m, p in tables.items()},
+                config.compare,
+                config.disagreements,
+                exclude,
+                config.seed,
+            )
         elif config.disagreements:
             log.warning("%s: no seed-%d predictions of %s: no disagreement cases", corpus, config.seed, config.compare)
         cases = resolve(cases, task)
-        vocabulary = task.vocabulary
-
-        def names(cid: str) -> str:
-            return vocabulary[cid].name if cid in vocabulary else cid
-
+        names = task.vocabulary.name_of
         panels: dict[str, list[Panel]] = {case.stem: [] for case in cases}
         for model_name in config.models:
             folder = run_folder(args.predictions, model_name, corpus, config.seed)
@@ -306,9 +383,12 @@ def main(argv: list[str] | None = None) -> None:
     for folder, tables in rows.items():  # header-only CSVs where a folder got no case
         pd.DataFrame(tables["attention"], columns=ATTENTION_COLUMNS).to_csv(folder / "attention.csv", index=False)
         pd.DataFrame(tables["predictions"], columns=TOP_K_COLUMNS).to_csv(folder / "predictions.csv", index=False)
-    with start_run(experiment="case-study", run_name=f"case-study-s{config.seed}",
-                   tags={"models": ",".join(config.models), "seed": str(config.seed)},
-                   params={"case_study": params["case_study"], "cadec_split": params["cadec_split"]}):
+    with start_run(
+        experiment="case-study",
+        run_name=f"case-study-s{config.seed}",
+        tags={"models": ",".join(config.models), "seed": str(config.seed)},
+        params={"case_study": params["case_study"], "cadec_split": params["cadec_split"]},
+    ):
         mlflow.log_params({**{k: str(v) for k, v in asdict(config).items() if k != "mentions"}, **source_runs})
         mlflow.log_artifacts(str(args.out_dir), artifact_path="case_study")
         mlflow.log_artifacts(str(args.restricted_out_dir), artifact_path="case_study_restricted")

@@ -5,8 +5,9 @@ test mention, and every model's test predictions are scored per value ("bucket")
 per corpus, as the mean (SD) over seeds:
 
 - seen: every gold concept of the mention is annotated at least once in the train split ("seen") or
-  not ("unseen"). The classifier has one output per vocabulary concept; an unseen concept's output was
-  only ever pushed down in training, so these mentions test what the encoder brings by itself.
+  not ("unseen"): `ehrbert.metrics.is_seen`, the rule every seen/unseen table uses. The classifier has one
+  output per vocabulary concept; an unseen concept's output was only ever pushed down in training, so these
+  mentions test what the encoder brings by itself.
 - frequency: how many training mentions the mention's rarest gold concept has (buckets from
   `frequency_edges`; bucket "0" is the unseen mentions).
 - abbreviation: Ab3P expanded something in the mention (its query differs from its plain normalized
@@ -49,7 +50,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ehrbert.corpora.records import NO_CONCEPT, Mention
-from ehrbert.metrics import accuracy_at_k, mention_level
+from ehrbert.metrics import accuracy_at_k, is_seen, mention_level
 from ehrbert.predictions import find_prediction_files, format_spans, read_predictions, top1_correct
 from ehrbert.stage import config_from, read_params, setup_logging
 from ehrbert.stats import mean_sd_columns, percent
@@ -124,8 +125,9 @@ def bucket_order(config: ErrorAnalysisConfig) -> dict[str, list[str]]:
     }
 
 
-def mention_features(mentions: Sequence[Mention], queries: Sequence[str], frequencies: Counter,
-                     config: ErrorAnalysisConfig) -> pd.DataFrame:
+def mention_features(
+    mentions: Sequence[Mention], queries: Sequence[str], frequencies: Counter, config: ErrorAnalysisConfig
+) -> pd.DataFrame:
     """One row per test mention: who it is, its properties, and its bucket in each dimension.
 
     Columns: doc_id, spans, mention, query, gold (IDs joined by "|"), relation, train_mentions (of the
@@ -140,16 +142,26 @@ def mention_features(mentions: Sequence[Mention], queries: Sequence[str], freque
         train_mentions = min(frequencies[cid] for cid in mention.concept_ids) if has_concept else -1
         words = max(len(normalize(mention.text).split()), 1)
         abbreviation = is_abbreviation(mention.text, query, config.short_form_max_length)
-        rows.append({
-            "doc_id": mention.doc_id, "spans": format_spans(mention.spans), "mention": mention.text, "query": query,
-            "gold": "|".join(mention.concept_ids), "relation": mention.relation, "train_mentions": train_mentions,
-            "words": words, ALL: ALL,
-            "seen": ("seen" if train_mentions > 0 else "unseen") if has_concept else NO_CONCEPT_BUCKET,
-            "frequency": bucket(train_mentions, config.frequency_edges, 0) if has_concept else NO_CONCEPT_BUCKET,
-            "abbreviation": "abbreviation" if abbreviation else "no abbreviation",
-            "composite": ("several IDs" if len(mention.concept_ids) > 1 else "one ID") if has_concept else NO_CONCEPT_BUCKET,
-            "length": bucket(words, config.length_edges, 1),
-        })
+        rows.append(
+            {
+                "doc_id": mention.doc_id,
+                "spans": format_spans(mention.spans),
+                "mention": mention.text,
+                "query": query,
+                "gold": "|".join(mention.concept_ids),
+                "relation": mention.relation,
+                "train_mentions": train_mentions,
+                "words": words,
+                ALL: ALL,
+                "seen": ("seen" if is_seen(mention, frequencies) else "unseen") if has_concept else NO_CONCEPT_BUCKET,
+                "frequency": bucket(train_mentions, config.frequency_edges, 0) if has_concept else NO_CONCEPT_BUCKET,
+                "abbreviation": "abbreviation" if abbreviation else "no abbreviation",
+                "composite": ("several IDs" if len(mention.concept_ids) > 1 else "one ID")
+                if has_concept
+                else NO_CONCEPT_BUCKET,
+                "length": bucket(words, config.length_edges, 1),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -157,8 +169,9 @@ def mention_features(mentions: Sequence[Mention], queries: Sequence[str], freque
 # Scores per bucket.
 
 
-def bucket_scores(mentions: Sequence[Mention], features: pd.DataFrame, predicted: Sequence[str],
-                  order: dict[str, list[str]]) -> pd.DataFrame:
+def bucket_scores(
+    mentions: Sequence[Mention], features: pd.DataFrame, predicted: Sequence[str], order: dict[str, list[str]]
+) -> pd.DataFrame:
     """acc@1 and mention-level P/R/F1 of one run (top-1 `predicted[i]` for `mentions[i]`) per bucket.
 
     Rows: one per (dimension, bucket) that has mentions, ``all`` first, buckets in `order`. Columns:
@@ -178,9 +191,20 @@ def bucket_scores(mentions: Sequence[Mention], features: pd.DataFrame, predicted
             scored = sum(m.relation != NO_CONCEPT for m in subset)
             acc1 = accuracy_at_k(subset, top1, k=1) if scored else math.nan
             prf = mention_level(subset, [(m.doc_id, m.spans, set(t)) for m, t in zip(subset, top1)])
-            rows.append({"dimension": dimension, "bucket": label, "mentions": len(index), "share": len(index) / len(mentions),
-                         "scored": scored, "correct": round(acc1 * scored) if scored else 0, "acc1": acc1,
-                         "precision": prf["precision"], "recall": prf["recall"], "f1": prf["f1"]})
+            rows.append(
+                {
+                    "dimension": dimension,
+                    "bucket": label,
+                    "mentions": len(index),
+                    "share": len(index) / len(mentions),
+                    "scored": scored,
+                    "correct": round(acc1 * scored) if scored else 0,
+                    "acc1": acc1,
+                    "precision": prf["precision"],
+                    "recall": prf["recall"],
+                    "f1": prf["f1"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -191,17 +215,27 @@ def bucket_summary(scores: pd.DataFrame) -> pd.DataFrame:
     {score}_sd (sample SD; NaN with one seed) for acc1, precision, recall, f1. Row order as given.
     """
     rows = []
-    for (corpus, model, dimension, label), group in scores.groupby(["corpus", "model", "dimension", "bucket"], sort=False):
-        row = {"corpus": corpus, "model": model, "dimension": dimension, "bucket": label,
-               "mentions": group["mentions"].iloc[0], "share": group["share"].iloc[0], "scored": group["scored"].iloc[0],
-               "seeds": len(group)}
+    for (corpus, model, dimension, label), group in scores.groupby(
+        ["corpus", "model", "dimension", "bucket"], sort=False
+    ):
+        row = {
+            "corpus": corpus,
+            "model": model,
+            "dimension": dimension,
+            "bucket": label,
+            "mentions": group["mentions"].iloc[0],
+            "share": group["share"].iloc[0],
+            "scored": group["scored"].iloc[0],
+            "seeds": len(group),
+        }
         row.update(mean_sd_columns(group, SCORES))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def disagreements(features: pd.DataFrame, tables: dict[str, pd.DataFrame], compare: Sequence[str],
-                  names: Callable[[str], str]) -> pd.DataFrame:
+def disagreements(
+    features: pd.DataFrame, tables: dict[str, pd.DataFrame], compare: Sequence[str], names: Callable[[str], str]
+) -> pd.DataFrame:
     """The mentions where the two `compare` models give different top-1 IDs, with both predictions.
 
     `tables[model]` is that model's predictions table (`ehrbert.predictions.read_predictions`), aligned with
@@ -242,11 +276,19 @@ def corpus_markdown(summary: pd.DataFrame, models: Sequence[str]) -> str:
     for score, title in (("acc1", "acc@1 (%)"), ("f1", "mention-level F1 (%)")):
         rows = []
         for (dimension, label), first in buckets.items():
-            row = {"property": dimension, "bucket": label, "mentions": int(first["mentions"]),
-                   "share (%)": f"{100 * first['share']:.1f}"}
+            row = {
+                "property": dimension,
+                "bucket": label,
+                "mentions": int(first["mentions"]),
+                "share (%)": f"{100 * first['share']:.1f}",
+            }
             for model in present:
                 cell = cells.get((dimension, label, model))
-                row[model] = "–" if cell is None else percent(cell[f"{score}_mean"], cell[f"{score}_sd"], digits=1, sd_style=' ± {}')
+                row[model] = (
+                    "–"
+                    if cell is None
+                    else percent(cell[f"{score}_mean"], cell[f"{score}_sd"], digits=1, sd_style=" ± {}")
+                )
             rows.append(row)
         parts += [f"#### {title}", "", pd.DataFrame(rows).to_markdown(index=False), ""]
     return "\n".join(parts)
@@ -256,20 +298,23 @@ def disagreement_counts(examples: pd.DataFrame, total: int, compare: Sequence[st
     """One sentence: how often the two compared models disagree and who is right then."""
     first, second = compare
     counts = examples["winner"].value_counts()
-    return (f"At seed {seed}, `{second}` and `{first}` give different top-1 IDs for {len(examples)} of {total} test mentions: "
-            f"only `{second}` right in {counts.get(second, 0)}, only `{first}` right in {counts.get(first, 0)}, "
-            f"both right (different IDs of a composite mention) in {counts.get('both', 0)}, "
-            f"neither in {counts.get('neither', 0)}.")
+    return (
+        f"At seed {seed}, `{second}` and `{first}` give different top-1 IDs for {len(examples)} of {total} "
+        "test mentions: "
+        f"only `{second}` right in {counts.get(second, 0)}, only `{first}` right in {counts.get(first, 0)}, "
+        f"both right (different IDs of a composite mention) in {counts.get('both', 0)}, "
+        f"neither in {counts.get('neither', 0)}."
+    )
 
 
 def markdown(summary: pd.DataFrame, sentences: dict[str, str], config: ErrorAnalysisConfig) -> str:
     parts = [
         "# Error analysis of the fine-tuned normalizers",
         "",
-        "Test mentions split by a property; per model, mean ± SD over seeds. acc@1: the top-1 ID is one of the gold IDs "
-        "(mentions without a concept left out). Mention-level F1 on the gold spans: right when the top-1 equals the gold "
-        "ID set, so a composite or combined mention (several gold IDs) cannot be right; Table 2's document-level F1 "
-        "gives it partial credit.",
+        "Test mentions split by a property; per model, mean ± SD over seeds. acc@1: the top-1 ID is one of the gold "
+        "IDs (mentions without a concept left out). Mention-level F1 on the gold spans: right when the top-1 equals "
+        "the gold ID set, so a composite or combined mention (several gold IDs) cannot be right; Table 2's "
+        "document-level F1 gives it partial credit.",
         "",
         "- seen / unseen: every gold concept has a training mention, or not; frequency: training mentions of the "
         f"rarest gold concept (edges {config.frequency_edges});",
@@ -280,15 +325,23 @@ def markdown(summary: pd.DataFrame, sentences: dict[str, str], config: ErrorAnal
     ]
     for corpus, rows in summary.groupby("corpus", sort=False):
         total = int(rows.loc[rows["dimension"] == ALL, "mentions"].iloc[0])
-        parts += [f"## {corpus}", "", f"{total} test mentions; seeds per model: "
-                  + ", ".join(f"{m} {int(n)}" for m, n in rows.groupby("model", sort=False)["seeds"].max().items()) + ".", ""]
+        parts += [
+            f"## {corpus}",
+            "",
+            f"{total} test mentions; seeds per model: "
+            + ", ".join(f"{m} {int(n)}" for m, n in rows.groupby("model", sort=False)["seeds"].max().items())
+            + ".",
+            "",
+        ]
         if corpus in sentences:
             parts += [sentences[corpus], ""]
         parts.append(corpus_markdown(rows, config.models))
     return "\n".join(parts)
 
 
-def plot_corpus(summary: pd.DataFrame, models: Sequence[str], order: dict[str, list[str]], title: str, path: Path) -> None:
+def plot_corpus(
+    summary: pd.DataFrame, models: Sequence[str], order: dict[str, list[str]], title: str, path: Path
+) -> None:
     """Grouped bars per dimension: acc@1 (top row) and F1 (bottom row) per bucket and model, ± 1 SD (PNG, Agg)."""
     present = [m for m in models if m in set(summary["model"])]
     width = 0.8 / max(len(present), 1)
@@ -301,8 +354,14 @@ def plot_corpus(summary: pd.DataFrame, models: Sequence[str], order: dict[str, l
             x = np.arange(len(buckets))
             for i, model in enumerate(present):
                 values = part[part["model"] == model].set_index("bucket").reindex(buckets)
-                ax.bar(x + (i - (len(present) - 1) / 2) * width, 100 * values[f"{score}_mean"].astype(float), width,
-                       yerr=100 * values[f"{score}_sd"].astype(float).fillna(0), capsize=2, label=model)
+                ax.bar(
+                    x + (i - (len(present) - 1) / 2) * width,
+                    100 * values[f"{score}_mean"].astype(float),
+                    width,
+                    yerr=100 * values[f"{score}_sd"].astype(float).fillna(0),
+                    capsize=2,
+                    label=model,
+                )
             counts = part.drop_duplicates("bucket").set_index("bucket")["mentions"].reindex(buckets)
             ax.set_xticks(x, [f"{b}\n(n={int(n)})" for b, n in zip(buckets, counts)], fontsize=7)
             ax.set_ylim(0, 100)
@@ -319,11 +378,16 @@ def plot_data(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """{"<corpus>_<dimension>": table} for `dvc plots` (bar_horizontal: x acc1, y "bucket | model")."""
     tables = {}
     for (corpus, dimension), rows in summary.groupby(["corpus", "dimension"], sort=False):
-        tables[f"{corpus}_{dimension}"] = pd.DataFrame({
-            "bucket_model": rows["bucket"] + " | " + rows["model"],
-            "bucket": rows["bucket"], "model": rows["model"], "mentions": rows["mentions"],
-            "acc1": rows["acc1_mean"].round(4), "f1": rows["f1_mean"].round(4),
-        })
+        tables[f"{corpus}_{dimension}"] = pd.DataFrame(
+            {
+                "bucket_model": rows["bucket"] + " | " + rows["model"],
+                "bucket": rows["bucket"],
+                "model": rows["model"],
+                "mentions": rows["mentions"],
+                "acc1": rows["acc1_mean"].round(4),
+                "f1": rows["f1_mean"].round(4),
+            }
+        )
     return tables
 
 
@@ -341,15 +405,23 @@ def aligned(table: pd.DataFrame, mentions: Sequence[Mention], path: Path) -> pd.
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--predictions", type=Path, required=True,
-                        help="fine-tuning outputs: <model>-<corpus>-s<seed>/test_predictions.tsv")
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        required=True,
+        help="fine-tuning outputs: <model>-<corpus>-s<seed>/test_predictions.tsv",
+    )
     add_data_arguments(parser)  # the tasks give the train split (seen, frequency), relations and concept names
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--table", type=Path, required=True, help="CSV: scores per corpus, model and bucket")
     parser.add_argument("--markdown", type=Path, required=True, help="the same as Markdown tables")
     parser.add_argument("--examples", type=Path, required=True, help="CSV: mentions where the compared models disagree")
-    parser.add_argument("--restricted-examples", type=Path, required=True,
-                        help="the same for the restricted corpora (their text must stay out of git)")
+    parser.add_argument(
+        "--restricted-examples",
+        type=Path,
+        required=True,
+        help="the same for the restricted corpora (their text must stay out of git)",
+    )
     parser.add_argument("--figures", type=Path, required=True, help="folder: one PNG per corpus")
     parser.add_argument("--plot-data", type=Path, required=True, help="folder: the CSVs `dvc plots` draws")
     args = parser.parse_args(argv)
@@ -379,8 +451,7 @@ def main(argv: list[str] | None = None) -> None:
             log.warning("%s: no seed-%d runs of both %s: no examples", corpus, config.example_seed, config.compare)
             continue
         vocabulary = task.vocabulary
-        found = disagreements(features, pair, config.compare,
-                              lambda cid: vocabulary[cid].name if cid in vocabulary else cid)
+        found = disagreements(features, pair, config.compare, vocabulary.name_of)
         sentences[corpus] = disagreement_counts(found, len(mentions), config.compare, config.example_seed)
         examples.append(found.assign(corpus=corpus))
     if not per_run:
@@ -400,19 +471,35 @@ def main(argv: list[str] | None = None) -> None:
     args.figures.mkdir(parents=True, exist_ok=True)
     args.plot_data.mkdir(parents=True, exist_ok=True)
     for corpus, rows in summary.groupby("corpus", sort=False):
-        plot_corpus(rows, config.models, order, f"{corpus}: test scores by mention property (mean ± SD over seeds)",
-                    args.figures / f"error_analysis_{corpus}.png")
+        plot_corpus(
+            rows,
+            config.models,
+            order,
+            f"{corpus}: test scores by mention property (mean ± SD over seeds)",
+            args.figures / f"error_analysis_{corpus}.png",
+        )
     for name, table in plot_data(summary).items():
         table.to_csv(args.plot_data / f"{name}.csv", index=False)
 
-    with start_run(experiment="error-analysis", run_name="error-analysis",
-                   tags={"models": ",".join(config.models), "corpora": ",".join(summary["corpus"].unique()),
-                         "compare": ",".join(config.compare)},
-                   params={"error_analysis": params["error_analysis"], "cadec_split": params["cadec_split"]}):
+    with start_run(
+        experiment="error-analysis",
+        run_name="error-analysis",
+        tags={
+            "models": ",".join(config.models),
+            "corpora": ",".join(summary["corpus"].unique()),
+            "compare": ",".join(config.compare),
+        },
+        params={"error_analysis": params["error_analysis"], "cadec_split": params["cadec_split"]},
+    ):
         mlflow.log_params({k: str(v) for k, v in asdict(config).items()})
         unseen = summary[(summary["dimension"] == "seen") & (summary["bucket"] == "unseen")]
-        mlflow.log_metrics({f"{r.corpus}/{r.model}/unseen_acc1": float(r.acc1_mean) for r in unseen.itertuples()
-                            if not pd.isna(r.acc1_mean)})
+        mlflow.log_metrics(
+            {
+                f"{r.corpus}/{r.model}/unseen_acc1": float(r.acc1_mean)
+                for r in unseen.itertuples()
+                if not pd.isna(r.acc1_mean)
+            }
+        )
         for path in (args.table, args.markdown, args.examples):
             mlflow.log_artifact(str(path))
         mlflow.log_artifact(str(args.restricted_examples), artifact_path="restricted")

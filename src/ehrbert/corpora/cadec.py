@@ -1,4 +1,6 @@
-"""Read CADEC v2 (the public stand-in for MADE 1.0) into `Document`s, split it by post, and build its vocabulary.
+"""Read CADEC v2 (the public stand-in for MADE 1.0) into `Document`s.
+
+Its split is `ehrbert.corpora.cadec_split`, its task vocabulary `ehrbert.corpora.cadec_vocabulary`.
 
 CADEC has, per forum post `<DRUG>.<n>`, four files with the same stem:
 
@@ -36,11 +38,8 @@ an annotation raises `FormatError(file, line)`; the staged files have none of th
 from __future__ import annotations
 
 import logging
-import math
-import random
 import re
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -50,11 +49,9 @@ from ehrbert.corpora.records import (
     COMBINED,
     NO_CONCEPT,
     SINGLE,
-    Concept,
     Document,
     FormatError,
     Mention,
-    Vocabulary,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,7 +61,6 @@ MEDDRA_TYPE = "ADR"  # the one type normalized to MedDRA
 MEDDRA_PREFIX = "MDR:"
 SNOMED_PREFIX = "SCT:"
 CONCEPT_LESS = "CONCEPT_LESS"
-SPLITS = ("train", "dev", "test")
 
 Spans = tuple[tuple[int, int], ...]
 Codes = tuple[str, tuple[str, ...]]  # (relation, IDs)
@@ -310,7 +306,7 @@ def _read_post(root: Path, stem: str, drug: str) -> CadecDocument:
     )
 
 
-def _doc_id_key(doc_id: str) -> tuple[str, int]:
+def doc_id_key(doc_id: str) -> tuple[str, int]:
     """(drug, post number) of `<DRUG>.<n>`: posts sort by drug, then number (`LIPITOR.2` before `LIPITOR.10`)."""
     drug, _, number = doc_id.rpartition(".")
     return drug, int(number)
@@ -321,7 +317,7 @@ def _post_key(path: Path) -> tuple[str, int]:
     drug, _, number = path.stem.rpartition(".")
     if not drug or not number.isdigit():
         raise FormatError(path, None, "expected a file name `<DRUG>.<n>.txt`")
-    return _doc_id_key(path.stem)
+    return doc_id_key(path.stem)
 
 
 def read_cadec(root: Path) -> list[CadecDocument]:
@@ -333,128 +329,3 @@ def read_cadec(root: Path) -> list[CadecDocument]:
     documents = [_read_post(root, path.stem, _post_key(path)[0]) for path in texts]
     logger.info("%s: %d posts, %d mentions", root, len(documents), sum(len(d.mentions) for d in documents))
     return documents
-
-
-# --- split -----------------------------------------------------------------------------------------------
-
-
-def _round_half_up(x: float) -> int:
-    return math.floor(x + 0.5)
-
-
-def split_cadec(
-    documents: Sequence[Document], seed: int, dev_fraction: float = 0.1, test_fraction: float = 0.2
-) -> dict[str, list[str]]:
-    """Split posts into {"train", "dev", "test"} -> doc_ids, stratified by drug (`meta["drug"]`).
-
-    Exactly how, so that anyone can redo it:
-    1. Group the doc_ids by drug; sort each group by post number (`LIPITOR.2` before `LIPITOR.10`).
-    2. One `random.Random(seed)`; for each drug in alphabetical order, `rng.shuffle(group)`.
-    3. For a drug with n posts: the first round_half_up(n * test_fraction) shuffled posts go to test, the
-       next round_half_up(n * dev_fraction) to dev, the rest to train. Each split thus holds each drug's
-       share to within half a post (train within one).
-    4. Each split lists its doc_ids by drug, then post number.
-
-    A drug with few posts gets no dev post when n * dev_fraction < 0.5 (n < 5 at 0.1) and no test post
-    when n * test_fraction < 0.5 (n < 3 at 0.2): with 0.1/0.2, FLECTOR (1 post) is train only, and
-    CAMBIA, DICLOFENAC-POTASSIUM, PENNSAID, SOLARAZE (3-4 posts) have no dev post.
-    """
-    if not (0 <= dev_fraction and 0 <= test_fraction and dev_fraction + test_fraction < 1):
-        raise ValueError(f"need 0 <= dev_fraction, test_fraction and a sum < 1; got {dev_fraction}, {test_fraction}")
-    groups: dict[str, list[str]] = defaultdict(list)
-    for doc in documents:
-        groups[doc.meta["drug"]].append(doc.doc_id)
-    rng = random.Random(seed)
-    split_of: dict[str, str] = {}
-    for drug in sorted(groups):
-        group = sorted(groups[drug], key=_doc_id_key)
-        rng.shuffle(group)
-        n_test = _round_half_up(len(group) * test_fraction)
-        n_dev = _round_half_up(len(group) * dev_fraction)
-        for i, doc_id in enumerate(group):
-            split_of[doc_id] = "test" if i < n_test else "dev" if i < n_test + n_dev else "train"
-    ordered = sorted(split_of, key=_doc_id_key)
-    return {split: [doc_id for doc_id in ordered if split_of[doc_id] == split] for split in SPLITS}
-
-
-# --- vocabulary ------------------------------------------------------------------------------------------
-
-
-def _ranked(sources: Iterable[Counter[str]]) -> list[str]:
-    """The non-empty names of `sources` in priority order, each source by frequency then alphabetically; a
-    name repeated up to case and spacing is kept once, in its first place."""
-    out: dict[str, str] = {}
-    for counts in sources:
-        for name, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
-            if name.strip():
-                out.setdefault(" ".join(name.split()).casefold(), name)
-    return list(out.values())
-
-
-def _concept_order(concept_id: str) -> tuple[str, int]:
-    prefix, _, code = concept_id.partition(":")
-    return prefix, int(code)
-
-
-def _snomed_names(documents: Iterable[CadecDocument]) -> dict[str, Counter[str]]:
-    """`SCT:` ID -> its descriptions in sct/ (all mentions, ADRs too), counted."""
-    names: dict[str, Counter[str]] = defaultdict(Counter)
-    for doc in documents:
-        for concepts in doc.snomed.values():
-            for concept_id, name in concepts:
-                if name:
-                    names[concept_id][name] += 1
-    return names
-
-
-def _adrs(doc: Document) -> Iterable[Mention]:
-    return (m for m in doc.mentions if m.type == MEDDRA_TYPE)
-
-
-def _meddra_names(documents: Iterable[CadecDocument], name_documents: Iterable[CadecDocument]) -> dict[str, list[str]]:
-    """`MDR:` ID -> names, best first (the rule is in `cadec_vocabulary`)."""
-    snomed, paired, notes, texts = (defaultdict(Counter) for _ in range(4))
-    for doc in documents:
-        for m in _adrs(doc):
-            concepts = doc.snomed.get(m.spans, ())
-            if m.relation == SINGLE and len(concepts) == 1:
-                snomed[m.concept_ids[0]][concepts[0][1]] += 1
-            elif m.relation == COMBINED and len(concepts) == len(m.concept_ids):
-                for concept_id, (_, name) in zip(m.concept_ids, concepts):
-                    paired[concept_id][name] += 1
-    for doc in name_documents:
-        for m in _adrs(doc):
-            if m.relation == SINGLE:
-                notes[m.concept_ids[0]][doc.notes.get(m.spans, "")] += 1
-                texts[m.concept_ids[0]][m.text] += 1
-    names = {i: _ranked(source[i] for source in (snomed, notes, texts)) for i in set().union(snomed, notes, texts)}
-    return {i: names.get(i) or _ranked([paired[i]]) for i in set(names) | set(paired)}
-
-
-def cadec_vocabulary(documents: Sequence[CadecDocument], name_documents: Sequence[CadecDocument]) -> Vocabulary:
-    """The CADEC task vocabulary: every gold ID of `documents` (all splits: the classifier is over the task's
-    whole vocabulary, as in the paper), ordered MedDRA then SNOMED CT, each by code.
-
-    Names (a concept's name is its first name, the others its synonyms; repeats up to case and spacing dropped):
-    - `SCT:` IDs: the SNOMED CT descriptions written next to the ID in sct/ (terminology, so all posts),
-      most frequent first.
-    - `MDR:` IDs (no MedDRA terminology is staged), from the ADRs whose only gold ID it is: first the SNOMED
-      CT descriptions annotated on the same spans where that SNOMED annotation is a single code too (all
-      posts: terminology), then the AnnotatorNotes, then the mention texts, both of ADRs in `name_documents`
-      only (pass the train split: no dev/test mention text or note becomes a name); within each source most
-      frequent first. An ID these leave unnamed (22 with seed 13: they occur only in combined ADRs) takes
-      the SNOMED descriptions at its position in the combined ADRs whose MedDRA and SNOMED fields have
-      equally many codes, `A + B` beside `a | + b |` (checked on the codes that also have single-code
-      SNOMED names: the description at the same position is one of them 386 times of 402).
-    - An ID still without a name is named by its own code (`MDR:A` is named `A`; 2 with seed 13; logged).
-    """
-    concept_ids = sorted({i for doc in documents for m in doc.mentions for i in m.concept_ids}, key=_concept_order)
-    names = {i: _ranked([c]) for i, c in _snomed_names(documents).items()} | _meddra_names(documents, name_documents)
-    unnamed = [i for i in concept_ids if not names.get(i)]
-    if unnamed:
-        logger.info("%d CADEC concepts have no name in the allowed sources; named by their code", len(unnamed))
-    concepts = []
-    for concept_id in concept_ids:
-        concept_names = names.get(concept_id) or [concept_id.partition(":")[2]]
-        concepts.append(Concept(concept_id, concept_names[0], tuple(concept_names[1:])))
-    return Vocabulary(concepts, name="cadec")

@@ -97,6 +97,10 @@ class Vocabulary:
     def __getitem__(self, concept_id: str) -> Concept:
         return self.concepts[self.index[self.canonical(concept_id)]]
 
+    def name_of(self, concept_id: str) -> str:
+        """The concept's preferred name; the ID itself for an ID the vocabulary lacks."""
+        return self[concept_id].name if concept_id in self else concept_id
+
     def canonical(self, concept_id: str) -> str:
         return concept_id if concept_id in self.index else self._alt.get(concept_id, concept_id)
 

@@ -13,8 +13,8 @@ The head starts in one of two ways (`HEAD_INITS`):
   too. Centring removes the direction that all names share, which dominates the pooler output of
   a model pretrained with NSP (biomedical stand-in, BC5CDR, seed 1: test F1 66.5 not centred, 78.2
   centred; the general base: dev acc@1 0.87 not centred, 0.85 centred). Before any training the
-  classifier already answers by nearest preferred name; training then moves the rows and the encoder. Same model, same softmax over all
-  concepts, only the starting point differs; it costs one pass over the preferred names.
+  classifier already answers by nearest preferred name; training then moves the rows and the encoder. Same model,
+  same softmax over all concepts, only the starting point differs; it costs one pass over the preferred names.
 
 A saved normalizer is one directory that loads by itself:
 `save_pretrained` writes the encoder, the head and the tokenizer, and `config.id2label` holds the
@@ -76,8 +76,9 @@ def build(
     return model, tokenizer
 
 
-def imprint_names(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, vocabulary: Vocabulary,
-                  scale: float, max_length: int) -> None:
+def imprint_names(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, vocabulary: Vocabulary, scale: float, max_length: int
+) -> None:
     """Head row i = the centred pooled vector of concept i's preferred name, unit length x scale / mean norm;
     bias i = -(row i . mean), so that logit i = row i . (mention vector - mean)."""
     names = [normalize(concept.name) for concept in vocabulary.concepts]
@@ -92,11 +93,13 @@ def imprint_names(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, vo
     log.info("head imprinted from %d preferred names", len(names))
 
 
-def pooled_vectors(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-                   max_length: int, batch_size: int = 512) -> torch.Tensor:
+def pooled_vectors(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, batch_size: int = 512
+) -> torch.Tensor:
     """(len(texts), hidden) float32: the vector the head sees for each text (pooled [CLS], no dropout)."""
-    return encode_by_length(model, tokenizer, texts, lambda m, batch: m.base_model(**batch).pooler_output,
-                            max_length, batch_size)
+    return encode_by_length(
+        model, tokenizer, texts, lambda m, batch: m.base_model(**batch).pooler_output, max_length, batch_size
+    )
 
 
 def load(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -112,8 +115,10 @@ def load_finetuned(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedToken
     """(model, tokenizer, training record) from a fine-tuning output folder (the stage's DVC out)."""
     model_dir = Path(folder) / MODEL_DIR
     if not (model_dir / TRAINING_FILE).is_file():
-        raise FileNotFoundError(f"{model_dir / TRAINING_FILE}: not a fine-tuned normalizer "
-                                "(run the finetune stage with `dvc repro`, or `dvc pull` it)")
+        raise FileNotFoundError(
+            f"{model_dir / TRAINING_FILE}: not a fine-tuned normalizer "
+            "(run the finetune stage with `dvc repro`, or `dvc pull` it)"
+        )
     model, tokenizer = load(model_dir)
     return model, tokenizer, json.loads((model_dir / TRAINING_FILE).read_text())
 

@@ -17,8 +17,14 @@ def encode(tokenizer: PreTrainedTokenizerBase, queries: list[str], max_length: i
     return tokenizer(queries, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
 
-def encode_by_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-                     pool: Callable[[PreTrainedModel, dict], torch.Tensor], max_length: int, batch_size: int) -> torch.Tensor:
+def encode_by_length(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    pool: Callable[[PreTrainedModel, dict], torch.Tensor],
+    max_length: int,
+    batch_size: int,
+) -> torch.Tensor:
     """(len(texts), hidden) float32 rows pool(model, batch) for each text, in eval mode (the model's mode is
     restored afterwards) and without gradients.
 

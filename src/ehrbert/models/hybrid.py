@@ -70,8 +70,10 @@ def decide(candidates: Candidates, settings: Settings, k: int = 5) -> list[Answe
     for i, retrieved in enumerate(candidates.retrieval):
         probabilities = candidates.classifier[i] if candidates.classifier else {}
         floor = min(retrieved.values(), default=0.0)
-        combined = {c: retrieved.get(c, floor) + settings.classifier_weight * probabilities.get(c, 0.0)
-                    for c in retrieved.keys() | probabilities.keys()}
+        combined = {
+            c: retrieved.get(c, floor) + settings.classifier_weight * probabilities.get(c, 0.0)
+            for c in retrieved.keys() | probabilities.keys()
+        }
         ranked = sorted(combined, key=lambda c: (-combined[c], c))[:k]
         ids = tuple(ranked[:1])
         if settings.composite_threshold is not None and ranked:
@@ -80,7 +82,9 @@ def decide(candidates: Candidates, settings: Settings, k: int = 5) -> list[Answe
                 ids = best_tuple
             elif parts and min(s for _, s in parts) >= settings.composite_threshold and len({c for c, _ in parts}) > 1:
                 ids = tuple(dict.fromkeys(c for c, _ in parts))
-        if settings.no_concept_threshold is not None and (not ranked or combined[ranked[0]] < settings.no_concept_threshold):
+        if settings.no_concept_threshold is not None and (
+            not ranked or combined[ranked[0]] < settings.no_concept_threshold
+        ):
             ids = ()
         answers.append(Answer(ranked, [combined[c] for c in ranked], ids))
     return answers
@@ -89,10 +93,20 @@ def decide(candidates: Candidates, settings: Settings, k: int = 5) -> list[Answe
 class HybridNormalizer:
     """Retrieval encoder + name index, optionally the classifier and the detector; `settings` from dev."""
 
-    def __init__(self, encoder, tokenizer, index: NameIndex, config: RetrievalConfig, classifier=None,
-                 classifier_tokenizer=None, classifier_max_length: int = 24, classifier_top_k: int = 20,
-                 settings: Settings | None = None, detector: LexiconDetector | None = None,
-                 variants: dict[str, Settings] | None = None):
+    def __init__(
+        self,
+        encoder,
+        tokenizer,
+        index: NameIndex,
+        config: RetrievalConfig,
+        classifier=None,
+        classifier_tokenizer=None,
+        classifier_max_length: int = 24,
+        classifier_top_k: int = 20,
+        settings: Settings | None = None,
+        detector: LexiconDetector | None = None,
+        variants: dict[str, Settings] | None = None,
+    ):
         self.encoder, self.tokenizer, self.index, self.config = encoder, tokenizer, index, config
         self.classifier, self.classifier_tokenizer = classifier, classifier_tokenizer
         self.classifier_max_length, self.classifier_top_k = classifier_max_length, classifier_top_k
@@ -110,7 +124,7 @@ class HybridNormalizer:
         flat = list(dict.fromkeys(p for ps in parts for p in ps))
         hits = retrieval.search(self.encoder, self.tokenizer, self.index, list(queries) + flat, self.config)
         part_best = {}
-        for part, found in zip(flat, hits[len(queries):]):
+        for part, found in zip(flat, hits[len(queries) :]):
             position, cosine = found[0]
             part_best[part] = (self.index.concepts[position][0][0], cosine)
         scores, best = [], []
@@ -123,8 +137,13 @@ class HybridNormalizer:
             best.append(self.index.concepts[found[0][0]][0] if found else ())
         probabilities = []
         if self.classifier is not None:
-            ranked, probs = classifier_model.predict(self.classifier, self.classifier_tokenizer, queries,
-                                               k=self.classifier_top_k, max_length=self.classifier_max_length)
+            ranked, probs = classifier_model.predict(
+                self.classifier,
+                self.classifier_tokenizer,
+                queries,
+                k=self.classifier_top_k,
+                max_length=self.classifier_max_length,
+            )
             probabilities = [dict(zip(r, p)) for r, p in zip(ranked, probs)]
         return Candidates(scores, best, probabilities, [[part_best[p] for p in ps] for ps in parts])
 
@@ -158,9 +177,14 @@ class HybridNormalizer:
             self.detector.save(folder / "detector.json")
         variants = self.variants or {"default": self.settings}
         default_variant = default_variant or next(reversed(variants))
-        settings = {"format": FORMAT, "default_variant": default_variant,
-                    "variants": {name: asdict(s) for name, s in variants.items()}, "retrieval": asdict(self.config),
-                    "classifier_max_length": self.classifier_max_length, "classifier_top_k": self.classifier_top_k}
+        settings = {
+            "format": FORMAT,
+            "default_variant": default_variant,
+            "variants": {name: asdict(s) for name, s in variants.items()},
+            "retrieval": asdict(self.config),
+            "classifier_max_length": self.classifier_max_length,
+            "classifier_top_k": self.classifier_top_k,
+        }
         (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
     @classmethod
@@ -179,8 +203,19 @@ class HybridNormalizer:
         if (folder / "classifier").is_dir():
             classifier, classifier_tokenizer = classifier_model.load(folder / "classifier")
         detector = LexiconDetector.load(folder / "detector.json") if (folder / "detector.json").exists() else None
-        return cls(encoder, tokenizer, index, RetrievalConfig(**data["retrieval"]), classifier, classifier_tokenizer,
-                   data["classifier_max_length"], data["classifier_top_k"], variants[variant], detector, variants)
+        return cls(
+            encoder,
+            tokenizer,
+            index,
+            RetrievalConfig(**data["retrieval"]),
+            classifier,
+            classifier_tokenizer,
+            data["classifier_max_length"],
+            data["classifier_top_k"],
+            variants[variant],
+            detector,
+            variants,
+        )
 
     @staticmethod
     def variants_in(folder: str | Path) -> list[str]:

@@ -71,7 +71,10 @@ def mean_pool(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.T
 
 
 def embed(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int = 24,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_length: int = 24,
     batch_size: int = 512,
 ) -> np.ndarray:
     """(len(texts), hidden) float32 unit vectors (mean pooling); texts batched in order of length, bf16 autocast."""
@@ -83,7 +86,9 @@ def embed(
 
 def concept_names(vocabulary: Vocabulary) -> dict[str, list[str]]:
     """{concept ID: its distinct normalized names}."""
-    return {c.concept_id: list(dict.fromkeys(normalize(n) for n in c.names if normalize(n))) for c in vocabulary.concepts}
+    return {
+        c.concept_id: list(dict.fromkeys(normalize(n) for n in c.names if normalize(n))) for c in vocabulary.concepts
+    }
 
 
 def mention_pairs(mentions: Iterable[Mention], queries: Iterable[str], known: Iterable[str]) -> list[tuple[str, str]]:
@@ -128,8 +133,9 @@ def train_encoder(
     history, started, total = [], time.perf_counter(), 0.0
 
     def encode(texts: list[str]) -> dict[str, torch.Tensor]:
-        return tokenizer(texts, padding=True, truncation=True, max_length=config.max_length,
-                         return_tensors="pt").to(accelerator.device)
+        return tokenizer(texts, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt").to(
+            accelerator.device
+        )
 
     trained.train()
     for step in range(1, config.steps + 1):
@@ -143,14 +149,15 @@ def train_encoder(
         mine = [anchors[i] for i in share] + [positives[i] for i in share]
         with accelerator.autocast():  # the encoder under the launch's mixed precision, the loss in fp32
             vectors = mean_pool(trained, encode(mine)).float()  # one forward a step: anchors, then positives
-        left, right = vectors[: len(share)], vectors[len(share):]
+        left, right = vectors[: len(share)], vectors[len(share) :]
         if world > 1:
             left, right = gather_with_grad(left, len(batch), world), gather_with_grad(right, len(batch), world)
         similarity = left @ right.T / config.temperature
         same = torch.tensor([[a == b for b in concepts] for a in concepts], device=similarity.device)
         same.fill_diagonal_(False)
-        loss = torch.nn.functional.cross_entropy(similarity.masked_fill(same, -1e4),
-                                                 torch.arange(len(batch), device=similarity.device))
+        loss = torch.nn.functional.cross_entropy(
+            similarity.masked_fill(same, -1e4), torch.arange(len(batch), device=similarity.device)
+        )
         # every process holds the whole loss: all_gather's backward sums the processes' gradients of their own
         # rows (world x each), and DDP's average divides that out again: the step is the one-process step
         accelerator.backward(loss)
@@ -158,8 +165,13 @@ def train_encoder(
         optimizer.zero_grad()
         total += loss.item()
         if step % 25 == 0 or step == config.steps:
-            history.append({"step": step, "loss": total / (step - (history[-1]["step"] if history else 0)),
-                            "seconds": time.perf_counter() - started})
+            history.append(
+                {
+                    "step": step,
+                    "loss": total / (step - (history[-1]["step"] if history else 0)),
+                    "seconds": time.perf_counter() - started,
+                }
+            )
             log.info("retrieval step %d: loss %.4f (%.0f s)", step, history[-1]["loss"], history[-1]["seconds"])
             total = 0.0
     model.eval()
@@ -167,7 +179,8 @@ def train_encoder(
 
 
 def shard(n: int, world: int, rank: int) -> list[int]:
-    """The batch positions process `rank` of `world` encodes: a contiguous block, the first n % world blocks one longer."""
+    """The batch positions process `rank` of `world` encodes: a contiguous block, the first n % world blocks one
+    longer."""
     size, extra = divmod(n, world)
     start = rank * size + min(rank, extra)
     return list(range(start, start + size + (rank < extra)))
@@ -234,7 +247,10 @@ class NameIndex:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        data = {"format": INDEX_FORMAT, "entries": [[t, [list(ids) for ids in c]] for t, c in zip(self.texts, self.concepts)]}
+        data = {
+            "format": INDEX_FORMAT,
+            "entries": [[t, [list(ids) for ids in c]] for t, c in zip(self.texts, self.concepts)],
+        }
         (folder / "index.json").write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
         np.save(folder / "index.npy", self.embeddings.astype(np.float16))  # half the bytes; cosine ranks unchanged
 

@@ -1,0 +1,28 @@
+"""The README's Layout section names every module of the package, and names no file that does not exist."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "ehrbert"
+
+
+def layout_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Layout") :]
+    return section[section.index("```") + 3 : section.index("```", section.index("```") + 3)]
+
+
+def test_layout_names_every_module_and_only_real_ones():
+    named = set(re.findall(r"\b([a-z_]+\.py)\b", layout_block()))
+    modules = {p.name for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    modules |= {p.name for p in (ROOT / "tests").glob("*.py") if p.name in named}  # tests may be named too
+    assert not modules - named, f"README Layout misses {sorted(modules - named)}"
+    assert not named - modules, f"README Layout names files that do not exist: {sorted(named - modules)}"
+
+
+def test_layout_top_level_entries_exist():
+    for line in layout_block().splitlines():
+        entry = line.split(maxsplit=1)[0] if line and not line.startswith(" ") else None
+        if entry:
+            assert (ROOT / entry.rstrip("/")).exists(), f"README Layout names {entry}, which is not in the tree"
