@@ -104,8 +104,15 @@ def tiny_raw_data(raw_data, tmp_path_factory) -> Path:
 HEADS = ("mlm", "none", "classifier")
 
 
-def write_tiny_bert(folder: Path, words: Sequence[str] = (), *, head: str = "mlm", labels: Sequence[str] = (),
-                    seed: int | None = None, initializer_range: float = 0.02) -> Path:
+def write_tiny_bert(
+    folder: Path,
+    words: Sequence[str] = (),
+    *,
+    head: str = "mlm",
+    labels: Sequence[str] = (),
+    seed: int | None = None,
+    initializer_range: float = 0.02,
+) -> Path:
     """A randomly initialized BERT of a few hundred KB with a character-level WordPiece vocabulary, plus `words`.
 
     Every lowercase word tokenizes (into single characters at worst), so real mentions work as inputs.
@@ -128,9 +135,16 @@ def write_tiny_bert(folder: Path, words: Sequence[str] = (), *, head: str = "mlm
     label_config = {}
     if labels:
         label_config = {"id2label": dict(enumerate(labels)), "label2id": {c: i for i, c in enumerate(labels)}}
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, initializer_range=initializer_range,
-                        **label_config)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        initializer_range=initializer_range,
+        **label_config,
+    )
     if seed is not None:
         torch.manual_seed(seed)
     model_class = {"mlm": BertForMaskedLM, "none": BertModel, "classifier": BertForSequenceClassification}[head]
@@ -147,14 +161,29 @@ def make_tiny_bert():
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), words=("disease", "cancer", "syndrome", "deficiency"),
-                           seed=0)
+    return write_tiny_bert(
+        tmp_path_factory.mktemp("tiny-bert"), words=("disease", "cancer", "syndrome", "deficiency"), seed=0
+    )
 
 
-TINY_CONCEPTS = {"D001943": "Breast Neoplasms", "D003110": "Colonic Neoplasms",
-                 "D011125": "Adenomatous Polyposis Coli", "D006333": "Heart Failure"}
-TINY_NORMALIZER_WORDS = ("breast", "cancer", "colon", "adenomatous", "polyposis", "coli", "heart", "failure", "of",
-                         "the")
+TINY_CONCEPTS = {
+    "D001943": "Breast Neoplasms",
+    "D003110": "Colonic Neoplasms",
+    "D011125": "Adenomatous Polyposis Coli",
+    "D006333": "Heart Failure",
+}
+TINY_NORMALIZER_WORDS = (
+    "breast",
+    "cancer",
+    "colon",
+    "adenomatous",
+    "polyposis",
+    "coli",
+    "heart",
+    "failure",
+    "of",
+    "the",
+)
 
 
 @pytest.fixture(scope="session")
@@ -167,22 +196,32 @@ def tiny_concepts() -> dict[str, str]:
 def tiny_normalizer(tmp_path_factory, tiny_concepts) -> Path:
     """A saved, randomly initialized 2-layer BERT classifier over tiny_concepts' IDs (a normalizer folder, as
     fine-tuning leaves it in out/model), with spread-out scores (initializer_range 0.5)."""
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-normalizer") / "model", words=TINY_NORMALIZER_WORDS,
-                           head="classifier", labels=tuple(tiny_concepts), seed=0, initializer_range=0.5)
+    return write_tiny_bert(
+        tmp_path_factory.mktemp("tiny-normalizer") / "model",
+        words=TINY_NORMALIZER_WORDS,
+        head="classifier",
+        labels=tuple(tiny_concepts),
+        seed=0,
+        initializer_range=0.5,
+    )
 
 
 # --- a tiny pretraining workspace --------------------------------------------------------------------------
 
-NOTE_WORDS = ("patient denies chest pain fever cough history of hypertension diabetes the was is and with no left "
-              "right knee surgery performed under general anesthesia blood pressure normal exam heart lungs clear "
-              "abdomen soft mild severe acute chronic daily dose tablet given").split()
+NOTE_WORDS = (
+    "patient denies chest pain fever cough history of hypertension diabetes the was is and with no left "
+    "right knee surgery performed under general anesthesia blood pressure normal exam heart lungs clear "
+    "abdomen soft mild severe acute chronic daily dose tablet given"
+).split()
 
 
 def synthetic_notes(n_documents: int, seed: int) -> list[list[str]]:
     """Documents of 2-6 sentences of 3-9 NOTE_WORDS each, ending with " ."."""
     rng = random.Random(seed)
-    return [[" ".join(rng.choice(NOTE_WORDS) for _ in range(rng.randint(3, 9))) + " ."
-             for _ in range(rng.randint(2, 6))] for _ in range(n_documents)]
+    return [
+        [" ".join(rng.choice(NOTE_WORDS) for _ in range(rng.randint(3, 9))) + " ." for _ in range(rng.randint(2, 6))]
+        for _ in range(n_documents)
+    ]
 
 
 def write_pretraining_workspace(root: Path, max_steps: int = 12) -> Path:
@@ -195,16 +234,39 @@ def write_pretraining_workspace(root: Path, max_steps: int = 12) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     base = write_tiny_bert(root / "base", words=(*sorted(set(NOTE_WORDS)), ".", ","), head="none", seed=0)
-    section = {"base": str(base), "max_seq_length": 32, "short_seq_prob": 0.1, "nsp_probability": 0.5,
-               "mlm_probability": 0.15, "seed": 13, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.25,
-               "weight_decay": 0.01, "max_grad_norm": 1.0,
-               "tiny": {"label": "tiny-test", "stands_in_for": "nothing (test)", "epochs": 1, "max_steps": max_steps}}
+    section = {
+        "base": str(base),
+        "max_seq_length": 32,
+        "short_seq_prob": 0.1,
+        "nsp_probability": 0.5,
+        "mlm_probability": 0.15,
+        "seed": 13,
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "warmup_ratio": 0.25,
+        "weight_decay": 0.01,
+        "max_grad_norm": 1.0,
+        "tiny": {"label": "tiny-test", "stands_in_for": "nothing (test)", "epochs": 1, "max_steps": max_steps},
+    }
     (root / "params.yaml").write_text(yaml.safe_dump({"pretrain": section}))
     (root / "train.txt").write_text(format_sentence_documents(synthetic_notes(23, seed=1)))
     (root / "heldout.txt").write_text(format_sentence_documents(synthetic_notes(10, seed=2)))
-    pretraining_data.main(["--tokenizer", str(base), "--corpus", f"train={root / 'train.txt'}",
-                           "--heldout", f"heldout={root / 'heldout.txt'}", "--params", str(root / "params.yaml"),
-                           "--out-dir", str(root / "tokenized"), "--metrics", str(root / "tokenized.json")])
+    pretraining_data.main(
+        [
+            "--tokenizer",
+            str(base),
+            "--corpus",
+            f"train={root / 'train.txt'}",
+            "--heldout",
+            f"heldout={root / 'heldout.txt'}",
+            "--params",
+            str(root / "params.yaml"),
+            "--out-dir",
+            str(root / "tokenized"),
+            "--metrics",
+            str(root / "tokenized.json"),
+        ]
+    )
     return root
 
 

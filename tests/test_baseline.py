@@ -91,8 +91,12 @@ def test_main_runs_the_dvc_stage_on_a_slice_of_every_corpus(tiny_raw_data, tmp_p
             assert scores[f"{micro}precision"] == pytest.approx(tp / (tp + fp)), where
             assert scores[f"{micro}recall"] == pytest.approx(tp / (tp + fn)), where
 
-            table = pd.read_csv(tmp_path / "outputs" / "baseline" / f"{corpus}_{variant}_test.tsv", sep="\t",
-                                dtype=str, keep_default_na=False)
+            table = pd.read_csv(
+                tmp_path / "outputs" / "baseline" / f"{corpus}_{variant}_test.tsv",
+                sep="\t",
+                dtype=str,
+                keep_default_na=False,
+            )
             assert len(table) == len(mentions), where
             assert table["doc_id"].tolist() == [m.doc_id for m in mentions], where
             spans = [tuple(tuple(map(int, span.split())) for span in row.split(";")) for row in table["spans"]]

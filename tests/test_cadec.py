@@ -245,8 +245,13 @@ def test_quirks_are_read_with_a_warning_naming_file_and_line(tmp_path, caplog):
     }
     assert doc.notes == {}
     warned = "\n".join(caplog.messages)
-    for where in ("original/ZORBEX.1.ann:2", "original/ZORBEX.1.ann:3", "meddra/ZORBEX.1.ann:1",
-                  "meddra/ZORBEX.1.ann:2", "sct/ZORBEX.1.ann:2"):
+    for where in (
+        "original/ZORBEX.1.ann:2",
+        "original/ZORBEX.1.ann:3",
+        "meddra/ZORBEX.1.ann:1",
+        "meddra/ZORBEX.1.ann:2",
+        "sct/ZORBEX.1.ann:2",
+    ):
         assert where in warned
 
 

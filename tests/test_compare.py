@@ -10,8 +10,8 @@ two-sided p = 2 * P(T_3.7409 > 7.3413) = 0.00237.
 """
 
 import json
-from dataclasses import asdict
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -31,11 +31,21 @@ F1 = {  # (corpus, mentions, model) -> test F1 of seeds 1, 2, 3
     ("cadec", "gold", "ehr_full"): [0.61, 0.66, 0.62],
     ("cadec", "predicted", "ehr_half"): [0.50, 0.52, 0.51],
 }
-CONFIG = compare.CompareConfig(corpora=["ncbi", "cdr", "cadec"], models=["base", "bio", "ehr_half", "ehr_full"],
-                               reference="base", champion_models=["ehr_half", "ehr_full"], components=[], alpha=0.05,
-                               baseline_labels={"vocab": "dictionary baseline (exact + TF-IDF), not DNorm"})
-BASELINE = {"ncbi": {"vocab": {"precision": 0.74, "recall": 0.76, "f1": 0.75, "acc1": 0.79},
-                     "vocab+train": {"precision": 0.84, "recall": 0.86, "f1": 0.85, "acc1": 0.85}}}
+CONFIG = compare.CompareConfig(
+    corpora=["ncbi", "cdr", "cadec"],
+    models=["base", "bio", "ehr_half", "ehr_full"],
+    reference="base",
+    champion_models=["ehr_half", "ehr_full"],
+    components=[],
+    alpha=0.05,
+    baseline_labels={"vocab": "dictionary baseline (exact + TF-IDF), not DNorm"},
+)
+BASELINE = {
+    "ncbi": {
+        "vocab": {"precision": 0.74, "recall": 0.76, "f1": 0.75, "acc1": 0.79},
+        "vocab+train": {"precision": 0.84, "recall": 0.86, "f1": 0.85, "acc1": 0.85},
+    }
+}
 
 
 def raw_runs() -> pd.DataFrame:
@@ -45,11 +55,22 @@ def raw_runs() -> pd.DataFrame:
     for (corpus, mentions, model), scores in F1.items():
         for seed, f1 in enumerate(scores, start=1):
             minute += 1
-            rows.append({"run_id": f"{corpus}-{mentions}-{model}-{seed}", "start_time": pd.Timestamp(2025, 1, 1, 0, minute),
-                         "tags.corpus": corpus, "tags.mentions": mentions, "tags.model": model, "tags.seed": str(seed),
-                         "tags.model_label": f"label of {model}", "params.max_length": "24",
-                         "metrics.test_f1": f1, "metrics.test_precision": f1 - 0.01, "metrics.test_recall": f1 + 0.01,
-                         "metrics.test_acc1": f1 + 0.02})
+            rows.append(
+                {
+                    "run_id": f"{corpus}-{mentions}-{model}-{seed}",
+                    "start_time": pd.Timestamp(2025, 1, 1, 0, minute),
+                    "tags.corpus": corpus,
+                    "tags.mentions": mentions,
+                    "tags.model": model,
+                    "tags.seed": str(seed),
+                    "tags.model_label": f"label of {model}",
+                    "params.max_length": "24",
+                    "metrics.test_f1": f1,
+                    "metrics.test_precision": f1 - 0.01,
+                    "metrics.test_recall": f1 + 0.01,
+                    "metrics.test_acc1": f1 + 0.02,
+                }
+            )
     rows.append({**rows[0], "run_id": "foreign", "tags.model": "bert-large", "metrics.test_f1": 0.99})
     return pd.DataFrame(rows)
 
@@ -159,8 +180,13 @@ def log_finetune_runs(tmp_path: Path, model_dir: Path, scores: dict, record: boo
             mlflow.create_experiment(experiment, artifact_location=(tmp_path / "artifacts" / experiment).as_uri())
         mlflow.set_experiment(experiment)
         for seed, f1 in enumerate(values, start=1):
-            tags = {"model": model, "model_label": f"label of {model}", "corpus": corpus, "seed": str(seed),
-                    "mentions": mentions}
+            tags = {
+                "model": model,
+                "model_label": f"label of {model}",
+                "corpus": corpus,
+                "seed": str(seed),
+                "mentions": mentions,
+            }
             with mlflow.start_run(tags=tags) as run:
                 mlflow.log_params({"max_length": 16, "batch_size": 32})
                 mlflow.log_metrics({"test_f1": f1, "test_precision": f1, "test_recall": f1, "test_acc1": f1})
@@ -168,7 +194,9 @@ def log_finetune_runs(tmp_path: Path, model_dir: Path, scores: dict, record: boo
             if record:
                 path = tmp_path / "runs" / f"{model}-{corpus}-s{seed}.json"
                 runs = json.loads(path.read_text())["runs"] if path.exists() else {}
-                write_run_record(path, {**runs, mentions: run.info.run_id}, experiment=experiment, model_dir=str(model_dir))
+                write_run_record(
+                    path, {**runs, mentions: run.info.run_id}, experiment=experiment, model_dir=str(model_dir)
+                )
     return run_ids
 
 
@@ -178,13 +206,27 @@ def run_stage(tmp_path: Path, *extra: str) -> dict:
     baseline = tmp_path / "baseline.json"
     baseline.write_text(json.dumps(BASELINE))
     metrics = tmp_path / "metrics" / "compare.json"
-    compare.main(["--baseline", str(baseline), "--reports", str(tmp_path / "reports"), "--metrics", str(metrics),
-                  "--run-records", str(tmp_path / "runs"), "--params", str(params), *extra])
+    compare.main(
+        [
+            "--baseline",
+            str(baseline),
+            "--reports",
+            str(tmp_path / "reports"),
+            "--metrics",
+            str(metrics),
+            "--run-records",
+            str(tmp_path / "runs"),
+            "--params",
+            str(params),
+            *extra,
+        ]
+    )
     return json.loads(metrics.read_text())
 
 
-def test_stage_writes_reports_and_registers_champions_once(tmp_path, tracking_store, monkeypatch, tiny_normalizer,
-                                                          tiny_concepts):
+def test_stage_writes_reports_and_registers_champions_once(
+    tmp_path, tracking_store, monkeypatch, tiny_normalizer, tiny_concepts
+):
     scores = {key: value for key, value in F1.items() if key[1] == "gold"}
     run_ids = log_finetune_runs(tmp_path, tiny_normalizer, scores)
     loaded = []
@@ -206,7 +248,10 @@ def test_stage_writes_reports_and_registers_champions_once(tmp_path, tracking_st
     assert champion.run_id == run_ids[("ncbi", "gold", "ehr_full", 3)]
     assert float(champion.tags["mean_f1"]) == pytest.approx(0.82)
     assert float(champion.tags["p_value_vs_reference"]) == pytest.approx(0.00237, abs=1e-5)
-    assert client.get_model_version_by_alias("ehrbert-cadec", "champion").run_id == run_ids[("cadec", "gold", "ehr_half", 1)]
+    assert (
+        client.get_model_version_by_alias("ehrbert-cadec", "champion").run_id
+        == run_ids[("cadec", "gold", "ehr_half", 1)]
+    )
     assert sorted(loaded) == ["cadec", "ncbi"]
 
     run_stage(tmp_path)  # nothing changed: no new version, no vocabulary loaded
@@ -216,7 +261,9 @@ def test_stage_writes_reports_and_registers_champions_once(tmp_path, tracking_st
     log_finetune_runs(tmp_path, tiny_normalizer, {("ncbi", "gold", "ehr_half"): [0.99, 0.99, 0.99]}, record=False)
     table = (reports / "table2.csv").read_text()
     assert run_stage(tmp_path) == metrics and (reports / "table2.csv").read_text() == table
-    assert client.get_model_version_by_alias("ehrbert-ncbi", "champion").run_id == run_ids[("ncbi", "gold", "ehr_full", 3)]
+    assert (
+        client.get_model_version_by_alias("ehrbert-ncbi", "champion").run_id == run_ids[("ncbi", "gold", "ehr_full", 3)]
+    )
     for name in ("ehrbert-ncbi", "ehrbert-cadec"):
         assert len(client.search_model_versions(f"name = '{name}'")) == 1
 
@@ -224,7 +271,9 @@ def test_stage_writes_reports_and_registers_champions_once(tmp_path, tracking_st
     later = log_finetune_runs(tmp_path, tiny_normalizer, {("ncbi", "gold", "ehr_half"): [0.78, 0.80, 0.99]})
     run_stage(tmp_path)
     assert len(client.search_model_versions("name = 'ehrbert-ncbi'")) == 2
-    assert client.get_model_version_by_alias("ehrbert-ncbi", "champion").run_id == later[("ncbi", "gold", "ehr_half", 3)]
+    assert (
+        client.get_model_version_by_alias("ehrbert-ncbi", "champion").run_id == later[("ncbi", "gold", "ehr_half", 3)]
+    )
 
     model = mlflow.pyfunc.load_model("models:/ehrbert-ncbi@champion")
     predictions = model.predict(pd.DataFrame({"mention": ["breast cancer"]}))

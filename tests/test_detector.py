@@ -223,9 +223,21 @@ def test_cadec_detected_spans_are_token_aligned_and_disjoint(cadec_task, cadec_d
 
 def test_main_writes_detector_and_metrics(raw_data, tmp_path):
     out, metrics = tmp_path / "detector.json", tmp_path / "metrics.json"
-    main(["--cadec-dir", str(raw_data / "cadec"), "--params", str(ROOT / "params.yaml"),
-          "--out", str(out), "--metrics", str(metrics)])
+    main(
+        [
+            "--cadec-dir",
+            str(raw_data / "cadec"),
+            "--params",
+            str(ROOT / "params.yaml"),
+            "--out",
+            str(out),
+            "--metrics",
+            str(metrics),
+        ]
+    )
     written = json.loads(metrics.read_text())
     assert set(written) >= {"min_precision", "dev", "test"}
-    assert not any(key.endswith("seconds") for key in written)  # wall clock goes to the log: reruns leave the metrics equal
+    assert not any(
+        key.endswith("seconds") for key in written
+    )  # wall clock goes to the log: reruns leave the metrics equal
     assert LexiconDetector.load(out).min_precision == written["min_precision"]

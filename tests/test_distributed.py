@@ -25,9 +25,14 @@ from ehrbert.models.retrieval import RetrievalConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-NAMES = {"D1": ["breast cancer", "breast neoplasm", "mammary cancer"], "D2": ["ovarian cancer", "ovary neoplasm"],
-         "D3": ["wilson disease", "hepatolenticular degeneration"], "D4": ["fabry disease", "anderson fabry disease"],
-         "D5": ["colon cancer", "colonic neoplasm", "colorectal cancer"], "D6": ["heart failure", "cardiac failure"]}
+NAMES = {
+    "D1": ["breast cancer", "breast neoplasm", "mammary cancer"],
+    "D2": ["ovarian cancer", "ovary neoplasm"],
+    "D3": ["wilson disease", "hepatolenticular degeneration"],
+    "D4": ["fabry disease", "anderson fabry disease"],
+    "D5": ["colon cancer", "colonic neoplasm", "colorectal cancer"],
+    "D6": ["heart failure", "cardiac failure"],
+}
 PAIRS = [("breast ca", "D1"), ("ovarian ca", "D2"), ("wilsons", "D3"), ("fabry", "D4"), ("crc", "D5"), ("chf", "D6")]
 CONFIG = RetrievalConfig(steps=5, batch_size=8, learning_rate=1e-3, synonym_fraction=0.5, max_length=16)
 
@@ -53,9 +58,23 @@ def test_retrieval_training_on_two_processes_matches_one(tiny_bert, tmp_path):
     script = tmp_path / "train.py"
     script.write_text(f"NAMES, PAIRS, CONFIG_FIELDS = {NAMES!r}, {PAIRS!r}, {asdict(CONFIG)!r}\n{SCRIPT}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "accelerate" / "cpu-2proc.yaml"),
-                           "--mixed_precision", "no", str(script), str(tiny_bert), str(tmp_path / "two.pt")],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            str(BIN / "accelerate"),
+            "launch",
+            "--config_file",
+            str(ROOT / "accelerate" / "cpu-2proc.yaml"),
+            "--mixed_precision",
+            "no",
+            str(script),
+            str(tiny_bert),
+            str(tmp_path / "two.pt"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     assert two["world"] == 2

@@ -19,8 +19,12 @@ def _mention(doc_id, start, text, ids, relation="single"):
 
 
 # Training counts: D3 twice, D1 once, D2 six times, D4 never.
-TRAIN = [_mention("t1", 0, "Wilson disease", ["D3"]), _mention("t1", 20, "WD", ["D3"]),
-         _mention("t2", 0, "breast cancer", ["D1"]), *[_mention("t3", 20 * i, "ovarian cancer", ["D2"]) for i in range(6)]]
+TRAIN = [
+    _mention("t1", 0, "Wilson disease", ["D3"]),
+    _mention("t1", 20, "WD", ["D3"]),
+    _mention("t2", 0, "breast cancer", ["D1"]),
+    *[_mention("t3", 20 * i, "ovarian cancer", ["D2"]) for i in range(6)],
+]
 TEST = [
     _mention("1", 0, "Wilson disease", ["D3"]),
     _mention("1", 20, "WD", ["D3"]),
@@ -40,21 +44,32 @@ def test_buckets_and_labels():
     assert errors.bucket_labels([0, 1, 5, 20], low=0) == ["0", "1", "2-5", "6-20", ">20"]
     assert errors.bucket_labels([1, 2, 3], low=1) == ["1", "2", "3", ">3"]
     assert errors.bucket_labels([2, 4], low=1) == ["1-2", "3-4", ">4"]
-    assert [errors.bucket(v, [0, 1, 5, 20], 0) for v in (0, 1, 2, 5, 6, 20, 21)] == ["0", "1", "2-5", "2-5", "6-20", "6-20", ">20"]
+    assert [errors.bucket(v, [0, 1, 5, 20], 0) for v in (0, 1, 2, 5, 6, 20, 21)] == [
+        "0",
+        "1",
+        "2-5",
+        "2-5",
+        "6-20",
+        "6-20",
+        ">20",
+    ]
 
 
-@pytest.mark.parametrize("text, query, expected", [
-    ("CT", "copper toxicosis", True),  # Ab3P expanded it
-    ("von Hippel-Lindau (VHL) tumor", "von hippel lindau tumor", True),  # Ab3P dropped the short form
-    ("BZS", "bzs", True),  # Ab3P found no long form; still a short form
-    ("XDR-TB", "xdr tb", True),
-    ("SCA1", "sca1", True),
-    ("Wilson disease", "wilson disease", False),
-    ("SSc", "ssc", False),  # not all capitals (and Ab3P did not expand it here)
-    ("KIDNEY PROBLEMS", "kidney problems", False),  # shouting, several words
-    ("LIPITOR", "lipitor", False),  # longer than short_form_max_length
-    ("A", "a", False),
-])
+@pytest.mark.parametrize(
+    "text, query, expected",
+    [
+        ("CT", "copper toxicosis", True),  # Ab3P expanded it
+        ("von Hippel-Lindau (VHL) tumor", "von hippel lindau tumor", True),  # Ab3P dropped the short form
+        ("BZS", "bzs", True),  # Ab3P found no long form; still a short form
+        ("XDR-TB", "xdr tb", True),
+        ("SCA1", "sca1", True),
+        ("Wilson disease", "wilson disease", False),
+        ("SSc", "ssc", False),  # not all capitals (and Ab3P did not expand it here)
+        ("KIDNEY PROBLEMS", "kidney problems", False),  # shouting, several words
+        ("LIPITOR", "lipitor", False),  # longer than short_form_max_length
+        ("A", "a", False),
+    ],
+)
 def test_abbreviation_rule(text, query, expected):
     assert errors.is_abbreviation(text, query, max_length=6) is expected
 
@@ -64,8 +79,13 @@ def test_mention_features():
     assert features["train_mentions"].tolist() == [2, 2, 1, 0, -1]
     assert features["seen"].tolist() == ["seen", "seen", "seen", "unseen", "no concept"]
     assert features["frequency"].tolist() == ["2-5", "2-5", "1", "0", "no concept"]
-    assert features["abbreviation"].tolist() == ["no abbreviation", "abbreviation", "no abbreviation", "no abbreviation",
-                                                 "no abbreviation"]
+    assert features["abbreviation"].tolist() == [
+        "no abbreviation",
+        "abbreviation",
+        "no abbreviation",
+        "no abbreviation",
+        "no abbreviation",
+    ]
     assert features["composite"].tolist() == ["one ID", "one ID", "several IDs", "one ID", "no concept"]
     assert features["words"].tolist() == [2, 1, 4, 2, 2]
     assert features["length"].tolist() == ["2", "1", ">3", "2", "2"]
@@ -73,7 +93,9 @@ def test_mention_features():
 
 
 def test_bucket_scores_by_hand():
-    scores = errors.bucket_scores(TEST, _features(), PREDICTED, errors.bucket_order(CONFIG)).set_index(["dimension", "bucket"])
+    scores = errors.bucket_scores(TEST, _features(), PREDICTED, errors.bucket_order(CONFIG)).set_index(
+        ["dimension", "bucket"]
+    )
     order = list(scores.index)
     assert order[:4] == [("all", "all"), ("seen", "seen"), ("seen", "unseen"), ("seen", "no concept")]
     assert [b for d, b in order if d == "frequency"] == ["0", "1", "2-5", "no concept"]
@@ -82,7 +104,7 @@ def test_bucket_scores_by_hand():
     def check(key, mentions, acc1, precision, recall, f1):
         row = scores.loc[key]
         assert row["mentions"] == mentions
-        assert (math.isnan(row["acc1"]) if acc1 is None else row["acc1"] == pytest.approx(acc1))
+        assert math.isnan(row["acc1"]) if acc1 is None else row["acc1"] == pytest.approx(acc1)
         assert (row["precision"], row["recall"], row["f1"]) == pytest.approx((precision, recall, f1))
 
     # all: acc@1 3/4 (the composite counts as right); mention level tp 2, fp 3 (wrong, composite, no concept), fn 2
@@ -103,10 +125,14 @@ def test_bucket_scores_by_hand():
 
 def test_bucket_summary_means_and_sds_over_seeds():
     features, order = _features(), errors.bucket_order(CONFIG)
-    runs = pd.concat([
-        errors.bucket_scores(TEST, features, PREDICTED, order).assign(corpus="toy", model="m", seed=1),
-        errors.bucket_scores(TEST, features, ["D3", "D3", "D1", "D1", "D3"], order).assign(corpus="toy", model="m", seed=2),
-    ])
+    runs = pd.concat(
+        [
+            errors.bucket_scores(TEST, features, PREDICTED, order).assign(corpus="toy", model="m", seed=1),
+            errors.bucket_scores(TEST, features, ["D3", "D3", "D1", "D1", "D3"], order).assign(
+                corpus="toy", model="m", seed=2
+            ),
+        ]
+    )
     summary = errors.bucket_summary(runs).set_index(["dimension", "bucket"])
     unseen = summary.loc[("seen", "unseen")]
     assert (unseen["seeds"], unseen["mentions"]) == (2, 1)
@@ -114,7 +140,15 @@ def test_bucket_summary_means_and_sds_over_seeds():
     assert summary.loc[("abbreviation", "abbreviation"), "acc1_mean"] == pytest.approx(0.5)
     single = errors.bucket_summary(runs[runs["seed"] == 1])
     assert single["acc1_sd"].isna().all() and list(single.columns[:8]) == [
-        "corpus", "model", "dimension", "bucket", "mentions", "share", "scored", "seeds"]
+        "corpus",
+        "model",
+        "dimension",
+        "bucket",
+        "mentions",
+        "share",
+        "scored",
+        "seeds",
+    ]
 
 
 def test_disagreements_name_the_winner():
@@ -122,13 +156,21 @@ def test_disagreements_name_the_winner():
         return pd.DataFrame({"predicted": predicted, "score": [0.9, 0.8, 0.7, 0.6, 0.5]})
 
     names = {"D1": "breast cancer", "D2": "ovarian cancer", "D3": "wilson disease", "D4": "fabry disease"}
-    found = errors.disagreements(_features(), {"base": table(PREDICTED), "ehr_full": table(["D3", "D3", "D2", "D5", "D3"])},
-                                 ["base", "ehr_full"], lambda cid: names.get(cid, cid))
+    found = errors.disagreements(
+        _features(),
+        {"base": table(PREDICTED), "ehr_full": table(["D3", "D3", "D2", "D5", "D3"])},
+        ["base", "ehr_full"],
+        lambda cid: names.get(cid, cid),
+    )
     assert found["mention"].tolist() == ["WD", "Fabry disease", "breast and ovarian cancer"]
     assert found["winner"].tolist() == ["ehr_full", "base", "both"]
     first = found.iloc[0]
     assert (first["base_predicted"], first["base_name"], first["base_correct"]) == ("D4", "fabry disease", False)
-    assert (first["ehr_full_predicted"], first["ehr_full_correct"], first["abbreviation"]) == ("D3", True, "abbreviation")
+    assert (first["ehr_full_predicted"], first["ehr_full_correct"], first["abbreviation"]) == (
+        "D3",
+        True,
+        "abbreviation",
+    )
     assert found.iloc[2]["gold_names"] == "breast cancer | ovarian cancer"
     assert found.iloc[1]["ehr_full_name"] == "D5"  # not in the vocabulary: the ID itself
 
@@ -136,31 +178,64 @@ def test_disagreements_name_the_winner():
 def _write_predictions(task, root, model, seed, right):
     """A predictions TSV as the fine-tuning stage writes it; mention i is right where right(i)."""
     mentions, queries = task.mentions("test"), task.queries("test")
-    ranked = [[m.concept_ids[0] if (m.concept_ids and right(i)) else "D000001", "D003924"] for i, m in enumerate(mentions)]
+    ranked = [
+        [m.concept_ids[0] if (m.concept_ids and right(i)) else "D000001", "D003924"] for i, m in enumerate(mentions)
+    ]
     scores = [[0.9 - 0.0001 * i, 0.05] for i in range(len(mentions))]
     folder = run_folder(root, model, task.name, seed)
     folder.mkdir(parents=True)
-    predictions_table(task, "test", queries, ranked, scores).to_csv(folder / "test_predictions.tsv", sep="\t", index=False)
+    predictions_table(task, "test", queries, ranked, scores).to_csv(
+        folder / "test_predictions.tsv", sep="\t", index=False
+    )
 
 
 def test_main_writes_tables_figures_plot_data_and_logs_to_mlflow(raw_data, tmp_path, tracking_store, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = argparse.Namespace(ncbi_dir=raw_data / "ncbi_disease", ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz")
+    args = argparse.Namespace(
+        ncbi_dir=raw_data / "ncbi_disease", ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz"
+    )
     task = load_task("ncbi", args, {})
     _write_predictions(task, tmp_path / "ft", "base", 1, lambda i: i % 2 == 0)
     _write_predictions(task, tmp_path / "ft", "base", 2, lambda i: i % 3 == 0)
     _write_predictions(task, tmp_path / "ft", "ehr_full", 1, lambda i: True)
     (tmp_path / "ft" / "ehr_full-ncbi-s2").mkdir()  # a run that did not finish: skipped
-    assert list(find_prediction_files(tmp_path / "ft", "ncbi", ["base", "ehr_full"])) == [("base", 1), ("base", 2), ("ehr_full", 1)]
-    params = {"cadec_split": {}, "error_analysis": {"models": ["base", "ehr_full"], "corpora": ["ncbi", "cadec"],
-                                                    "restricted_corpora": ["ncbi"]}}
+    assert list(find_prediction_files(tmp_path / "ft", "ncbi", ["base", "ehr_full"])) == [
+        ("base", 1),
+        ("base", 2),
+        ("ehr_full", 1),
+    ]
+    params = {
+        "cadec_split": {},
+        "error_analysis": {
+            "models": ["base", "ehr_full"],
+            "corpora": ["ncbi", "cadec"],
+            "restricted_corpora": ["ncbi"],
+        },
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
-    errors.main([
-        "--predictions", "ft", "--ncbi-dir", str(args.ncbi_dir), "--ncbi-vocabulary", str(args.ncbi_vocabulary),
-        "--table", "r/error_analysis.csv", "--markdown", "r/error_analysis.md", "--examples", "r/error_analysis_examples.csv",
-        "--restricted-examples", "r/restricted/error_analysis_examples.csv", "--figures", "r/figures", "--plot-data", "r/plots",
-    ])  # cadec has no predictions here: left out with a warning
+    errors.main(
+        [
+            "--predictions",
+            "ft",
+            "--ncbi-dir",
+            str(args.ncbi_dir),
+            "--ncbi-vocabulary",
+            str(args.ncbi_vocabulary),
+            "--table",
+            "r/error_analysis.csv",
+            "--markdown",
+            "r/error_analysis.md",
+            "--examples",
+            "r/error_analysis_examples.csv",
+            "--restricted-examples",
+            "r/restricted/error_analysis_examples.csv",
+            "--figures",
+            "r/figures",
+            "--plot-data",
+            "r/plots",
+        ]
+    )  # cadec has no predictions here: left out with a warning
 
     table = pd.read_csv(tmp_path / "r" / "error_analysis.csv", keep_default_na=False, na_values=[""])
     overall = table[table["dimension"] == "all"].set_index("model")
@@ -171,9 +246,13 @@ def test_main_writes_tables_figures_plot_data_and_logs_to_mlflow(raw_data, tmp_p
     assert unseen["acc1_mean"] == pytest.approx(1.0) and 0 < unseen["mentions"] < 960
     assert set(table["dimension"]) == {"all", *errors.DIMENSIONS}
 
-    examples = pd.read_csv(tmp_path / "r" / "restricted" / "error_analysis_examples.csv", dtype=str, keep_default_na=False)
+    examples = pd.read_csv(
+        tmp_path / "r" / "restricted" / "error_analysis_examples.csv", dtype=str, keep_default_na=False
+    )
     assert pd.read_csv(tmp_path / "r" / "error_analysis_examples.csv").empty  # ncbi is "restricted" in this test
-    assert len(examples) == sum(i % 2 == 1 for i, m in enumerate(task.mentions("test")) if m.concept_ids)  # base wrong at seed 1
+    assert len(examples) == sum(
+        i % 2 == 1 for i, m in enumerate(task.mentions("test")) if m.concept_ids
+    )  # base wrong at seed 1
     assert set(examples["winner"]) == {"ehr_full"} and set(examples["corpus"]) == {"ncbi"}
 
     markdown = (tmp_path / "r" / "error_analysis.md").read_text()

@@ -15,8 +15,13 @@ from ehrbert.metrics import accuracy_at_k
 from ehrbert.models import classifier
 from ehrbert.tasks import Task, load_task
 
-CONCEPTS = [Concept("D1", "breast cancer"), Concept("D2", "ovarian cancer"), Concept("D3", "wilson disease"),
-            Concept("D4", "fabry disease"), Concept("D5", "apc deficiency")]
+CONCEPTS = [
+    Concept("D1", "breast cancer"),
+    Concept("D2", "ovarian cancer"),
+    Concept("D3", "wilson disease"),
+    Concept("D4", "fabry disease"),
+    Concept("D5", "apc deficiency"),
+]
 
 
 def _mention(doc, text, ids, relation="single"):
@@ -40,15 +45,22 @@ def test_training_pairs_split_composites_drop_no_concept_and_deduplicate():
     task = _task()
     label2id = {c.concept_id: i for i, c in enumerate(CONCEPTS)}
     pairs = finetune.training_pairs(task, finetune.FinetuneConfig(deduplicate=False), label2id)
-    assert pairs == [("breast and ovarian cancer", 0), ("breast and ovarian cancer", 1),
-                     ("wilson disease", 2), ("wilson disease", 2), ("fabry disease", 3)]
+    assert pairs == [
+        ("breast and ovarian cancer", 0),
+        ("breast and ovarian cancer", 1),
+        ("wilson disease", 2),
+        ("wilson disease", 2),
+        ("fabry disease", 3),
+    ]
     assert len(finetune.training_pairs(task, finetune.FinetuneConfig(deduplicate=True), label2id)) == 4
     with_names = finetune.training_pairs(task, finetune.FinetuneConfig(add_vocabulary_names=True), label2id)
     assert ("apc deficiency", 4) in with_names
 
 
 def test_imprinted_head_answers_each_concept_by_its_name_before_training(tiny_bert):
-    model, tokenizer = classifier.build(tiny_bert, Vocabulary(CONCEPTS), dropout=0.1, seed=0, head_init="names", head_scale=20.0)
+    model, tokenizer = classifier.build(
+        tiny_bert, Vocabulary(CONCEPTS), dropout=0.1, seed=0, head_init="names", head_scale=20.0
+    )
     vectors = classifier.pooled_vectors(model, tokenizer, [c.name for c in CONCEPTS], max_length=32)
     rows, bias = model.classifier.weight.detach(), model.classifier.bias.detach()
     logits = vectors @ rows.T + bias  # what the head gives each preferred name (dropout off)
@@ -62,7 +74,7 @@ def test_imprinted_head_answers_each_concept_by_its_name_before_training(tiny_be
 
 def test_uniform_head_is_the_papers_and_a_bad_head_init_is_named(tiny_bert):
     model, _ = classifier.build(tiny_bert, Vocabulary(CONCEPTS), dropout=0.1, seed=0, head_init="uniform")
-    bound = 1 / model.classifier.in_features ** 0.5
+    bound = 1 / model.classifier.in_features**0.5
     assert model.classifier.weight.abs().max() <= bound and model.classifier.weight.std() > bound / 3
     with pytest.raises(ValueError, match="head_init 'zeros'"):
         classifier.build(tiny_bert, Vocabulary(CONCEPTS), dropout=0.1, seed=0, head_init="zeros")
@@ -75,8 +87,13 @@ def test_label_i_is_the_vocabulary_s_concept_i_after_save_and_reload(tiny_bert, 
     concept: with the head set so that row i's logit is LOGITS[i] whatever the query, a saved and reloaded model
     must rank the vocabulary's IDs by those logits."""
     # IDs out of sorted order and from two namespaces: labels sorted or re-keyed on the way would show here
-    concepts = [Concept("D4", "fabry disease"), Concept("OMIM:300", "wilson disease"), Concept("C1", "breast cancer"),
-                Concept("D2", "ovarian cancer"), Concept("D10", "apc deficiency")]
+    concepts = [
+        Concept("D4", "fabry disease"),
+        Concept("OMIM:300", "wilson disease"),
+        Concept("C1", "breast cancer"),
+        Concept("D2", "ovarian cancer"),
+        Concept("D10", "apc deficiency"),
+    ]
     logits = torch.tensor([0.0, 4.0, 2.0, 3.0, 1.0])
     model, tokenizer = classifier.build(tiny_bert, Vocabulary(concepts), dropout=0.1, seed=0)
     with torch.no_grad():
@@ -98,8 +115,9 @@ def _train(tiny_bert, config):
     task = _task()
     model, tokenizer = classifier.build(tiny_bert, task.vocabulary, config.dropout, seed=0)
     pairs = finetune.training_pairs(task, config, model.config.label2id) * 8
-    history = finetune.train(model, tokenizer, pairs, task.queries("dev"), task.mentions("dev"), config,
-                             Accelerator(cpu=True), seed=0)
+    history = finetune.train(
+        model, tokenizer, pairs, task.queries("dev"), task.mentions("dev"), config, Accelerator(cpu=True), seed=0
+    )
     return history, model, tokenizer, task
 
 
@@ -123,11 +141,30 @@ def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path,
     params = yaml.safe_load(open(finetune.__file__.replace("src/ehrbert/finetune.py", "params.yaml")))
     params["finetune"]["config"].update(max_epochs=2, patience=1, head_lr=1e-2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    finetune.main([
-        "--corpus", "ncbi", "--model", "tiny", "--model-path", str(tiny_bert), "--seed", "7",
-        "--ncbi-dir", str(raw_data / "ncbi_disease"), "--ncbi-vocabulary", str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
-        "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json", "--run-record", "run.json",
-    ])
+    finetune.main(
+        [
+            "--corpus",
+            "ncbi",
+            "--model",
+            "tiny",
+            "--model-path",
+            str(tiny_bert),
+            "--seed",
+            "7",
+            "--ncbi-dir",
+            str(raw_data / "ncbi_disease"),
+            "--ncbi-vocabulary",
+            str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
+            "--params",
+            "params.yaml",
+            "--out-dir",
+            "out",
+            "--metrics",
+            "metrics.json",
+            "--run-record",
+            "run.json",
+        ]
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"precision", "recall", "f1", "acc1", "acc5", "best_epoch"} <= set(metrics)
     assert "train_seconds" not in metrics  # wall clock goes to MLflow: the tracked metrics of a rerun stay equal
@@ -136,7 +173,12 @@ def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path,
     runs = mlflow.search_runs(experiment_names=["finetune-ncbi"])
     assert len(runs) == 1
     run = runs.iloc[0]
-    assert (run["tags.model"], run["tags.corpus"], run["tags.seed"], run["tags.mentions"]) == ("tiny", "ncbi", "7", "gold")
+    assert (run["tags.model"], run["tags.corpus"], run["tags.seed"], run["tags.mentions"]) == (
+        "tiny",
+        "ncbi",
+        "7",
+        "gold",
+    )
     assert run["metrics.test_f1"] == pytest.approx(metrics["f1"])
     assert run["metrics.train_seconds"] > 0
     assert run["params.max_epochs"] == "2" and run["params.head_init"] == "names"
@@ -148,14 +190,25 @@ def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path,
     assert record["runs"] == {"gold": run["run_id"]} and record["model_dir"] == "out/model"
     model, tokenizer, trained = classifier.load_finetuned(tmp_path / "out")
     assert trained["config"]["max_length"] == params["finetune"]["config"]["max_length"] and trained["seed"] == 7
-    vocabulary = [c.concept_id for c in load_task("ncbi", argparse.Namespace(
-        ncbi_dir=raw_data / "ncbi_disease", ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz"),
-        {}).vocabulary.concepts]
+    vocabulary = [
+        c.concept_id
+        for c in load_task(
+            "ncbi",
+            argparse.Namespace(
+                ncbi_dir=raw_data / "ncbi_disease", ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz"
+            ),
+            {},
+        ).vocabulary.concepts
+    ]
     assert classifier.concept_ids(model) == vocabulary  # label i is the vocabulary's concept i, every concept once
     predicted = pd.read_csv(tmp_path / "out" / "test_predictions.tsv", sep="\t", dtype=str)
     assert {c for top_k in predicted["top_k"] for c in top_k.split("|")} <= set(vocabulary)
-    logged = mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="model", dst_path=str(tmp_path / "dl"))
-    assert (Path(logged) / "model.safetensors").read_bytes() == (tmp_path / "out" / "model" / "model.safetensors").read_bytes()
+    logged = mlflow.artifacts.download_artifacts(
+        run_id=run["run_id"], artifact_path="model", dst_path=str(tmp_path / "dl")
+    )
+    assert (Path(logged) / "model.safetensors").read_bytes() == (
+        tmp_path / "out" / "model" / "model.safetensors"
+    ).read_bytes()
     with torch.inference_mode():
         ranked, scores = classifier.predict(model, tokenizer, ["wilson disease"], k=3)
     assert len(ranked[0]) == 3 and scores[0] == sorted(scores[0], reverse=True)
@@ -163,7 +216,8 @@ def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path,
 
 @pytest.fixture
 def fresh_accelerate_state():
-    """Accelerate keeps one process-wide state: a run with another mixed precision needs it cleared, before and after."""
+    """Accelerate keeps one process-wide state: a run with another mixed precision needs it cleared, before and
+    after."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -171,13 +225,16 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch,
-                                                 fresh_accelerate_state):
+def test_cadec_run_also_scores_detected_mentions(
+    tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch, fresh_accelerate_state
+):
     from ehrbert.models.detector import LexiconDetector
     from ehrbert.tasks import load_cadec_task
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch` hands a script configured for bf16
+    monkeypatch.setenv(
+        "ACCELERATE_MIXED_PRECISION", "bf16"
+    )  # what `accelerate launch` hands a script configured for bf16
     params = yaml.safe_load(open(finetune.__file__.replace("src/ehrbert/finetune.py", "params.yaml")))
     params["finetune"]["config"].update(max_epochs=1)
     params["finetune"]["head_init_ablation"]["config"].update(head_init="uniform", max_epochs=1)
@@ -185,12 +242,32 @@ def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, 
     task = load_cadec_task(raw_data / "cadec", **params["cadec_split"])
     names = [n for c in task.vocabulary.concepts for n in c.names]
     LexiconDetector.fit(names, task.splits["train"]).with_min_precision(0.5).save(tmp_path / "detector.json")
-    finetune.main([
-        "--corpus", "cadec", "--model", "tiny", "--model-path", str(tiny_bert), "--seed", "1",
-        "--cadec-dir", str(raw_data / "cadec"), "--cadec-detector", "detector.json",
-        "--config-overrides", "finetune.head_init_ablation.config",
-        "--params", "params.yaml", "--out-dir", "out", "--metrics", "metrics.json", "--run-record", "run.json",
-    ])
+    finetune.main(
+        [
+            "--corpus",
+            "cadec",
+            "--model",
+            "tiny",
+            "--model-path",
+            str(tiny_bert),
+            "--seed",
+            "1",
+            "--cadec-dir",
+            str(raw_data / "cadec"),
+            "--cadec-detector",
+            "detector.json",
+            "--config-overrides",
+            "finetune.head_init_ablation.config",
+            "--params",
+            "params.yaml",
+            "--out-dir",
+            "out",
+            "--metrics",
+            "metrics.json",
+            "--run-record",
+            "run.json",
+        ]
+    )
     predicted = json.loads((tmp_path / "metrics.json").read_text())["predicted_mentions"]
     assert predicted["detected"] > 1000 and predicted["tp"] + predicted["fn"] == 1660  # test mentions with a concept
     runs = mlflow.search_runs(experiment_names=["finetune-cadec"]).set_index("tags.mentions")
@@ -199,12 +276,15 @@ def test_cadec_run_also_scores_detected_mentions(tiny_bert, raw_data, tmp_path, 
     assert runs.loc["gold", "params.head_init"] == "uniform"  # --config-overrides replaces finetune.config keys
     assert runs.loc["gold", "params.mixed_precision"] == "bf16"
     assert runs.loc["gold", "tags.model_label"].endswith("uniform head (paper)")
-    assert json.loads((tmp_path / "run.json").read_text())["runs"] == {"gold": runs.loc["gold", "run_id"],
-                                                                     "predicted": runs.loc["predicted", "run_id"]}
+    assert json.loads((tmp_path / "run.json").read_text())["runs"] == {
+        "gold": runs.loc["gold", "run_id"],
+        "predicted": runs.loc["predicted", "run_id"],
+    }
 
 
-def test_two_processes_under_accelerate_launch_train_as_one(tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch,
-                                                            fresh_accelerate_state):
+def test_two_processes_under_accelerate_launch_train_as_one(
+    tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch, fresh_accelerate_state
+):
     """The project's 2-process Accelerate config (as dvc.yaml launches it): two real processes (gloo), each half of
     the same global batches, one MLflow run that records the world size, and the weights of a one-process run.
 
@@ -219,18 +299,46 @@ def test_two_processes_under_accelerate_launch_train_as_one(tiny_bert, raw_data,
     params["finetune"]["config"].update(max_epochs=1, dropout=0.0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     config_file = Path(finetune.__file__).parents[2] / "accelerate" / "cpu-2proc.yaml"
-    data = ["--corpus", "ncbi", "--model", "tiny", "--model-path", str(tiny_bert), "--seed", "1",
-            "--ncbi-dir", str(raw_data / "ncbi_disease"), "--ncbi-vocabulary", str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
-            "--params", "params.yaml"]
-    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(config_file),
-               "-m", "ehrbert.finetune", *data, "--out-dir", "two", "--metrics", "two.json", "--run-record", "two-run.json"]
+    data = [
+        "--corpus",
+        "ncbi",
+        "--model",
+        "tiny",
+        "--model-path",
+        str(tiny_bert),
+        "--seed",
+        "1",
+        "--ncbi-dir",
+        str(raw_data / "ncbi_disease"),
+        "--ncbi-vocabulary",
+        str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
+        "--params",
+        "params.yaml",
+    ]
+    command = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--config_file",
+        str(config_file),
+        "-m",
+        "ehrbert.finetune",
+        *data,
+        "--out-dir",
+        "two",
+        "--metrics",
+        "two.json",
+        "--run-record",
+        "two-run.json",
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     # batch 32 a step over both processes: each process takes 16 of each of the 48 global batches of NCBI's
     # 1,514 merged training pairs
     assert "/48 [" in done.stderr and "/95 [" not in done.stderr
     runs = mlflow.search_runs(experiment_names=["finetune-ncbi"])
-    assert len(runs) == 1 and runs.iloc[0]["params.processes"] == "2" and runs.iloc[0]["params.mixed_precision"] == "bf16"
+    assert (
+        len(runs) == 1 and runs.iloc[0]["params.processes"] == "2" and runs.iloc[0]["params.mixed_precision"] == "bf16"
+    )
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # as accelerate/cpu.yaml hands it to one process
@@ -252,11 +360,30 @@ def test_two_runs_with_one_seed_give_identical_files(tiny_bert, raw_data, tmp_pa
     params["finetune"]["config"].update(max_epochs=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     for name in ("a", "b"):
-        finetune.main([
-            "--corpus", "ncbi", "--model", "tiny", "--model-path", str(tiny_bert), "--seed", "3",
-            "--ncbi-dir", str(raw_data / "ncbi_disease"), "--ncbi-vocabulary", str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
-            "--params", "params.yaml", "--out-dir", name, "--metrics", f"{name}.json", "--run-record", f"{name}-run.json",
-        ])
+        finetune.main(
+            [
+                "--corpus",
+                "ncbi",
+                "--model",
+                "tiny",
+                "--model-path",
+                str(tiny_bert),
+                "--seed",
+                "3",
+                "--ncbi-dir",
+                str(raw_data / "ncbi_disease"),
+                "--ncbi-vocabulary",
+                str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
+                "--params",
+                "params.yaml",
+                "--out-dir",
+                name,
+                "--metrics",
+                f"{name}.json",
+                "--run-record",
+                f"{name}-run.json",
+            ]
+        )
     for file in ("model/model.safetensors", "model/config.json", "model/training.json", "test_predictions.tsv"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()

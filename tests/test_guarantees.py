@@ -57,9 +57,12 @@ UNSAFE = {
 
 @pytest.mark.parametrize("rule", sorted(UNSAFE))
 def test_no_code_executing_weight_loads_in_src(rule):
-    found = [f"{path.relative_to(ROOT)}:{text[: m.start()].count(chr(10)) + 1}"
-             for path in sorted((ROOT / "src").rglob("*.py")) for text in [path.read_text()]
-             for m in UNSAFE[rule].finditer(text)]
+    found = [
+        f"{path.relative_to(ROOT)}:{text[: m.start()].count(chr(10)) + 1}"
+        for path in sorted((ROOT / "src").rglob("*.py"))
+        for text in [path.read_text()]
+        for m in UNSAFE[rule].finditer(text)
+    ]
     assert not found, f"{rule}: {found}"
 
 

@@ -22,29 +22,42 @@ from ehrbert.models.retrieval import NameIndex, RetrievalConfig
 ROOT_PARAMS = hybrid.__file__.replace("src/ehrbert/hybrid.py", "params.yaml")
 
 
-@pytest.mark.parametrize("query, parts", [
-    ("breast and ovarian cancer", ["breast cancer", "ovarian cancer"]),
-    ("breast and or ovarian cancer", ["breast cancer", "ovarian cancer"]),
-    ("colon breast or ovarian cancer", ["colon breast", "ovarian cancer"]),  # no shared head: the parts as they are
-    ("cancers of the breast and ovary", ["cancers of the breast", "cancers of the ovary"]),
-    ("deafness and blindness", ["deafness", "blindness"]),
-    ("hereditary nonpolyposis colorectal cancer", []),
-    ("and", []),
-])
+@pytest.mark.parametrize(
+    "query, parts",
+    [
+        ("breast and ovarian cancer", ["breast cancer", "ovarian cancer"]),
+        ("breast and or ovarian cancer", ["breast cancer", "ovarian cancer"]),
+        ("colon breast or ovarian cancer", ["colon breast", "ovarian cancer"]),  # no shared head: the parts as they are
+        ("cancers of the breast and ovary", ["cancers of the breast", "cancers of the ovary"]),
+        ("deafness and blindness", ["deafness", "blindness"]),
+        ("hereditary nonpolyposis colorectal cancer", []),
+        ("and", []),
+    ],
+)
 def test_split_coordination(query, parts):
     assert split_coordination(query) == parts
 
 
-VOCABULARY = Vocabulary([Concept("D1", "breast cancer", ("breast neoplasm",)), Concept("D2", "ovarian cancer"),
-                         Concept("D3", "wilson disease", ("hepatolenticular degeneration",)),
-                         Concept("D4", "fabry disease"), Concept("D5", "apc deficiency")])
+VOCABULARY = Vocabulary(
+    [
+        Concept("D1", "breast cancer", ("breast neoplasm",)),
+        Concept("D2", "ovarian cancer"),
+        Concept("D3", "wilson disease", ("hepatolenticular degeneration",)),
+        Concept("D4", "fabry disease"),
+        Concept("D5", "apc deficiency"),
+    ]
+)
 
 
 def _mentions():
     composite = Mention("1", ((0, 25),), "breast and ovarian cancer", ("D1", "D2"), COMPOSITE)
     wilson = Mention("1", ((30, 44),), "Wilson's", ("D3",))
-    return [composite, composite, wilson, Mention("1", ((50, 58),), "Wilson's", ("D4",))], \
-        ["breast and ovarian cancer", "breast and ovarian cancer", "wilsons", "wilsons"]
+    return [composite, composite, wilson, Mention("1", ((50, 58),), "Wilson's", ("D4",))], [
+        "breast and ovarian cancer",
+        "breast and ovarian cancer",
+        "wilsons",
+        "wilsons",
+    ]
 
 
 def test_name_index_orders_tuples_by_training_frequency_and_round_trips(tmp_path):
@@ -99,8 +112,12 @@ def test_contrastive_training_lowers_the_loss_and_search_finds_exact_names(tiny_
     names = retrieval.concept_names(VOCABULARY)
     mentions, queries = _mentions()
     pairs = retrieval.mention_pairs(mentions, queries, names)
-    assert pairs == [("breast and ovarian cancer", "D1"), ("breast and ovarian cancer", "D2"), ("wilsons", "D3"),
-                     ("wilsons", "D4")]
+    assert pairs == [
+        ("breast and ovarian cancer", "D1"),
+        ("breast and ovarian cancer", "D2"),
+        ("wilsons", "D3"),
+        ("wilsons", "D4"),
+    ]
     config = RetrievalConfig(steps=50, batch_size=4, learning_rate=1e-3, synonym_fraction=0.5)
     history = retrieval.train_encoder(model, tokenizer, names, pairs, config, seed=0)
     assert [h["step"] for h in history] == [25, 50] and history[-1]["loss"] < history[0]["loss"]
@@ -115,8 +132,15 @@ def test_score_reports_seen_unseen_and_no_concept():
     from ehrbert.corpora.records import NO_CONCEPT, Document
     from ehrbert.tasks import Task
 
-    doc = Document("1", "x" * 40, [Mention("1", ((0, 2),), "ab", ("D1",)), Mention("1", ((3, 5),), "cd", ("D5",)),
-                                   Mention("1", ((6, 8),), "ef", (), NO_CONCEPT)])
+    doc = Document(
+        "1",
+        "x" * 40,
+        [
+            Mention("1", ((0, 2),), "ab", ("D1",)),
+            Mention("1", ((3, 5),), "cd", ("D5",)),
+            Mention("1", ((6, 8),), "ef", (), NO_CONCEPT),
+        ],
+    )
     task = Task("toy", VOCABULARY, {"test": [doc]}, level="mention")
     answers = [Answer(["D1"], [0.9], ("D1",)), Answer(["D2"], [0.3], ()), Answer(["D4"], [0.2], ())]
     scores = hybrid.score(task, "test", answers, seen={"D1"})
@@ -125,20 +149,63 @@ def test_score_reports_seen_unseen_and_no_concept():
     assert (scores["tp"], scores["fp"], scores["fn"]) == (1, 0, 1)
 
 
-def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(tiny_bert, raw_data, tmp_path, tracking_store,
-                                                                          monkeypatch):
+def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(
+    tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load(open(ROOT_PARAMS))
     params["finetune"]["config"].update(max_epochs=1)
     params["hybrid"]["config"]["encoder"] = str(tiny_bert)
     params["hybrid"]["config"]["retrieval"].update(steps=2, batch_size=8)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    data = ["--ncbi-dir", str(raw_data / "ncbi_disease"), "--ncbi-vocabulary", str(raw_data / "medic" / "CTD_diseases.tsv.gz")]
-    finetune.main(["--corpus", "ncbi", "--model", "base", "--model-path", str(tiny_bert), "--seed", "1", *data,
-                   "--params", "params.yaml", "--out-dir", "ft", "--metrics", "ft.json", "--run-record", "ft-run.json"])
-    hybrid.main(["--corpus", "ncbi", "--seed", "1", *data, "--params", "params.yaml", "--classifier", "ft",
-                 "--classifier-run-record", "ft-run.json", "--out-dir", "out", "--metrics", "metrics.json",
-                 "--run-record", "run.json"])
+    data = [
+        "--ncbi-dir",
+        str(raw_data / "ncbi_disease"),
+        "--ncbi-vocabulary",
+        str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
+    ]
+    finetune.main(
+        [
+            "--corpus",
+            "ncbi",
+            "--model",
+            "base",
+            "--model-path",
+            str(tiny_bert),
+            "--seed",
+            "1",
+            *data,
+            "--params",
+            "params.yaml",
+            "--out-dir",
+            "ft",
+            "--metrics",
+            "ft.json",
+            "--run-record",
+            "ft-run.json",
+        ]
+    )
+    hybrid.main(
+        [
+            "--corpus",
+            "ncbi",
+            "--seed",
+            "1",
+            *data,
+            "--params",
+            "params.yaml",
+            "--classifier",
+            "ft",
+            "--classifier-run-record",
+            "ft-run.json",
+            "--out-dir",
+            "out",
+            "--metrics",
+            "metrics.json",
+            "--run-record",
+            "run.json",
+        ]
+    )
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics) == list(VARIANTS)
@@ -156,8 +223,9 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(tiny_be
 
     # one model folder answers as any variant, as the stage scored it (the saved index is fp16, so a random
     # tiny encoder's near-ties may flip: agreement, not identity)
-    test_predictions = pd.read_csv(tmp_path / "out" / "retrieval_test_predictions.tsv", sep="\t", dtype=str,
-                                   keep_default_na=False)
+    test_predictions = pd.read_csv(
+        tmp_path / "out" / "retrieval_test_predictions.tsv", sep="\t", dtype=str, keep_default_na=False
+    )
     retrieval_only = HybridNormalizer.load(tmp_path / "out" / "model", "retrieval")
     assert retrieval_only.settings == Settings(**metrics["retrieval"]["settings"])
     answers = retrieval_only.predict(test_predictions["query"].tolist())
@@ -167,40 +235,70 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(tiny_be
         HybridNormalizer.load(tmp_path / "out" / "model", "hybrid_best")
 
     # the final variant's model, registered from the stage's output folder and loaded as the served pyfunc
-    from ehrbert.tasks import load_task
     from types import SimpleNamespace
 
-    task = load_task("ncbi", SimpleNamespace(ncbi_dir=raw_data / "ncbi_disease",
-                                             ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz"), {})
+    from ehrbert.tasks import load_task
+
+    task = load_task(
+        "ncbi",
+        SimpleNamespace(ncbi_dir=raw_data / "ncbi_disease", ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz"),
+        {},
+    )
     names = {c.concept_id: c.name for c in task.vocabulary.concepts}
-    version, _ = registry.register_champion(runs.loc["hybrid_no_concept", "run_id"], "ehrbert-ncbi", tmp_path / "out" / "model",
-                                            lambda: names, variant="hybrid_no_concept")
+    version, _ = registry.register_champion(
+        runs.loc["hybrid_no_concept", "run_id"],
+        "ehrbert-ncbi",
+        tmp_path / "out" / "model",
+        lambda: names,
+        variant="hybrid_no_concept",
+    )
     served = mlflow.pyfunc.load_model("models:/ehrbert-ncbi@champion")
     seen = {c for m in task.mentions("train") for c in m.concept_ids}
-    unseen = next(c for c in task.vocabulary.concepts if c.concept_id not in seen and c.name.lower() == "acromicric dysplasia")
+    unseen = next(
+        c for c in task.vocabulary.concepts if c.concept_id not in seen and c.name.lower() == "acromicric dysplasia"
+    )
     answer = served.predict(pd.DataFrame({"mention": ["Acromicric dysplasia"]}))
     assert answer.loc[0, "concept_id"] == unseen.concept_id and answer.loc[0, "concept_name"] == unseen.name
 
     text = "Acromicric dysplasia and Wilson disease were seen."
     found = served.predict(pd.DataFrame({"text": [text]}))
-    assert list(found.columns) == ["row", "start", "end", "mention", "concept_id", "concept_ids", "concept_name", "score"]
+    assert list(found.columns) == [
+        "row",
+        "start",
+        "end",
+        "mention",
+        "concept_id",
+        "concept_ids",
+        "concept_name",
+        "score",
+    ]
     assert [text[s:e] for s, e in zip(found["start"], found["end"])] == found["mention"].tolist()
     assert "Acromicric dysplasia" in found["mention"].tolist()
     with pytest.raises(Exception, match="either 'mention'"):
         served.predict(pd.DataFrame({"text": [text], "mention": ["x"]}))
 
     # any other variant registers from the same folder and serves as itself
-    registry.register_champion(runs.loc["retrieval", "run_id"], "ehrbert-ncbi-retrieval", tmp_path / "out" / "model",
-                               lambda: names, variant="retrieval")
+    registry.register_champion(
+        runs.loc["retrieval", "run_id"],
+        "ehrbert-ncbi-retrieval",
+        tmp_path / "out" / "model",
+        lambda: names,
+        variant="retrieval",
+    )
     served_retrieval = mlflow.pyfunc.load_model("models:/ehrbert-ncbi-retrieval@champion")
     frame = pd.DataFrame({"mention": test_predictions["mention"].tolist()[:20]})
-    pd.testing.assert_frame_equal(served_retrieval.predict(frame), serving.normalize_mentions(retrieval_only, None, names, frame))
+    pd.testing.assert_frame_equal(
+        served_retrieval.predict(frame), serving.normalize_mentions(retrieval_only, None, names, frame)
+    )
 
 
 def test_variant_labels_name_only_the_components_switched_on():
     config = hybrid.HybridConfig(classifier_model="base")
     assert hybrid.variant_label("retrieval", "R", config) == "R"
-    assert hybrid.variant_label("hybrid_no_concept", "R", config) == "R + base classifier + composite mentions + no-concept threshold"
+    assert (
+        hybrid.variant_label("hybrid_no_concept", "R", config)
+        == "R + base classifier + composite mentions + no-concept threshold"
+    )
     without = hybrid.HybridConfig(classifier=False, composite=True, no_concept=True)
     assert hybrid.variant_label("hybrid_no_concept", "R", without) == "R + composite mentions + no-concept threshold"
 
@@ -209,12 +307,22 @@ def test_switched_off_components_are_left_out_of_the_variants():
     from ehrbert.corpora.records import Document
     from ehrbert.tasks import Task
 
-    doc = Document("1", "x" * 80, [Mention("1", ((0, 25),), "breast and ovarian cancer", ("D1", "D2"), COMPOSITE),
-                                   Mention("1", ((30, 44),), "wilson disease", ("D3",)),
-                                   Mention("1", ((50, 58),), "fabry", ("D4",))])
+    doc = Document(
+        "1",
+        "x" * 80,
+        [
+            Mention("1", ((0, 25),), "breast and ovarian cancer", ("D1", "D2"), COMPOSITE),
+            Mention("1", ((30, 44),), "wilson disease", ("D3",)),
+            Mention("1", ((50, 58),), "fabry", ("D4",)),
+        ],
+    )
     task = Task("toy", VOCABULARY, {"dev": [doc]}, level="document")
-    dev = Candidates(retrieval=[{"D1": 0.9}, {"D3": 0.95}, {"D4": 0.6, "D5": 0.59}], best_tuple=[("D1", "D2"), ("D3",), ("D4",)],
-                     classifier=[{}, {}, {}], parts=[[("D1", 0.9), ("D2", 0.9)], [], []])
+    dev = Candidates(
+        retrieval=[{"D1": 0.9}, {"D3": 0.95}, {"D4": 0.6, "D5": 0.59}],
+        best_tuple=[("D1", "D2"), ("D3",), ("D4",)],
+        classifier=[{}, {}, {}],
+        parts=[[("D1", 0.9), ("D2", 0.9)], [], []],
+    )
     config = hybrid.HybridConfig(classifier=False, composite=True, no_concept=True, composite_thresholds=[0.8])
     variants = hybrid.choose_settings(task, dev, config, seen={"D1", "D3"})
     assert [name for name, _, _ in variants] == ["retrieval", "hybrid_composite", "hybrid_no_concept"]

@@ -14,10 +14,12 @@ from ehrbert.corpora.notes import (
 from ehrbert.corpora.records import FormatError
 
 HEADER = "note_id,description,medical_specialty,sample_name,transcription,keywords\n"
-ROW_1 = ('1,A 23-year-old white female presents with complaint of allergies.,Allergy / Immunology,Allergic Rhinitis,'
-         '"SUBJECTIVE:,  This 23-year-old white female presents with complaint of allergies.  She used to have '
-         'allergies when she lived in Seattle.","allergy / immunology, allergic rhinitis"\n')
-ROW_2 = '2,Empty one.,Surgery,Nothing,,\n'
+ROW_1 = (
+    "1,A 23-year-old white female presents with complaint of allergies.,Allergy / Immunology,Allergic Rhinitis,"
+    '"SUBJECTIVE:,  This 23-year-old white female presents with complaint of allergies.  She used to have '
+    'allergies when she lived in Seattle.","allergy / immunology, allergic rhinitis"\n'
+)
+ROW_2 = "2,Empty one.,Surgery,Nothing,,\n"
 ROW_3 = '3,Two lines.,Surgery,Knee,"PROCEDURE:\nKnee arthroscopy.",knee\n'
 
 
@@ -29,8 +31,11 @@ def test_mtsamples_csv_rows(tmp_path):
     first = notes[0]
     assert first.text.startswith("SUBJECTIVE:,  This 23-year-old") and first.text.endswith("in Seattle.")
     assert first.title == "Allergic Rhinitis"
-    assert first.meta == {"description": "A 23-year-old white female presents with complaint of allergies.",
-                          "medical_specialty": "Allergy / Immunology", "keywords": "allergy / immunology, allergic rhinitis"}
+    assert first.meta == {
+        "description": "A 23-year-old white female presents with complaint of allergies.",
+        "medical_specialty": "Allergy / Immunology",
+        "keywords": "allergy / immunology, allergic rhinitis",
+    }
     assert notes[1].text == "" and notes[2].text == "PROCEDURE:\nKnee arthroscopy."
     assert read_notes(path)[2].text == notes[2].text  # `auto` reads .csv as CSV
 
@@ -43,7 +48,7 @@ def test_mtsamples_csv_rows(tmp_path):
         (HEADER + ROW_1 + "9,too,few\n", 3, "expected 6 fields, found 3"),
         (HEADER + ROW_3 + "4,x,y,z,w\n", 4, "expected 6 fields, found 5"),  # ROW_3 spans lines 2-3
         (HEADER + ROW_1 + ROW_1, 3, "note_id 1 already used on line 2"),
-        (HEADER + ROW_1 + ',no id,a,b,c,d\n', 3, "empty note_id"),
+        (HEADER + ROW_1 + ",no id,a,b,c,d\n", 3, "empty note_id"),
     ],
 )
 def test_mtsamples_csv_errors_name_file_and_line(tmp_path, content, line, message):
@@ -68,7 +73,11 @@ def test_note_lines(tmp_path):
     path.write_text("First note. Two sentences.\n\nThird line\tnote\nno final newline")
     notes = read_note_lines(path)
     assert [(n.doc_id, n.text) for n in notes] == [
-        ("1", "First note. Two sentences."), ("2", ""), ("3", "Third line\tnote"), ("4", "no final newline")]
+        ("1", "First note. Two sentences."),
+        ("2", ""),
+        ("3", "Third line\tnote"),
+        ("4", "no final newline"),
+    ]
     assert [n.text for n in read_notes(path)] == [n.text for n in notes]
     assert read_notes(path, "lines")[0].doc_id == "1"
     with pytest.raises(ValueError, match="unknown notes format"):
@@ -77,7 +86,7 @@ def test_note_lines(tmp_path):
 
 def test_undecodable_bytes_are_a_format_error(tmp_path):
     path = tmp_path / "notes.txt"
-    path.write_bytes("good note\n".encode() + b"bad \xff byte\n")
+    path.write_bytes(b"good note\n" + b"bad \xff byte\n")
     with pytest.raises(FormatError, match="not UTF-8") as error:
         read_note_lines(path)
     assert error.value.line_no == 2
@@ -94,7 +103,11 @@ def test_sentence_documents_round_trip(tmp_path):
     assert text == "Patient seen .\nNo fever .\n\nHEENT :\n\n"
     path = tmp_path / "corpus.txt"
     path.write_text(text + "\n\nLast doc without trailing blank .")
-    assert read_sentence_documents(path) == [["Patient seen .", "No fever ."], ["HEENT :"], ["Last doc without trailing blank ."]]
+    assert read_sentence_documents(path) == [
+        ["Patient seen .", "No fever ."],
+        ["HEENT :"],
+        ["Last doc without trailing blank ."],
+    ]
     with pytest.raises(ValueError, match="one non-blank line"):
         format_sentence_documents([["two\nlines"]])
 

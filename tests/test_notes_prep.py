@@ -24,7 +24,11 @@ from ehrbert.notes_prep import (
 )
 
 NCBI = {"train": "NCBItrainset_corpus.txt", "dev": "NCBIdevelopset_corpus.txt", "test": "NCBItestset_corpus.txt"}
-CDR = {"train": "CDR_TrainingSet.PubTator.txt", "dev": "CDR_DevelopmentSet.PubTator.txt", "test": "CDR_TestSet.PubTator.txt"}
+CDR = {
+    "train": "CDR_TrainingSet.PubTator.txt",
+    "dev": "CDR_DevelopmentSet.PubTator.txt",
+    "test": "CDR_TestSet.PubTator.txt",
+}
 
 
 # --- sentences and tokens -----------------------------------------------------------------------------------
@@ -32,15 +36,32 @@ CDR = {"train": "CDR_TrainingSet.PubTator.txt", "dev": "CDR_DevelopmentSet.PubTa
 
 def test_sentences_split_on_periods_line_breaks_and_tabs():
     text = "Dose 2.5 mg daily. No fever.\tAfebrile\nHEENT: clear\r\nDr. Smith saw her."
-    assert split_sentences(text) == ["Dose 2.5 mg daily.", "No fever.", "Afebrile", "HEENT: clear", "Dr.", "Smith saw her."]
+    assert split_sentences(text) == [
+        "Dose 2.5 mg daily.",
+        "No fever.",
+        "Afebrile",
+        "HEENT: clear",
+        "Dr.",
+        "Smith saw her.",
+    ]
 
 
 def test_mtsamples_line_break_commas_split_too():
-    text = ("SUBJECTIVE:,  This 23-year-old presents with allergies.  She does not think it is flaring up.,"
-            "MEDICATIONS: , Her only medication is Allegra.,ALLERGIES: , None.,OBJECTIVE:,Vitals:  Weight 130 pounds.")
+    text = (
+        "SUBJECTIVE:,  This 23-year-old presents with allergies.  She does not think it is flaring up.,"
+        "MEDICATIONS: , Her only medication is Allegra.,ALLERGIES: , None.,OBJECTIVE:,Vitals:  Weight 130 pounds."
+    )
     assert split_sentences(text) == [
-        "SUBJECTIVE:", "This 23-year-old presents with allergies.", "She does not think it is flaring up.",
-        "MEDICATIONS:", "Her only medication is Allegra.", "ALLERGIES:", "None.", "OBJECTIVE:", "Vitals:  Weight 130 pounds."]
+        "SUBJECTIVE:",
+        "This 23-year-old presents with allergies.",
+        "She does not think it is flaring up.",
+        "MEDICATIONS:",
+        "Her only medication is Allegra.",
+        "ALLERGIES:",
+        "None.",
+        "OBJECTIVE:",
+        "Vitals:  Weight 130 pounds.",
+    ]
 
 
 def test_pieces_without_letters_or_digits_are_dropped():
@@ -49,7 +70,18 @@ def test_pieces_without_letters_or_digits_are_dropped():
 
 
 def test_nltk_word_tokens_need_no_downloaded_data():
-    assert tokenize("The patient's BP was 120/80, HR 72.") == ["The", "patient", "'s", "BP", "was", "120/80", ",", "HR", "72", "."]
+    assert tokenize("The patient's BP was 120/80, HR 72.") == [
+        "The",
+        "patient",
+        "'s",
+        "BP",
+        "was",
+        "120/80",
+        ",",
+        "HR",
+        "72",
+        ".",
+    ]
     assert prepare_text("No chest pain. Lungs: clear") == [["No", "chest", "pain", "."], ["Lungs", ":", "clear"]]
 
 
@@ -84,7 +116,12 @@ def test_splits_are_nested_disjoint_and_seeded():
 def test_statistics_by_hand():
     documents = [[["a", "b", "c"], ["d"]], [["e", "f"]]]
     assert statistics(documents) == {"documents": 2, "sentences": 3, "tokens": 6, "mean_sentence_length": 2.0}
-    assert statistics([], prefix="x_") == {"x_documents": 0, "x_sentences": 0, "x_tokens": 0, "x_mean_sentence_length": 0.0}
+    assert statistics([], prefix="x_") == {
+        "x_documents": 0,
+        "x_sentences": 0,
+        "x_tokens": 0,
+        "x_mean_sentence_length": 0.0,
+    }
 
 
 def test_notes_stage(tmp_path):
@@ -92,12 +129,31 @@ def test_notes_stage(tmp_path):
     notes[4] = ""
     notes[7] = notes[6]
     (tmp_path / "notes.txt").write_text("\n".join(notes) + "\n")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
-        {"notes": {"format": "auto", "seed": 1, "heldout_notes": 5, "max_full_notes": 20, "half_fraction": 0.5}}))
-    main(["notes", "--notes", str(tmp_path / "notes.txt"), "--params", str(tmp_path / "params.yaml"),
-          "--out-dir", str(tmp_path / "out"), "--metrics", str(tmp_path / "metrics" / "notes.json")])
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(
+            {"notes": {"format": "auto", "seed": 1, "heldout_notes": 5, "max_full_notes": 20, "half_fraction": 0.5}}
+        )
+    )
+    main(
+        [
+            "notes",
+            "--notes",
+            str(tmp_path / "notes.txt"),
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--metrics",
+            str(tmp_path / "metrics" / "notes.json"),
+        ]
+    )
     metrics = json.loads((tmp_path / "metrics" / "notes.json").read_text())
-    assert (metrics["notes_read"], metrics["notes_empty"], metrics["notes_duplicate"], metrics["notes"]) == (30, 1, 1, 28)
+    assert (metrics["notes_read"], metrics["notes_empty"], metrics["notes_duplicate"], metrics["notes"]) == (
+        30,
+        1,
+        1,
+        28,
+    )
     # "Note 0 about the knee ." / "Pain is 0 of 10 ." / "PLAN : rest"
     assert metrics["sentences"] == 28 * 3 and metrics["tokens"] == 28 * (6 + 6 + 3)
     assert metrics["mean_sentence_length"] == 5.0
@@ -115,24 +171,44 @@ def test_notes_stage(tmp_path):
 
 
 def test_biomedical_documents_leave_out_dev_and_test_pmids():
-    abstracts = [Document("1", "Title one. Abstract one.", title="Title one."),
-                 Document("2", "Dev title. Dev abstract.", title="Dev title."),
-                 Document("1", "Title one. Abstract one.", title="Title one.")]  # the same PMID in two training files
+    abstracts = [
+        Document("1", "Title one. Abstract one.", title="Title one."),
+        Document("2", "Dev title. Dev abstract.", title="Dev title."),
+        Document("1", "Title one. Abstract one.", title="Title one."),
+    ]  # the same PMID in two training files
     concepts = [Concept("D1", "Flu", definition="A viral infection. Seasonal."), Concept("D2", "Cold")]
     documents, left_out = biomedical_documents(abstracts, concepts, held_out_ids={"2"})
     assert left_out == 1
     assert [(d.doc_id, d.text) for d in documents] == [
-        ("PMID:1", "Title one.\nAbstract one."), ("MEDIC:D1", "Flu\nA viral infection. Seasonal.")]
+        ("PMID:1", "Title one.\nAbstract one."),
+        ("MEDIC:D1", "Flu\nA viral infection. Seasonal."),
+    ]
     ids, prepared, metrics = prepare_biomedical(abstracts, concepts, {"2"})
-    assert ids == ["PMID:1", "MEDIC:D1"] and prepared[1] == [["Flu"], ["A", "viral", "infection", "."], ["Seasonal", "."]]
-    assert (metrics["abstracts"], metrics["abstracts_left_out"], metrics["definitions"], metrics["sentences"]) == (1, 1, 1, 5)
+    assert ids == ["PMID:1", "MEDIC:D1"] and prepared[1] == [
+        ["Flu"],
+        ["A", "viral", "infection", "."],
+        ["Seasonal", "."],
+    ]
+    assert (metrics["abstracts"], metrics["abstracts_left_out"], metrics["definitions"], metrics["sentences"]) == (
+        1,
+        1,
+        1,
+        5,
+    )
 
 
 def test_no_training_pmid_is_in_a_dev_or_test_set(raw_data):
-    train = {d.doc_id for corpus, files in (("ncbi_disease", NCBI), ("bc5cdr", CDR))
-             for d in read_pubtator(raw_data / corpus / files["train"])}
-    held_out = {d.doc_id for corpus, files in (("ncbi_disease", NCBI), ("bc5cdr", CDR)) for split in ("dev", "test")
-                for d in read_pubtator(raw_data / corpus / files[split])}
+    train = {
+        d.doc_id
+        for corpus, files in (("ncbi_disease", NCBI), ("bc5cdr", CDR))
+        for d in read_pubtator(raw_data / corpus / files["train"])
+    }
+    held_out = {
+        d.doc_id
+        for corpus, files in (("ncbi_disease", NCBI), ("bc5cdr", CDR))
+        for split in ("dev", "test")
+        for d in read_pubtator(raw_data / corpus / files[split])
+    }
     assert len(train) == 592 + 500 and len(held_out) == 200 + 1000
     assert not train & held_out
 
@@ -140,11 +216,20 @@ def test_no_training_pmid_is_in_a_dev_or_test_set(raw_data):
 def test_biomedical_stage_on_the_staged_corpora_takes_no_dev_or_test_document(raw_data, tmp_path):
     held_out_files = [raw_data / "ncbi_disease" / NCBI[s] for s in ("dev", "test")]
     held_out_files += [raw_data / "bc5cdr" / CDR[s] for s in ("dev", "test")]
-    args = ["biomedical", "--train", str(raw_data / "ncbi_disease" / NCBI["train"]),
-            "--train", str(raw_data / "bc5cdr" / CDR["train"]),
-            *[arg for path in held_out_files for arg in ("--held-out", str(path))],
-            "--medic", str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
-            "--out-dir", str(tmp_path / "out"), "--metrics", str(tmp_path / "bio.json")]
+    args = [
+        "biomedical",
+        "--train",
+        str(raw_data / "ncbi_disease" / NCBI["train"]),
+        "--train",
+        str(raw_data / "bc5cdr" / CDR["train"]),
+        *[arg for path in held_out_files for arg in ("--held-out", str(path))],
+        "--medic",
+        str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--metrics",
+        str(tmp_path / "bio.json"),
+    ]
     main(args)
     doc_ids = (tmp_path / "out" / "doc_ids.txt").read_text().split()
     corpus = read_sentence_documents(tmp_path / "out" / "corpus.txt")

@@ -50,7 +50,8 @@ def _cut_pubtator(source: Path, target: Path, keep: int, also: str | None = None
 
 
 def _cut_medic(source: Path, target: Path, needed: set[str], every: int = 25) -> None:
-    """MEDIC's header, every concept whose primary or alternative IDs hold a needed ID, and every `every`-th other one."""
+    """MEDIC's header, every concept whose primary or alternative IDs hold a needed ID, and every `every`-th other
+    one."""
     with gzip.open(source, "rt") as lines, gzip.open(target, "wt") as out:
         row = 0
         for line in lines:
@@ -66,8 +67,10 @@ def _cut_medic(source: Path, target: Path, needed: set[str], every: int = 25) ->
 
 def _tiny_data(raw: Path, data: Path) -> None:
     needed: set[str] = set()
-    for corpus, names in (("ncbi_disease", ("NCBItrainset_corpus.txt", "NCBIdevelopset_corpus.txt", "NCBItestset_corpus.txt")),
-                          ("bc5cdr", ("CDR_TrainingSet.PubTator.txt", "CDR_DevelopmentSet.PubTator.txt", "CDR_TestSet.PubTator.txt"))):
+    for corpus, names in (
+        ("ncbi_disease", ("NCBItrainset_corpus.txt", "NCBIdevelopset_corpus.txt", "NCBItestset_corpus.txt")),
+        ("bc5cdr", ("CDR_TrainingSet.PubTator.txt", "CDR_DevelopmentSet.PubTator.txt", "CDR_TestSet.PubTator.txt")),
+    ):
         (data / corpus).mkdir(parents=True)
         for split, name in zip(("train", "dev", "test"), names):
             also = CASE_DOC if corpus == "ncbi_disease" and split == "test" else None
@@ -97,10 +100,14 @@ def _tiny_params(tiny_bert: Path) -> dict:
     params["hybrid"]["config"].update(encoder=str(tiny_bert), classifier_weights=[0.0, 0.5])
     params["hybrid"]["config"]["retrieval"].update(steps=2, batch_size=8, embed_batch_size=256)
     params["compare"].update(corpora=["ncbi"])
-    params["case_study"].update(models=["base"], compare=["base", "base_uniform_head"],
-                                mentions=[m for m in params["case_study"]["mentions"] if m["doc_id"] == CASE_DOC])
-    params["error_analysis"].update(models=["base", "base_uniform_head"], corpora=["ncbi"],
-                                    compare=["base", "base_uniform_head"])
+    params["case_study"].update(
+        models=["base"],
+        compare=["base", "base_uniform_head"],
+        mentions=[m for m in params["case_study"]["mentions"] if m["doc_id"] == CASE_DOC],
+    )
+    params["error_analysis"].update(
+        models=["base", "base_uniform_head"], corpora=["ncbi"], compare=["base", "base_uniform_head"]
+    )
     return params
 
 
@@ -123,17 +130,29 @@ def project(tmp_path_factory, raw_data, tiny_bert):
     (work / "params.yaml").write_text(yaml.safe_dump(_tiny_params(tiny_bert), sort_keys=False))
     (work / ".gitignore").write_text((ROOT / ".gitignore").read_text())
     _tiny_data(raw_data, work / "data")
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-           "ACCELERATE_ARGS": f"--config_file {ROOT / 'accelerate' / 'cpu-2proc.yaml'}", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.org",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "ACCELERATE_ARGS": f"--config_file {ROOT / 'accelerate' / 'cpu-2proc.yaml'}",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.org",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.org",
+    }
     for name in ("DVC_EXP_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         env.pop(name, None)  # mlflow.set_experiment in this test process exports MLFLOW_EXPERIMENT_ID
-    for command in (["git", "init", "-q", "-b", "main"], [str(BIN / "dvc"), "init", "-q"],
-                    [str(BIN / "dvc"), "config", "core.autostage", "true"],
-                    [str(BIN / "dvc"), "remote", "add", "-d", "store", str(remote)],
-                    [str(BIN / "dvc"), "add", "-q", "data"]):
+    for command in (
+        ["git", "init", "-q", "-b", "main"],
+        [str(BIN / "dvc"), "init", "-q"],
+        [str(BIN / "dvc"), "config", "core.autostage", "true"],
+        [str(BIN / "dvc"), "remote", "add", "-d", "store", str(remote)],
+        [str(BIN / "dvc"), "add", "-q", "data"],
+    ):
         _run(command, work, env)
     repro = _run([str(BIN / "dvc"), "repro"], work, env, timeout=2400)
     _run(["git", "add", "-A"], work, env)
@@ -155,7 +174,11 @@ def test_dvc_repro_trains_every_model_on_two_processes(project):
     assert set(pretrain["params.processes"]) == {"2"}  # world size, asserted in every training stage
     finetune = _runs(project, "finetune-ncbi")
     trained = finetune[finetune["tags.model"].isin(["base", "base_uniform_head"])]
-    assert len(trained) == 2 and set(trained["params.processes"]) == {"2"} and set(trained["params.mixed_precision"]) == {"bf16"}
+    assert (
+        len(trained) == 2
+        and set(trained["params.processes"]) == {"2"}
+        and set(trained["params.mixed_precision"]) == {"bf16"}
+    )
     variants = finetune[finetune["tags.model"].isin(hybrid.VARIANTS)]
     assert len(variants) == len(hybrid.VARIANTS) and set(variants["params.processes"]) == {"2"}
     assert set(finetune["tags.dvc_experiment"]) == {"workspace"} and finetune["tags.params_hash"].str.len().eq(16).all()
@@ -163,8 +186,13 @@ def test_dvc_repro_trains_every_model_on_two_processes(project):
     assert (work / "outputs" / "finetune" / "base-ncbi-s1" / "model" / "model.safetensors").is_file()
     assert (work / "outputs" / "hybrid" / "ncbi-s1" / "model" / "hybrid.json").is_file()
     tracked = subprocess.run(["git", "ls-files"], cwd=work, capture_output=True, text=True).stdout.split()
-    assert {"runs/finetune/base-ncbi-s1.json", "runs/hybrid/ncbi-s1.json", "metrics/finetune/base-ncbi-s1.json",
-            "metrics/compare.json", "reports/table2.csv"} <= set(tracked)
+    assert {
+        "runs/finetune/base-ncbi-s1.json",
+        "runs/hybrid/ncbi-s1.json",
+        "metrics/finetune/base-ncbi-s1.json",
+        "metrics/compare.json",
+        "reports/table2.csv",
+    } <= set(tracked)
     assert not any(name.startswith(("outputs/", "data/")) for name in tracked)
 
 
@@ -180,8 +208,23 @@ def test_a_run_by_hand_changes_no_table_champion_or_classifier(project):
     champion = client.get_model_version_by_alias("ehrbert-ncbi", "champion")
 
     # the same model, corpus and seed as the pipeline's run, so the same tags: only the run record tells them apart
-    _run([str(BIN / "mlflow"), "run", ".", "-e", "finetune", "--env-manager", "local", "-P", "seed=1",
-          "--experiment-name", "manual"], work, env)
+    _run(
+        [
+            str(BIN / "mlflow"),
+            "run",
+            ".",
+            "-e",
+            "finetune",
+            "--env-manager",
+            "local",
+            "-P",
+            "seed=1",
+            "--experiment-name",
+            "manual",
+        ],
+        work,
+        env,
+    )
     assert len(_runs(project, "finetune-ncbi").query("`tags.model` == 'base' and `tags.seed` == '1'")) == 2
     assert (work / "manual" / "outputs" / "finetune" / "base-ncbi-s1" / "model").is_dir()  # not DVC's output folder
     status = _run([str(BIN / "dvc"), "status"], work, env).stdout

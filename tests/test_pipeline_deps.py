@@ -74,10 +74,19 @@ def stages() -> dict[str, dict]:
 
 
 def test_the_import_walk_finds_known_imports():
-    """The walk itself: the hybrid stage imports the hybrid model, which imports retrieval and the shared encoding loop."""
+    """The walk itself: the hybrid stage imports the hybrid model, which imports retrieval and the shared encoding
+    loop."""
     files = {p.relative_to(PACKAGE).as_posix() for p in closure("ehrbert.hybrid")}
-    assert {"hybrid.py", "models/hybrid.py", "models/retrieval.py", "models/encoding.py", "models/classifier.py",
-            "text.py", "corpora/records.py", "stage.py"} <= files
+    assert {
+        "hybrid.py",
+        "models/hybrid.py",
+        "models/retrieval.py",
+        "models/encoding.py",
+        "models/classifier.py",
+        "text.py",
+        "corpora/records.py",
+        "stage.py",
+    } <= files
 
 
 @pytest.mark.parametrize("name", sorted(stages()))

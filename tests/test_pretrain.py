@@ -66,8 +66,10 @@ def test_document_pairs_continue_the_document_or_draw_a_random_one():
 
 
 def test_share_of_random_next_sentences_is_the_nsp_probability():
-    documents = [[[1] * random.Random(d * 7 + s).randint(1, 40) for s in range(random.Random(d).randint(1, 8))]
-                 for d in range(400)]
+    documents = [
+        [[1] * random.Random(d * 7 + s).randint(1, 40) for s in range(random.Random(d).randint(1, 8))]
+        for d in range(400)
+    ]
     pairs = pair_examples(documents, PairConfig(max_seq_length=64, seed=5))
     share = sum(p[2] for p in pairs) / len(pairs)
     assert abs(share - 0.5) < 0.04, share
@@ -101,8 +103,14 @@ def test_tokenize_stage_outputs(workspace):
 
 
 def test_stage_settings_override_shared_keys():
-    section = {"batch_size": 64, "learning_rate": 3e-5, "epochs": 15, "base": "x", "max_seq_length": 128,
-               "half": {"label": "EhrBERT_half", "stands_in_for": "EhrBERT_500k", "max_steps": 40, "learning_rate": 1e-4}}
+    section = {
+        "batch_size": 64,
+        "learning_rate": 3e-5,
+        "epochs": 15,
+        "base": "x",
+        "max_seq_length": 128,
+        "half": {"label": "EhrBERT_half", "stands_in_for": "EhrBERT_500k", "max_steps": 40, "learning_rate": 1e-4},
+    }
     config, info = stage_settings(section, "half")
     assert (config.batch_size, config.learning_rate, config.epochs, config.max_steps) == (64, 1e-4, 15, 40)
     assert info.label == "EhrBERT_half" and info.stands_in_for == "EhrBERT_500k"
@@ -152,25 +160,65 @@ def _free_port() -> int:
 
 
 def _env(workspace: Path) -> dict:
-    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workspace / 'mlflow.db'}", "HF_HUB_OFFLINE": "1",
-            "HF_HOME": str(workspace / "hf_home"), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{workspace / 'mlflow.db'}",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(workspace / "hf_home"),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def _pretrain_args(workspace: Path, out: str) -> list[str]:
-    return ["--stage", "tiny", "--init", str(workspace / "base"), "--train", str(workspace / "tokenized" / "train.npz"),
-            "--heldout", str(workspace / "tokenized" / "heldout.npz"), "--out", str(workspace / out),
-            "--metrics", str(workspace / f"{out}.json"), "--checkpoint-dir", str(workspace / "checkpoints"),
-            "--params", str(workspace / "params.yaml"), "--checkpoint-every", "3", "--keep-checkpoints", "0",
-            "--run-record", str(workspace / f"{out}-run.json")]
+    return [
+        "--stage",
+        "tiny",
+        "--init",
+        str(workspace / "base"),
+        "--train",
+        str(workspace / "tokenized" / "train.npz"),
+        "--heldout",
+        str(workspace / "tokenized" / "heldout.npz"),
+        "--out",
+        str(workspace / out),
+        "--metrics",
+        str(workspace / f"{out}.json"),
+        "--checkpoint-dir",
+        str(workspace / "checkpoints"),
+        "--params",
+        str(workspace / "params.yaml"),
+        "--checkpoint-every",
+        "3",
+        "--keep-checkpoints",
+        "0",
+        "--run-record",
+        str(workspace / f"{out}-run.json"),
+    ]
 
 
 def _launch(workspace: Path, args: list[str], processes: int) -> subprocess.CompletedProcess:
     if processes == 1:
         command = [sys.executable, "-m", "ehrbert.pretrain", *args]
     else:
-        command = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(_free_port()), "-m", "ehrbert.pretrain", *args]
+        command = [
+            str(VENV_BIN / "accelerate"),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+            "-m",
+            "ehrbert.pretrain",
+            *args,
+        ]
     done = subprocess.run(command, cwd=workspace, env=_env(workspace), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return done
@@ -185,14 +233,17 @@ def _progress(workspace: Path, out: str = "model") -> dict:
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
+
     return load_file(str(folder / "model.safetensors"))
 
 
 def _micro_batches(first_step: int, last_step: int, batches_per_epoch: int, accumulation: int) -> int:
     """Micro-batches one process trains on in optimizer steps first_step..last_step (1-based)."""
     steps_per_epoch = -(-batches_per_epoch // accumulation)
-    return sum(min(accumulation, batches_per_epoch - ((s - 1) % steps_per_epoch) * accumulation)
-               for s in range(first_step, last_step + 1))
+    return sum(
+        min(accumulation, batches_per_epoch - ((s - 1) % steps_per_epoch) * accumulation)
+        for s in range(first_step, last_step + 1)
+    )
 
 
 def test_two_processes_train_and_a_rerun_resumes_from_the_last_checkpoint(workspace):
@@ -234,7 +285,10 @@ def test_two_processes_train_and_a_rerun_resumes_from_the_last_checkpoint(worksp
     assert [m.step for m in client.get_metric_history(first_run, "train_loss")] == list(range(1, 13))
     assert [m.step for m in client.get_metric_history(second_run, "train_loss")] == list(range(7, 13))
     # the scheduler state came back with the checkpoint: the same learning rate at the same step
-    lr = {run: {m.step: m.value for m in client.get_metric_history(run, "learning_rate")} for run in (first_run, second_run)}
+    lr = {
+        run: {m.step: m.value for m in client.get_metric_history(run, "learning_rate")}
+        for run in (first_run, second_run)
+    }
     assert all(lr[second_run][step] == pytest.approx(lr[first_run][step]) for step in range(7, 13))
     assert runs["tags.resumed_from_step"].tolist() == ["-", "6"]
     for run in (first_run, second_run):
@@ -257,7 +311,10 @@ def test_another_configuration_does_not_resume_and_max_steps_zero_passes_the_ini
     args[args.index("--params") + 1] = str(params)
     del args[args.index("--train") : args.index("--train") + 2]  # nothing to train on: no corpus needed
     _launch(workspace, args, processes=1)
-    summary = {**json.loads((workspace / "passthrough" / "pretraining.json").read_text()), **_progress(workspace, "passthrough")}
+    summary = {
+        **json.loads((workspace / "passthrough" / "pretraining.json").read_text()),
+        **_progress(workspace, "passthrough"),
+    }
     assert summary["resumed_from_step"] is None and summary["steps_run"] == 0 and summary["processes"] == 1
     assert not list((workspace / "checkpoints").glob("step_*"))
     assert summary["heldout_after"] == summary["heldout_before"]
@@ -285,6 +342,12 @@ def test_corpus_from_another_vocabulary_is_refused(workspace, tmp_path, make_tin
     other = make_tiny_bert(tmp_path / "other", head="none")  # characters only: not the notes' word vocabulary
     args = _pretrain_args(workspace, "refused")
     args[args.index("--init") + 1] = str(other)
-    done = subprocess.run([sys.executable, "-m", "ehrbert.pretrain", *args], cwd=workspace, env=_env(workspace),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "ehrbert.pretrain", *args],
+        cwd=workspace,
+        env=_env(workspace),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0 and "vocabulary differs" in done.stderr

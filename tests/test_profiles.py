@@ -15,7 +15,12 @@ def test_arguments_for_dvc_exp_run(tmp_path):
     params.write_text(yaml.safe_dump({"train": {"lr": 1e-4, "seeds": [1], "name": "x"}}))
     profile = tmp_path / "big.yaml"
     profile.write_text(yaml.safe_dump({"train": {"lr": 1e-5, "seeds": [1, 2, 3]}}))
-    assert set_param_arguments(profile, params) == ["--set-param", "train.lr=1.0e-05", "--set-param", "train.seeds=[1, 2, 3]"]
+    assert set_param_arguments(profile, params) == [
+        "--set-param",
+        "train.lr=1.0e-05",
+        "--set-param",
+        "train.seeds=[1, 2, 3]",
+    ]
 
 
 def test_unknown_key_is_an_error_naming_the_file(tmp_path):
@@ -34,12 +39,13 @@ def test_paper_profile_only_overrides_known_keys(capsys):
     assert arguments[0::2] == ["--set-param"] * (len(arguments) // 2) and arguments
 
 
-
 def test_hub_checkpoints_of_a_profile_are_checked_before_it_runs(tmp_path, capsys):
     from ehrbert import hub
 
     assert hub.hub_folders(hub.profile_path("paper")) == {
-        "hub/bert-base-cased": "bert-base-cased", "hub/dmis-lab/biobert-base-cased-v1.1": "dmis-lab/biobert-base-cased-v1.1"}
+        "hub/bert-base-cased": "bert-base-cased",
+        "hub/dmis-lab/biobert-base-cased-v1.1": "dmis-lab/biobert-base-cased-v1.1",
+    }
     assert hub.main(["check", "paper", "--root", str(tmp_path)]) == 2
     message = capsys.readouterr().err
     assert "hub/bert-base-cased" in message and "make checkpoints PROFILE=paper" in message

@@ -10,7 +10,9 @@ def _mirror(tmp_path):
     (mirror / "corpus").mkdir(parents=True)
     (mirror / "corpus" / "a.txt").write_text("alpha\n")
     (mirror / "b.txt").write_text("beta\n")
-    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(mirror)}" for p in sorted(mirror.rglob("*.txt"))]
+    lines = [
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(mirror)}" for p in sorted(mirror.rglob("*.txt"))
+    ]
     manifest = tmp_path / "data.sha256"
     manifest.write_text("\n".join(lines) + "\n")
     return mirror, read_manifest(manifest)

@@ -10,15 +10,11 @@ What holds (measured, and asserted below): the killed run's step-3 checkpoint is
 run's (weights, optimizer, scheduler, RNG states); the rerun resumes from the newest complete checkpoint, trains only
 the missing steps at the same learning rates, and carries the held-out scores from before training over.
 
-What does not hold yet (the strict xfail below): the resumed run does not end with the uninterrupted run's weights.
-Resume restores the global torch RNG as it was saved at step k, but `ehrbert.pretrain` draws the MLM masks from
-that RNG in the DataLoader's collate_fn, and Accelerate's DataLoaderShard collates one batch ahead: the state saved
-after step k has already drawn batch k+1's masks. The resumed loader also draws one number from the global RNG when
-its iterator starts (torch's DataLoader base seed), which the uninterrupted run drew only at the epoch's start. So
-from batch k+1 on, the masks and dropout differ, as with another seed; the examples and their order are the same.
-Measured on one machine (see the xfail's reason): weights apart by as much as training moved them. With the masks
-drawn from a generator of their own (seeded per batch) and a `generator=` for the DataLoader, the same three runs
-end bit-identical (weights and held-out scores; measured: 0.0), which is what the xfail asks for, with a margin.
+Why it holds: the MLM masks come from a generator of their own, seeded per batch (`ehrbert.pretrain.SeededMasking`),
+and the DataLoader has its own generator, so the global torch RNG, which a checkpoint saves and restores, is
+dropout's alone. (With the masks from the global RNG, Accelerate's one-batch look-ahead had drawn batch k+1's masks
+before the step-k checkpoint saved the RNG, and a resumed run ended as far from the uninterrupted one as training
+had moved the weights.) Measured: weights and held-out scores bit-identical (0.0).
 """
 
 from __future__ import annotations
@@ -47,16 +43,44 @@ PERPLEXITY_TOLERANCE = 1e-6  # relative
 
 
 def _env(root: Path) -> dict:
-    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "HF_HUB_OFFLINE": "1",
-            "HF_HOME": str(root / "hf_home"), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(root / "hf_home"),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def _command(root: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "ehrbert.pretrain", "--stage", "tiny", "--init", str(root / "base"),
-            "--train", str(root / "tokenized" / "train.npz"), "--heldout", str(root / "tokenized" / "heldout.npz"),
-            "--out", str(root / name), "--metrics", str(root / f"{name}.json"),
-            "--run-record", str(root / f"{name}-run.json"), "--checkpoint-dir", str(root / f"{name}-checkpoints"),
-            "--params", str(root / "params.yaml"), "--checkpoint-every", str(EVERY), "--keep-checkpoints", "0"]
+    return [
+        sys.executable,
+        "-m",
+        "ehrbert.pretrain",
+        "--stage",
+        "tiny",
+        "--init",
+        str(root / "base"),
+        "--train",
+        str(root / "tokenized" / "train.npz"),
+        "--heldout",
+        str(root / "tokenized" / "heldout.npz"),
+        "--out",
+        str(root / name),
+        "--metrics",
+        str(root / f"{name}.json"),
+        "--run-record",
+        str(root / f"{name}-run.json"),
+        "--checkpoint-dir",
+        str(root / f"{name}-checkpoints"),
+        "--params",
+        str(root / "params.yaml"),
+        "--checkpoint-every",
+        str(EVERY),
+        "--keep-checkpoints",
+        "0",
+    ]
 
 
 def _run(root: Path, name: str) -> subprocess.CompletedProcess:
@@ -69,15 +93,16 @@ def _run_and_kill(root: Path, name: str, step: int, timeout: float = 240) -> sub
     """Start a run and SIGKILL it as soon as its checkpoint of `step` is complete."""
     marker = checkpoints.step_folder(root / f"{name}-checkpoints", step) / checkpoints.MARKER
     with open(root / f"{name}-killed.log", "w") as log:
-        process = subprocess.Popen(_command(root, name), cwd=root, env=_env(root), stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(_command(root, name), cwd=root, env=_env(root), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while not marker.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             process.wait()
-            pytest.fail(f"no checkpoint at step {step} (exit {process.returncode}):\n"
-                        f"{(root / f'{name}-killed.log').read_text()[-4000:]}")
+            pytest.fail(
+                f"no checkpoint at step {step} (exit {process.returncode}):\n"
+                f"{(root / f'{name}-killed.log').read_text()[-4000:]}"
+            )
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -122,8 +147,10 @@ def test_a_killed_run_resumes_from_its_newest_checkpoint_and_trains_only_the_mis
     completed = [step for step, _, _ in checkpoints.completed(root / "resumed-checkpoints")]
     assert completed == list(range(EVERY, STEPS + 1, EVERY))
     # the scheduler came back: the same learning rate at every resumed step
-    rates = {name: {m.step: m.value for m in client.get_metric_history(_run_id(root, name), "learning_rate")}
-             for name in ("straight", "resumed")}
+    rates = {
+        name: {m.step: m.value for m in client.get_metric_history(_run_id(root, name), "learning_rate")}
+        for name in ("straight", "resumed")
+    }
     assert sorted(rates["resumed"]) == list(range(resumed_from + 1, STEPS + 1))
     assert all(rates["resumed"][step] == rates["straight"][step] for step in rates["resumed"])
     straight = json.loads((root / "straight" / "pretraining.json").read_text())
@@ -133,23 +160,23 @@ def test_a_killed_run_resumes_from_its_newest_checkpoint_and_trains_only_the_mis
     assert resumed["heldout_before"] == straight["heldout_before"]  # carried over in the checkpoint, not recomputed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "resume is not exact: the MLM masks come from the global torch RNG in collate_fn, which Accelerate's "
-    "DataLoaderShard runs one batch ahead (the RNG state saved at step k has drawn batch k+1's masks), and the "
-    "resumed DataLoader iterator draws its base seed from that RNG. Measured here: weights differ by 6.8e-3 while "
-    "training moved them 6.1e-3; held-out perplexity 107.7 resumed vs 108.7 uninterrupted"))
 def test_the_resumed_run_ends_with_the_uninterrupted_run_s_weights_and_heldout_scores(runs):
     root = runs["root"]
-    straight, resumed = load_file(str(root / "straight" / "model.safetensors")), load_file(
-        str(root / "resumed" / "model.safetensors"))
+    straight, resumed = (
+        load_file(str(root / "straight" / "model.safetensors")),
+        load_file(str(root / "resumed" / "model.safetensors")),
+    )
     assert straight.keys() == resumed.keys()
     base = load_file(str(root / "base" / "model.safetensors"))
     moved = max((straight[f"bert.{k}"] - v).abs().max().item() for k, v in base.items() if f"bert.{k}" in straight)
     differ = max((straight[k] - resumed[k]).abs().max().item() for k in straight)
-    after = [json.loads((root / name / "pretraining.json").read_text())["heldout_after"]
-             for name in ("straight", "resumed")]
-    assert differ <= WEIGHT_TOLERANCE, (f"weights differ by {differ:.2e} (training moved them {moved:.2e}); held-out "
-                                        f"after: {after[0]} uninterrupted, {after[1]} resumed")
+    after = [
+        json.loads((root / name / "pretraining.json").read_text())["heldout_after"] for name in ("straight", "resumed")
+    ]
+    assert differ <= WEIGHT_TOLERANCE, (
+        f"weights differ by {differ:.2e} (training moved them {moved:.2e}); held-out "
+        f"after: {after[0]} uninterrupted, {after[1]} resumed"
+    )
     assert after[1]["perplexity"] == pytest.approx(after[0]["perplexity"], rel=PERPLEXITY_TOLERANCE)
     assert after[1]["nsp_accuracy"] == after[0]["nsp_accuracy"]
     assert after[1]["masked_word_pieces"] == after[0]["masked_word_pieces"]

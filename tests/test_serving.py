@@ -27,8 +27,13 @@ from ehrbert.models import classifier
 MENTIONS = pd.DataFrame(
     {
         "mention": ["APC", "APC", "breast cancer", "Heart-Failure", "colon cancer of the breast"],
-        "context": ["Germline mutations of adenomatous polyposis coli (APC) cause familial polyposis.", None, "",
-                    "Heart failure (HF) was seen.", None],
+        "context": [
+            "Germline mutations of adenomatous polyposis coli (APC) cause familial polyposis.",
+            None,
+            "",
+            "Heart failure (HF) was seen.",
+            None,
+        ],
     }
 )
 
@@ -44,7 +49,10 @@ def test_validate_input_names_the_bad_field():
         serving.validate_input(pd.DataFrame({"mention": ["a"], "context": [5]}))
     with pytest.raises(MlflowException, match="table with a 'mention' column"):
         serving.validate_input(["a"])
-    assert serving.validate_input(pd.DataFrame({"mention": ["a", "b"], "context": ["x", None]})) == (["a", "b"], ["x", ""])
+    assert serving.validate_input(pd.DataFrame({"mention": ["a", "b"], "context": ["x", None]})) == (
+        ["a", "b"],
+        ["x", ""],
+    )
 
 
 def test_queries_expand_abbreviations_from_the_context():
@@ -78,7 +86,9 @@ def _free_port() -> int:
 
 
 def _post(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -105,33 +115,51 @@ def test_served_model_equals_in_process_model(tmp_path, tracking_store, tiny_nor
     mlflow.set_experiment("serving-test")
     with mlflow.start_run() as run:  # the run that made the model; the model itself is the stage's output folder
         mlflow.log_param("max_length", 16)
-    version, created = registry.register_champion(run.info.run_id, "ehrbert-test", model_dir, lambda: tiny_concepts,
-                                                  max_length=16)
+    version, created = registry.register_champion(
+        run.info.run_id, "ehrbert-test", model_dir, lambda: tiny_concepts, max_length=16
+    )
     assert created and version.aliases == ["champion"] and version.run_id == run.info.run_id
 
     in_process = mlflow.pyfunc.load_model("models:/ehrbert-test@champion")
     assert in_process.metadata.signature == serving.SIGNATURE
     expected = in_process.predict(MENTIONS)
     model, tokenizer = classifier.load(model_dir)
-    pd.testing.assert_frame_equal(expected,
-                                  serving.normalize_mentions(model, tokenizer, tiny_concepts, MENTIONS, max_length=16))
+    pd.testing.assert_frame_equal(
+        expected, serving.normalize_mentions(model, tokenizer, tiny_concepts, MENTIONS, max_length=16)
+    )
 
     port = _free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # uvicorn
     log = tmp_path / "server.log"
     with open(log, "w") as output:
         server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/ehrbert-test@champion",
-             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)  # own group: uvicorn too
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                "models:/ehrbert-test@champion",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # own group: uvicorn too
     try:
         _wait_until_up(f"http://127.0.0.1:{port}/ping", server, log)
         url = f"http://127.0.0.1:{port}/invocations"
         status, body = _post(url, {"dataframe_split": json.loads(MENTIONS.to_json(orient="split", index=False))})
         assert status == 200, body
         served = pd.DataFrame(body["predictions"])
-        pd.testing.assert_frame_equal(served[["concept_id", "concept_name"]], expected[["concept_id", "concept_name"]],
-                                      check_dtype=False)
+        pd.testing.assert_frame_equal(
+            served[["concept_id", "concept_name"]], expected[["concept_id", "concept_name"]], check_dtype=False
+        )
         assert served["score"].tolist() == pytest.approx(expected["score"].tolist(), abs=1e-6)
 
         status, body = _post(url, {"dataframe_split": {"columns": ["text"], "data": [["APC"]]}})

@@ -48,11 +48,15 @@ def test_normalize(text, expected):
 def test_find_abbreviations_matches_dnorm_on_a_real_abstract(ncbi_test, dnorm_ncbi):
     # 9949209: "... causing Wilson disease (WD) ... copper toxicosis (CT) ... hybridization (FISH)"
     found = find_abbreviations(ncbi_test["9949209"].text)
-    assert found == dnorm_ncbi["9949209"] == {
-        "WD": "Wilson disease",
-        "CT": "copper toxicosis",
-        "FISH": "fluorescence in situ hybridization",
-    }
+    assert (
+        found
+        == dnorm_ncbi["9949209"]
+        == {
+            "WD": "Wilson disease",
+            "CT": "copper toxicosis",
+            "FISH": "fluorescence in situ hybridization",
+        }
+    )
 
 
 def test_find_abbreviations_is_quiet_where_ab3p_fails_to_find_a_sentence(ncbi_test, capfd, caplog):
@@ -76,6 +80,7 @@ def test_pyab3p_agrees_with_dnorm_table_on_ncbi_test(ncbi_test, dnorm_ncbi):
     """Measured: 129 short forms each side, 128 pairs equal after `normalize` (the two misses: "Hp" ->
     "haptoglobin" vs DNorm "haptoglobin gene", and DNorm's "C282Y" -> "Cys-282 --> Tyr"). Exact strings
     agree on 122 only: the PubTator text lost apostrophes DNorm's copy had ("Alzheimers disease")."""
+
     def pairs(tables):
         return {(pmid, short, normalize(long)) for pmid, table in tables.items() for short, long in table.items()}
 

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,6 +105,26 @@ def position(completed_steps: int, steps_per_epoch: int, accumulation: int) -> t
     """(epoch, batches of that epoch already done) after `completed_steps` optimizer steps."""
     epoch, steps_into_epoch = divmod(completed_steps, steps_per_epoch)
     return epoch, steps_into_epoch * accumulation
+
+
+class SeededMasking(DataCollatorForLanguageModeling):
+    """BERT's dynamic masking with each batch's masks drawn from a generator of its own, seeded by the run's seed,
+    the epoch and the batch's content, so that a resumed run masks every batch as the uninterrupted run did.
+
+    The collator's default, the global torch RNG, breaks resume: Accelerate's data loader collates one batch
+    ahead, so the RNG state a checkpoint saves after step k has already drawn batch k+1's masks. Dropout keeps the
+    global RNG, which the checkpoint restores exactly. `epoch` is set by the training loop before each epoch, so a
+    batch met again in a later epoch gets new masks."""
+
+    def __init__(self, tokenizer, mlm_probability: float, seed: int):
+        super().__init__(tokenizer, mlm_probability=mlm_probability, pad_to_multiple_of=8)
+        self.base_seed, self.epoch = seed, 0
+
+    def torch_call(self, examples):
+        content = repr([self.base_seed, self.epoch, [e["input_ids"] for e in examples]]).encode()
+        seed = int.from_bytes(hashlib.sha256(content).digest()[:8], "little") & (2**63 - 1)
+        self.seed, self.generator, self._generator_pid = seed, torch.Generator().manual_seed(seed), os.getpid()
+        return super().torch_call(examples)
 
 
 def load_model(name: str):
@@ -242,6 +264,7 @@ def train(
     objective.train()
     while completed < total_steps:
         train_dl.set_epoch(epoch)  # the seedable sampler's order of this epoch, the same after a restart
+        train_dl.collate_fn.epoch = epoch  # and its masks (`SeededMasking`)
         batches = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
         skip = 0
         for batch in batches:
@@ -379,14 +402,17 @@ def main(argv: list[str] | None = None) -> None:
     eval_dl = accelerator.prepare(DataLoader(MaskedPairDataset(heldout_arrays), batch_size=args.eval_batch_size))
     train_dl, steps_per_epoch, total_steps = None, 0, 0
     if train_arrays is not None:
-        collator = DataCollatorForLanguageModeling(
-            tokenizer, mlm_probability=config.mlm_probability, pad_to_multiple_of=8
+        collator = SeededMasking(tokenizer, config.mlm_probability, config.seed + accelerator.process_index)
+        # a generator of its own: starting an iterator then draws nothing from the global RNG (dropout's)
+        loader = DataLoader(
+            PairDataset(train_arrays),
+            batch_size=micro_batch,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=collator,
+            generator=torch.Generator().manual_seed(config.seed),
         )
-        train_dl = accelerator.prepare(
-            DataLoader(
-                PairDataset(train_arrays), batch_size=micro_batch, shuffle=True, drop_last=True, collate_fn=collator
-            )
-        )
+        train_dl = accelerator.prepare(loader)
         steps_per_epoch, total_steps = plan(len(train_dl), accumulation, config)
     objective = PretrainingObjective(model)
     optimizer = _optimizer(objective, config, accelerator.device)
