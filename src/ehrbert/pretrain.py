@@ -432,6 +432,8 @@ def main(argv: list[str] | None = None) -> None:
         "mixed_precision": accelerator.mixed_precision,
         "total_steps": total_steps,
     }
+    if train_dl is not None:  # checkpoints of the global-RNG masking (before SeededMasking) are not resumed
+        made_of["masking"] = SeededMasking.__name__
     fingerprint = checkpoints.fingerprint(made_of)
     resume = _resume_point(accelerator, args, fingerprint)
     if resume is not None:
