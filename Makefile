@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 ACCELERATE_CONFIG ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,accelerate/cpu.yaml)
 export ACCELERATE_ARGS ?= $(if $(ACCELERATE_CONFIG),--config_file $(ACCELERATE_CONFIG))
 
-.PHONY: install data run test lint checkpoints lock
+.PHONY: install data run test lint bench checkpoints lock
 
 install: $(VENV)/.installed
 
@@ -62,6 +62,10 @@ checkpoints: install
 test: install lint
 	$(BIN)/python -m pytest
 
+# Speed, memory and soak of the registered champion after `make run` (reports/benchmark.json and .md).
+bench: install
+	$(BIN)/python benchmarks/bench.py
+
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks

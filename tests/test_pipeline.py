@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 KEEP_DOCS = {"train": 12, "dev": 4, "test": 4}
 CASE_DOC = "9949209"  # an NCBI test document the case study draws ("CT", copper toxicosis)
+NOTE_MARKER = "Zqxjvmarker"  # in every tiny note: stands for protected health information
 
 
 def _pubtator_documents(path: Path) -> list[str]:
@@ -80,6 +81,8 @@ def _tiny_data(raw: Path, data: Path) -> None:
     shutil.copytree(raw / "cadec", data / "cadec")
     (data / "mtsamples").mkdir()
     notes = (raw / "mtsamples" / "mtsamples_dedup_notes.txt").read_text().splitlines()[:12]
+    # each note carries a unique marker, as a patient's name would be: it must never leave the pipeline's data
+    notes = [f"{note} Seen by Dr. {NOTE_MARKER}{i:02d} today." for i, note in enumerate(notes)]
     (data / "mtsamples" / "mtsamples_dedup_notes.txt").write_text("\n".join(notes) + "\n")
 
 
@@ -194,6 +197,24 @@ def test_dvc_repro_trains_every_model_on_two_processes(project):
         "reports/table2.csv",
     } <= set(tracked)
     assert not any(name.startswith(("outputs/", "data/")) for name in tracked)
+
+
+def test_note_text_never_reaches_mlflow_logs_or_reports(project):
+    """Notes are protected health information: a marker written into every note reaches the stages' note outputs
+    (so the scan below could find it), and appears nowhere in the MLflow store (the database and every artifact),
+    in the pipeline's logs, or in what git keeps (reports/, metrics/, runs/). The prediction files and the model
+    vocabularies would be exempt (they are meant to hold mention text and word pieces); here they hold none."""
+    root, work, marker = project["root"], project["work"], NOTE_MARKER.lower().encode()
+    prepared = [p for p in (work / "outputs").rglob("*") if p.is_file() and marker in p.read_bytes().lower()]
+    assert prepared, "the marker should reach the prepared notes: the scan would prove nothing"
+    scanned = [root / "mlflow.db", *(work / "mlruns").rglob("*"), *(work / "mlartifacts").rglob("*")]
+    scanned += [p for folder in ("reports", "metrics", "runs") for p in (work / folder).rglob("*")]
+    scanned = [p for p in scanned if p.is_file()]
+    assert len(scanned) > 20 and any("mlruns" in p.parts for p in scanned)  # the artifacts were found
+    leaks = [str(p.relative_to(root)) for p in scanned if marker in p.read_bytes().lower()]
+    assert not leaks, f"note text found in {leaks}"
+    logs = (project["repro"].stdout + project["repro"].stderr).lower()
+    assert marker.decode() not in logs
 
 
 def test_a_run_by_hand_changes_no_table_champion_or_classifier(project):

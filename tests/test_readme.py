@@ -16,7 +16,7 @@ def layout_block() -> str:
 def test_layout_names_every_module_and_only_real_ones():
     named = set(re.findall(r"\b([a-z_]+\.py)\b", layout_block()))
     modules = {p.name for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
-    modules |= {p.name for p in (ROOT / "tests").glob("*.py") if p.name in named}  # tests may be named too
+    modules |= {p.name for folder in ("tests", "benchmarks") for p in (ROOT / folder).glob("*.py") if p.name in named}
     assert not modules - named, f"README Layout misses {sorted(modules - named)}"
     assert not named - modules, f"README Layout names files that do not exist: {sorted(named - modules)}"
 

@@ -19,7 +19,10 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 
 from ehrbert import registry, serving
 from ehrbert.models import classifier
@@ -53,6 +56,51 @@ def test_validate_input_names_the_bad_field():
         ["a", "b"],
         ["x", ""],
     )
+
+
+def test_input_limits_and_blank_mentions_get_errors_that_name_the_rows():
+    with pytest.raises(MlflowException, match=r"'mention' must contain a letter or digit; rows 1, 2 is blank"):
+        serving.validate_input(pd.DataFrame({"mention": ["APC", "   ", "-- ()"]}))
+    with pytest.raises(MlflowException, match=r"'mention' is limited to 1,000 characters; row 0 is longer"):
+        serving.validate_input(pd.DataFrame({"mention": ["x" * (serving.MAX_MENTION_CHARS + 1)]}))
+    assert serving.validate_input(pd.DataFrame({"mention": ["x" * serving.MAX_MENTION_CHARS]}))[0][0].startswith("x")
+    with pytest.raises(MlflowException, match="'context' is limited to 100,000 characters"):
+        serving.validate_input(pd.DataFrame({"mention": ["a"], "context": ["c" * (serving.MAX_CONTEXT_CHARS + 1)]}))
+    with pytest.raises(MlflowException, match="at most 10,000 rows; this one has 10,001"):
+        serving.validate_input(pd.DataFrame({"mention": ["a"] * (serving.MAX_ROWS + 1)}))
+    with pytest.raises(MlflowException, match="valid Unicode text; row 0 holds a lone surrogate"):
+        serving.validate_input(pd.DataFrame({"mention": ["pain \ud800"]}, dtype=object))
+    with pytest.raises(MlflowException, match=r"'text' is limited to 100,000 characters; rows 0, 1"):
+        serving.validate_texts(pd.DataFrame({"text": ["t" * (serving.MAX_TEXT_CHARS + 1)] * 2}))
+    assert serving.validate_texts(pd.DataFrame({"text": ["", "No fever."]})) == ["", "No fever."]  # empty: no mentions
+    with pytest.raises(MlflowException, match=r"rows 0, 1, 2, 3, 4 \(and 2 more\)"):
+        serving.validate_input(pd.DataFrame({"mention": [None] * 7}, dtype=object))
+
+
+# Values a JSON body can hold, and more: every kind of Unicode (surrogates too), numbers, nulls, NaN, nested.
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(st.characters(codec=None), max_size=40),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    columns=st.lists(st.sampled_from(["mention", "context", "text", "other", ""]), min_size=1, max_size=3, unique=True),
+    rows=st.lists(st.lists(VALUES, min_size=3, max_size=3), max_size=6),
+)
+def test_any_table_is_read_or_refused_with_a_400(columns, rows):
+    """The pyfunc's input handling (validation, Ab3P on the context, preprocessing) either reads a table or raises
+    the MlflowException the scoring server turns into a 400: never another exception, which would be a 500."""
+    frame = pd.DataFrame([row[: len(columns)] for row in rows], columns=columns, dtype=object)
+    try:
+        if "text" in columns:
+            serving.validate_texts(frame)
+        else:
+            assert len(serving.mention_queries(frame)) == len(frame)
+    except MlflowException as error:
+        assert error.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE)
 
 
 def test_queries_expand_abbreviations_from_the_context():
@@ -94,6 +142,48 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def _post_raw(url: str, body: bytes, content_type: str = "application/json") -> int:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def _split(columns: list[str], rows: list[list]) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": columns, "data": rows}}).encode()
+
+
+# Requests the server must refuse with a 4xx and survive: (what, body, content type).
+BAD_REQUESTS = [
+    ("empty body", b"", "application/json"),
+    ("not JSON", b"{mention: APC", "application/json"),
+    ("JSON but no table", b'{"mention": "APC"}', "application/json"),
+    ("a JSON list", b'["APC"]', "application/json"),
+    ("no mention column", _split(["name"], [["APC"]]), "application/json"),
+    ("null mention", _split(["mention"], [[None]]), "application/json"),
+    ("numeric mention", _split(["mention"], [[42]]), "application/json"),
+    ("nested mention", _split(["mention"], [[{"text": "APC"}]]), "application/json"),
+    ("list mention", _split(["mention"], [[["APC", "FAP"]]]), "application/json"),
+    ("mention and text", _split(["mention", "text"], [["APC", "APC"]]), "application/json"),
+    ("blank mention", _split(["mention"], [["APC"], ["  "]]), "application/json"),
+    ("punctuation-only mention", _split(["mention"], [["?!-"]]), "application/json"),
+    ("mention over the limit", _split(["mention"], [["a" * 1001]]), "application/json"),
+    ("context over the limit", _split(["mention", "context"], [["APC", "c" * 100_001]]), "application/json"),
+    ("too many rows", _split(["mention"], [["APC"]] * 10_001), "application/json"),
+    (
+        "lone surrogate",
+        b'{"dataframe_split": {"columns": ["mention"], "data": [["pain \\ud800"]]}}',
+        "application/json",
+    ),
+    ("ragged rows", b'{"dataframe_split": {"columns": ["mention"], "data": [["a", "b"], ["c"]]}}', "application/json"),
+    ("text for a classifier", _split(["text"], [["No fever."]]), "application/json"),
+    ("CSV without the column", b"name\nAPC\n", "text/csv"),
+    ("unknown content type", b"APC", "text/plain"),
+]
 
 
 def _wait_until_up(url: str, server: subprocess.Popen, log: Path, seconds: float = 45) -> None:
@@ -166,6 +256,14 @@ def test_served_model_equals_in_process_model(tmp_path, tracking_store, tiny_nor
         assert status == 400 and "mention" in body["message"]
         status, body = _post(url, {"dataframe_records": [{"mention": "APC"}, {"mention": None}]})
         assert status == 400 and "'mention' must be a string" in body["message"]
+        status, body = _post(url, {"dataframe_split": {"columns": ["mention"], "data": [["APC"], [" "]]}})
+        assert status == 400 and "row 1 is blank" in body["message"]
+        statuses = {what: _post_raw(url, body, kind) for what, body, kind in BAD_REQUESTS}
+        assert {what: code for what, code in statuses.items() if not 400 <= code < 500} == {}
+        # still up, and still right
+        _wait_until_up(f"http://127.0.0.1:{port}/ping", server, log, seconds=5)
+        status, body = _post(url, {"dataframe_split": json.loads(MENTIONS.to_json(orient="split", index=False))})
+        assert status == 200 and [r["concept_id"] for r in body["predictions"]] == expected["concept_id"].tolist()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

@@ -35,7 +35,7 @@ from mlflow.types.schema import ColSpec, Schema
 
 from ehrbert.models import classifier
 from ehrbert.models.hybrid import HybridNormalizer, is_hybrid
-from ehrbert.text import find_abbreviations, preprocess_mention
+from ehrbert.text import find_abbreviations, normalize, preprocess_mention
 
 log = logging.getLogger(__name__)
 
@@ -84,38 +84,94 @@ def _bad_input(message: str) -> MlflowException:
     return MlflowException.invalid_parameter_value(message)
 
 
-def validate_input(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """The mention texts and their contexts ("" where none), or an error that names the bad field.
+# The input contract (docs/serving.md, "Input limits"). Over a limit, or a value that is not text, the request gets
+# 400 with a message naming the field and the rows; nothing is truncated or skipped silently.
+MAX_ROWS = 10_000  # rows per request: a batch caller splits larger tables
+MAX_MENTION_CHARS = 1_000  # a mention is a phrase; the model reads its first 24 word pieces anyway
+MAX_CONTEXT_CHARS = 100_000  # a context or a raw text is a note: the longest MTSamples note has 18,425
+MAX_TEXT_CHARS = 100_000
+SHOWN_ROWS = 5  # rows named in one message
 
-    `mention` is required and must be a string in every row; `context` is optional, and a missing
-    value (None/NaN) in it means "no context".
-    """
-    if not isinstance(frame, pd.DataFrame):
-        raise _bad_input(f"input must be a table with a 'mention' column, got {type(frame).__name__}")
-    if "mention" not in frame.columns:
+
+def _rows(rows: list[int]) -> str:
+    shown = ", ".join(map(str, rows[:SHOWN_ROWS]))
+    return (
+        f"row {shown}"
+        if len(rows) == 1
+        else f"rows {shown}" + (f" (and {len(rows) - SHOWN_ROWS} more)" if len(rows) > SHOWN_ROWS else "")
+    )
+
+
+def _strings(frame: pd.DataFrame, column: str, limit: int, optional: bool = False) -> list[str]:
+    """The column's values as strings, or a 400 naming the rows that are missing, not strings, not valid Unicode
+    (a lone surrogate) or longer than `limit` characters. Missing values of an optional column become ""."""
+    values = frame[column].tolist()
+    missing = [row for row, value in enumerate(values) if _missing(value)]
+    if missing and not optional:
+        raise _bad_input(f"'{column}' must be a string in every row; {_rows(missing)} has no value")
+    values = ["" if row in set(missing) else value for row, value in enumerate(values)]
+    wrong = [row for row, value in enumerate(values) if not isinstance(value, str)]
+    if wrong:
+        value, more = values[wrong[0]], f" (also {_rows(wrong[1:])})" if len(wrong) > 1 else ""
         raise _bad_input(
-            f"input has no 'mention' column (str, the mention text; or 'text', raw text, for a model "
-            f"with a detector); columns: {list(frame.columns)}"
+            f"'{column}' must be a string{' (or missing)' if optional else ''} in every row; "
+            f"row {wrong[0]} has {type(value).__name__} {repr(value)[:80]}{more}"
         )
-    mentions = frame["mention"].tolist()
-    for row, value in enumerate(mentions):
-        if _missing(value):
-            raise _bad_input(f"'mention' must be a string in every row; row {row} has no value")
-        if not isinstance(value, str):
-            raise _bad_input(f"'mention' must be a string in every row; row {row} has {type(value).__name__} {value!r}")
-    contexts = frame["context"].tolist() if "context" in frame.columns else [""] * len(mentions)
-    for row, value in enumerate(contexts):
-        if _missing(value):
-            contexts[row] = ""
-        elif not isinstance(value, str):
-            raise _bad_input(
-                f"'context' must be a string (or missing) in every row; row {row} has {type(value).__name__} {value!r}"
-            )
-    return mentions, contexts
+    invalid = [row for row, value in enumerate(values) if not _is_unicode(value)]
+    if invalid:
+        raise _bad_input(f"'{column}' must be valid Unicode text; {_rows(invalid)} holds a lone surrogate")
+    long = [row for row, value in enumerate(values) if len(value) > limit]
+    if long:
+        raise _bad_input(f"'{column}' is limited to {limit:,} characters; {_rows(long)} is longer")
+    return values
 
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and value != value)  # None, or NaN as pandas fills it
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_table(frame, needed: str) -> None:
+    if not isinstance(frame, pd.DataFrame):
+        raise _bad_input(f"input must be a table with a '{needed}' column, got {type(frame).__name__}")
+    if len(frame) > MAX_ROWS:
+        raise _bad_input(f"a request holds at most {MAX_ROWS:,} rows; this one has {len(frame):,}: split the table")
+
+
+def validate_input(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The mention texts and their contexts ("" where none), or a 400 that names the bad field and rows.
+
+    `mention` is required: a string in every row, at most MAX_MENTION_CHARS characters, with something left after
+    normalization (a letter or digit). A blank or punctuation-only mention is refused, not answered: any answer,
+    even "no concept", would be stored by the caller as the normalization of something that never was a mention.
+    `context` is optional (at most MAX_CONTEXT_CHARS characters); a missing value (None/NaN) means "no context".
+    """
+    _check_table(frame, "mention")
+    if "mention" not in frame.columns:
+        raise _bad_input(
+            f"input has no 'mention' column (str, the mention text; or 'text', raw text, for a model "
+            f"with a detector); columns: {[str(c)[:80] for c in frame.columns][:20]}"
+        )
+    mentions = _strings(frame, "mention", MAX_MENTION_CHARS)
+    blank = [row for row, mention in enumerate(mentions) if not normalize(mention)]  # nothing left to read
+    if blank:
+        raise _bad_input(
+            f"'mention' must contain a letter or digit; {_rows(blank)} is blank or punctuation only "
+            "(leave such rows out)"
+        )
+    contexts = (
+        _strings(frame, "context", MAX_CONTEXT_CHARS, optional=True)
+        if "context" in frame.columns
+        else [""] * len(mentions)
+    )
+    return mentions, contexts
 
 
 def mention_queries(frame: pd.DataFrame) -> list[str]:
@@ -164,14 +220,10 @@ def answers_frame(
 
 
 def validate_texts(frame: pd.DataFrame) -> list[str]:
-    """The `text` column, or an error that names the bad row."""
-    texts = frame["text"].tolist()
-    for row, value in enumerate(texts):
-        if _missing(value) or not isinstance(value, str):
-            raise _bad_input(
-                f"'text' must be a string in every row; row {row} has {'no value' if _missing(value) else repr(value)}"
-            )
-    return texts
+    """The `text` column (strings of at most MAX_TEXT_CHARS characters; an empty text has no mentions), or a 400
+    that names the bad rows."""
+    _check_table(frame, "text")
+    return _strings(frame, "text", MAX_TEXT_CHARS)
 
 
 def annotate_texts(model, concept_names: Mapping[str, str], frame: pd.DataFrame) -> pd.DataFrame:

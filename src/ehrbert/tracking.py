@@ -19,7 +19,11 @@ import functools
 import hashlib
 import json
 import os
+import signal
+import socket
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -27,6 +31,7 @@ import mlflow
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_URI = f"sqlite:///{ROOT / 'mlflow.db'}"
+HOST_TAG, PID_TAG = "host", "pid"  # which process started a run: a rerun marks a dead one's run KILLED
 
 
 def tracking_uri() -> str:
@@ -69,12 +74,14 @@ def start_run(experiment: str, run_name: str, tags: dict[str, str], params: Mapp
         location = (ROOT / "mlruns" / experiment).as_uri() if uri == DEFAULT_URI else None
         mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
-    tags = {**provenance_tags(params), **tags}
+    mark_dead_runs_killed(experiment, run_name)
+    tags = {**provenance_tags(params), **tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     # Under `mlflow run`, MLFLOW_RUN_ID names the project's own run: start a fresh run that points
     # to it as its parent instead of resuming it (it lives in another experiment).
     parent = os.environ.pop("MLFLOW_RUN_ID", None)
     if parent:
         tags = {**tags, "mlflow.parentRunId": parent}
+    _exit_on_sigterm()
     try:
         with mlflow.start_run(run_name=run_name, tags=tags) as run:
             yield run
@@ -100,6 +107,44 @@ def log_detected_run(
             mlflow.log_params(logged_params)
         mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
         return run.info.run_id
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (a scheduler's stop, `kill`) exits through Python, so that the active run is ended FAILED instead of
+    being left RUNNING; only where nobody else handles the signal."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def mark_dead_runs_killed(experiment: str, run_name: str) -> list[str]:
+    """Mark KILLED the runs named `run_name` in `experiment` that are still RUNNING although the process that
+    started them, on this host, is gone (killed with SIGKILL, or its machine lost power). A process that ends
+    otherwise (an exception, SIGTERM, Ctrl-C) marks its own run FAILED or KILLED as it exits. Returns their IDs."""
+    client = mlflow.MlflowClient()
+    found = client.search_runs(
+        [mlflow.get_experiment_by_name(experiment).experiment_id],
+        filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'",
+    )
+    dead = [
+        run.info.run_id
+        for run in found
+        if run.data.tags.get(HOST_TAG) == socket.gethostname() and not _alive(int(run.data.tags.get(PID_TAG, "0")))
+    ]
+    for run_id in dead:
+        client.set_terminated(run_id, status="KILLED")
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return pid == os.getpid()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_run_record(path: Path, runs: Mapping[str, str], **facts) -> Path:
