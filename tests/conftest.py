@@ -51,9 +51,11 @@ TINY_CADEC_DRUGS = ("CATAFLAM", "VOLTAREN-XR")  # 10 + 22 posts: each drug has t
 CADEC_FOLDERS = ("text", "original", "meddra", "sct")
 
 
-def _cut_pubtator(source: Path, target: Path, keep: int) -> set[str]:
-    """The first `keep` documents of a PubTator file; returns their gold concept IDs (with and without prefix)."""
-    documents = [block for block in source.read_text().split("\n\n") if block.strip()][:keep]
+def _cut_pubtator(source: Path, target: Path, keep: int, also: str | None = None) -> set[str]:
+    """The first `keep` documents of a PubTator file (and document `also`); returns their gold concept IDs (with
+    and without prefix)."""
+    documents = [block for block in source.read_text().split("\n\n") if block.strip()]
+    documents = documents[:keep] + [d for d in documents[keep:] if also and d.startswith(f"{also}|")]
     target.write_text("\n\n".join(documents) + "\n\n")
     ids = set()
     for line in (line for document in documents for line in document.splitlines()):
@@ -288,3 +290,66 @@ def tracking_store(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(uri)
     yield uri
     mlflow.set_tracking_uri(None)
+
+
+def _argv(**flags) -> list[str]:
+    """A stage's command line from keyword arguments: model_path=p -> ["--model-path", str(p)], in order."""
+    return [part for key, value in flags.items() for part in (f"--{key.replace('_', '-')}", str(value))]
+
+
+@pytest.fixture
+def argv():
+    """`_argv`: build a stage's command line from keyword arguments."""
+    return _argv
+
+
+@pytest.fixture
+def ncbi_data(raw_data) -> dict:
+    """The NCBI disease flags every task-reading stage takes, for `argv`."""
+    return {"ncbi_dir": raw_data / "ncbi_disease", "ncbi_vocabulary": raw_data / "medic" / "CTD_diseases.tsv.gz"}
+
+
+class PretrainingCLI:
+    """The environment and command-line flags of a tiny pretraining run in a `make_pretraining_workspace` folder."""
+
+    @staticmethod
+    def env(workspace: Path) -> dict:
+        return {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{workspace / 'mlflow.db'}",
+            "HF_HUB_OFFLINE": "1",
+            "HF_HOME": str(workspace / "hf_home"),
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+
+    @staticmethod
+    def args(workspace: Path, out: str, checkpoints: str = "checkpoints", every: int = 3) -> list[str]:
+        """Flags of `ehrbert.pretrain`: stage `tiny` from the workspace's base and corpora, every checkpoint kept."""
+        return _argv(
+            stage="tiny",
+            init=workspace / "base",
+            train=workspace / "tokenized" / "train.npz",
+            heldout=workspace / "tokenized" / "heldout.npz",
+            out=workspace / out,
+            metrics=workspace / f"{out}.json",
+            run_record=workspace / f"{out}-run.json",
+            checkpoint_dir=workspace / checkpoints,
+            params=workspace / "params.yaml",
+            checkpoint_every=every,
+            keep_checkpoints=0,
+        )
+
+
+@pytest.fixture(scope="session")
+def pretraining_cli() -> type[PretrainingCLI]:
+    return PretrainingCLI
+
+
+@pytest.fixture(scope="session")
+def cut_corpora():
+    """The helpers that cut real corpus files down to a tiny copy: `.pubtator(source, target, keep, also)` and
+    `.medic(source, target, needed)`."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(pubtator=_cut_pubtator, medic=_cut_medic)

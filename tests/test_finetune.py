@@ -136,34 +136,25 @@ def test_early_stopping_triggers_when_dev_does_not_improve(tiny_bert):
     assert [r["epoch"] for r in history] == [1, 2, 3]  # best at 1, then 2 epochs without improvement
 
 
-def test_main_trains_evaluates_and_logs_to_mlflow(tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch):
+def test_main_trains_evaluates_and_logs_to_mlflow(
+    argv, ncbi_data, tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load(open(finetune.__file__.replace("src/ehrbert/finetune.py", "params.yaml")))
     params["finetune"]["config"].update(max_epochs=2, patience=1, head_lr=1e-2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     finetune.main(
-        [
-            "--corpus",
-            "ncbi",
-            "--model",
-            "tiny",
-            "--model-path",
-            str(tiny_bert),
-            "--seed",
-            "7",
-            "--ncbi-dir",
-            str(raw_data / "ncbi_disease"),
-            "--ncbi-vocabulary",
-            str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
-            "--params",
-            "params.yaml",
-            "--out-dir",
-            "out",
-            "--metrics",
-            "metrics.json",
-            "--run-record",
-            "run.json",
-        ]
+        argv(
+            corpus="ncbi",
+            model="tiny",
+            model_path=tiny_bert,
+            seed="7",
+            **ncbi_data,
+            params="params.yaml",
+            out_dir="out",
+            metrics="metrics.json",
+            run_record="run.json",
+        )
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"precision", "recall", "f1", "acc1", "acc5", "best_epoch"} <= set(metrics)
@@ -226,7 +217,7 @@ def fresh_accelerate_state():
 
 
 def test_cadec_run_also_scores_detected_mentions(
-    tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch, fresh_accelerate_state
+    argv, tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch, fresh_accelerate_state
 ):
     from ehrbert.models.detector import LexiconDetector
     from ehrbert.tasks import load_cadec_task
@@ -243,30 +234,19 @@ def test_cadec_run_also_scores_detected_mentions(
     names = [n for c in task.vocabulary.concepts for n in c.names]
     LexiconDetector.fit(names, task.splits["train"]).with_min_precision(0.5).save(tmp_path / "detector.json")
     finetune.main(
-        [
-            "--corpus",
-            "cadec",
-            "--model",
-            "tiny",
-            "--model-path",
-            str(tiny_bert),
-            "--seed",
-            "1",
-            "--cadec-dir",
-            str(raw_data / "cadec"),
-            "--cadec-detector",
-            "detector.json",
-            "--config-overrides",
-            "finetune.head_init_ablation.config",
-            "--params",
-            "params.yaml",
-            "--out-dir",
-            "out",
-            "--metrics",
-            "metrics.json",
-            "--run-record",
-            "run.json",
-        ]
+        argv(
+            corpus="cadec",
+            model="tiny",
+            model_path=tiny_bert,
+            seed="1",
+            cadec_dir=raw_data / "cadec",
+            cadec_detector="detector.json",
+            config_overrides="finetune.head_init_ablation.config",
+            params="params.yaml",
+            out_dir="out",
+            metrics="metrics.json",
+            run_record="run.json",
+        )
     )
     predicted = json.loads((tmp_path / "metrics.json").read_text())["predicted_mentions"]
     assert predicted["detected"] > 1000 and predicted["tp"] + predicted["fn"] == 1660  # test mentions with a concept
@@ -352,7 +332,9 @@ def test_two_processes_under_accelerate_launch_train_as_one(
     assert f1[0] == pytest.approx(f1[1], abs=0.01), f1
 
 
-def test_two_runs_with_one_seed_give_identical_files(tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch):
+def test_two_runs_with_one_seed_give_identical_files(
+    argv, ncbi_data, tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch
+):
     """Fixed seed, one machine, one process: byte-identical weights, predictions and DVC metrics, so a rerun of
     the stage leaves dvc.lock's hashes as they were (only the run record, which names the new MLflow run, differs)."""
     monkeypatch.chdir(tmp_path)
@@ -361,28 +343,17 @@ def test_two_runs_with_one_seed_give_identical_files(tiny_bert, raw_data, tmp_pa
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     for name in ("a", "b"):
         finetune.main(
-            [
-                "--corpus",
-                "ncbi",
-                "--model",
-                "tiny",
-                "--model-path",
-                str(tiny_bert),
-                "--seed",
-                "3",
-                "--ncbi-dir",
-                str(raw_data / "ncbi_disease"),
-                "--ncbi-vocabulary",
-                str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
-                "--params",
-                "params.yaml",
-                "--out-dir",
-                name,
-                "--metrics",
-                f"{name}.json",
-                "--run-record",
-                f"{name}-run.json",
-            ]
+            argv(
+                corpus="ncbi",
+                model="tiny",
+                model_path=tiny_bert,
+                seed="3",
+                **ncbi_data,
+                params="params.yaml",
+                out_dir=name,
+                metrics=f"{name}.json",
+                run_record=f"{name}-run.json",
+            )
         )
     for file in ("model/model.safetensors", "model/config.json", "model/training.json", "test_predictions.tsv"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file

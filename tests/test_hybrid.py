@@ -150,7 +150,7 @@ def test_score_reports_seen_unseen_and_no_concept():
 
 
 def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(
-    tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch
+    argv, ncbi_data, tiny_bert, raw_data, tmp_path, tracking_store, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load(open(ROOT_PARAMS))
@@ -158,53 +158,31 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(
     params["hybrid"]["config"]["encoder"] = str(tiny_bert)
     params["hybrid"]["config"]["retrieval"].update(steps=2, batch_size=8)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    data = [
-        "--ncbi-dir",
-        str(raw_data / "ncbi_disease"),
-        "--ncbi-vocabulary",
-        str(raw_data / "medic" / "CTD_diseases.tsv.gz"),
-    ]
     finetune.main(
-        [
-            "--corpus",
-            "ncbi",
-            "--model",
-            "base",
-            "--model-path",
-            str(tiny_bert),
-            "--seed",
-            "1",
-            *data,
-            "--params",
-            "params.yaml",
-            "--out-dir",
-            "ft",
-            "--metrics",
-            "ft.json",
-            "--run-record",
-            "ft-run.json",
-        ]
+        argv(
+            corpus="ncbi",
+            model="base",
+            model_path=tiny_bert,
+            seed="1",
+            params="params.yaml",
+            out_dir="ft",
+            metrics="ft.json",
+            run_record="ft-run.json",
+            **ncbi_data,
+        )
     )
     hybrid.main(
-        [
-            "--corpus",
-            "ncbi",
-            "--seed",
-            "1",
-            *data,
-            "--params",
-            "params.yaml",
-            "--classifier",
-            "ft",
-            "--classifier-run-record",
-            "ft-run.json",
-            "--out-dir",
-            "out",
-            "--metrics",
-            "metrics.json",
-            "--run-record",
-            "run.json",
-        ]
+        argv(
+            corpus="ncbi",
+            seed="1",
+            params="params.yaml",
+            classifier="ft",
+            classifier_run_record="ft-run.json",
+            out_dir="out",
+            metrics="metrics.json",
+            run_record="run.json",
+            **ncbi_data,
+        )
     )
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -10,7 +10,6 @@ is mocked: DVC, Accelerate (two processes joined over gloo) and MLflow (a sqlite
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
@@ -32,41 +31,7 @@ CASE_DOC = "9949209"  # an NCBI test document the case study draws ("CT", copper
 NOTE_MARKER = "Zqxjvmarker"  # in every tiny note: stands for protected health information
 
 
-def _pubtator_documents(path: Path) -> list[str]:
-    return [block for block in path.read_text().split("\n\n") if block.strip()]
-
-
-def _cut_pubtator(source: Path, target: Path, keep: int, also: str | None = None) -> set[str]:
-    """The first `keep` documents of a PubTator file (and document `also`); returns their gold concept IDs."""
-    documents = _pubtator_documents(source)
-    kept = documents[:keep] + [d for d in documents[keep:] if also and d.startswith(f"{also}|")]
-    target.write_text("\n\n".join(kept) + "\n\n")
-    ids = set()
-    for document in kept:
-        for line in document.splitlines():
-            fields = line.split("\t")
-            if len(fields) >= 6:
-                ids |= {part for value in fields[5].replace("+", "|").split("|") for part in [value.strip()] if part}
-    return ids
-
-
-def _cut_medic(source: Path, target: Path, needed: set[str], every: int = 25) -> None:
-    """MEDIC's header, every concept whose primary or alternative IDs hold a needed ID, and every `every`-th other
-    one."""
-    with gzip.open(source, "rt") as lines, gzip.open(target, "wt") as out:
-        row = 0
-        for line in lines:
-            if line.startswith("#"):
-                out.write(line)
-                continue
-            row += 1
-            fields = line.split("\t")
-            ids = {i.split(":", 1)[-1] for i in [fields[1], *fields[2].split("|")] if i}
-            if ids & needed or f"MESH:{fields[1]}" in needed or row % every == 0:
-                out.write(line)
-
-
-def _tiny_data(raw: Path, data: Path) -> None:
+def _tiny_data(raw: Path, data: Path, cut) -> None:
     needed: set[str] = set()
     for corpus, names in (
         ("ncbi_disease", ("NCBItrainset_corpus.txt", "NCBIdevelopset_corpus.txt", "NCBItestset_corpus.txt")),
@@ -75,9 +40,9 @@ def _tiny_data(raw: Path, data: Path) -> None:
         (data / corpus).mkdir(parents=True)
         for split, name in zip(("train", "dev", "test"), names):
             also = CASE_DOC if corpus == "ncbi_disease" and split == "test" else None
-            needed |= _cut_pubtator(raw / corpus / name, data / corpus / name, KEEP_DOCS[split], also)
+            needed |= cut.pubtator(raw / corpus / name, data / corpus / name, KEEP_DOCS[split], also)
     (data / "medic").mkdir()
-    _cut_medic(raw / "medic" / "CTD_diseases.tsv.gz", data / "medic" / "CTD_diseases.tsv.gz", needed)
+    cut.medic(raw / "medic" / "CTD_diseases.tsv.gz", data / "medic" / "CTD_diseases.tsv.gz", needed)
     shutil.copytree(raw / "cadec", data / "cadec")
     (data / "mtsamples").mkdir()
     notes = (raw / "mtsamples" / "mtsamples_dedup_notes.txt").read_text().splitlines()[:12]
@@ -121,7 +86,7 @@ def _run(command: list[str], cwd: Path, env: dict, timeout: int = 1200) -> subpr
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, raw_data, tiny_bert):
+def project(tmp_path_factory, raw_data, tiny_bert, cut_corpora):
     """The tiny project after `dvc repro` (2 processes) and a commit; its remote holds every output (`dvc push`)."""
     root = tmp_path_factory.mktemp("pipeline")
     work, remote = root / "work", root / "remote"
@@ -132,7 +97,7 @@ def project(tmp_path_factory, raw_data, tiny_bert):
     shutil.copytree(ROOT / "accelerate", work / "accelerate")
     (work / "params.yaml").write_text(yaml.safe_dump(_tiny_params(tiny_bert), sort_keys=False))
     (work / ".gitignore").write_text((ROOT / ".gitignore").read_text())
-    _tiny_data(raw_data, work / "data")
+    _tiny_data(raw_data, work / "data", cut_corpora)
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -11,7 +11,6 @@ checkpoint, and two identical runs that must give identical files.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import socket
@@ -159,45 +158,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(workspace: Path) -> dict:
-    return {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{workspace / 'mlflow.db'}",
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(workspace / "hf_home"),
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-
-
-def _pretrain_args(workspace: Path, out: str) -> list[str]:
-    return [
-        "--stage",
-        "tiny",
-        "--init",
-        str(workspace / "base"),
-        "--train",
-        str(workspace / "tokenized" / "train.npz"),
-        "--heldout",
-        str(workspace / "tokenized" / "heldout.npz"),
-        "--out",
-        str(workspace / out),
-        "--metrics",
-        str(workspace / f"{out}.json"),
-        "--checkpoint-dir",
-        str(workspace / "checkpoints"),
-        "--params",
-        str(workspace / "params.yaml"),
-        "--checkpoint-every",
-        "3",
-        "--keep-checkpoints",
-        "0",
-        "--run-record",
-        str(workspace / f"{out}-run.json"),
-    ]
-
-
-def _launch(workspace: Path, args: list[str], processes: int) -> subprocess.CompletedProcess:
+def _launch(workspace: Path, args: list[str], processes: int, env: dict) -> subprocess.CompletedProcess:
     if processes == 1:
         command = [sys.executable, "-m", "ehrbert.pretrain", *args]
     else:
@@ -219,7 +180,7 @@ def _launch(workspace: Path, args: list[str], processes: int) -> subprocess.Comp
             "ehrbert.pretrain",
             *args,
         ]
-    done = subprocess.run(command, cwd=workspace, env=_env(workspace), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return done
 
@@ -246,10 +207,10 @@ def _micro_batches(first_step: int, last_step: int, batches_per_epoch: int, accu
     )
 
 
-def test_two_processes_train_and_a_rerun_resumes_from_the_last_checkpoint(workspace):
+def test_two_processes_train_and_a_rerun_resumes_from_the_last_checkpoint(pretraining_cli, workspace):
     # 2 processes x micro-batch 2 x 2 accumulation steps = batch 8
-    args = [*_pretrain_args(workspace, "model"), "--grad-accum", "2"]
-    first = _launch(workspace, args, processes=2)
+    args = [*pretraining_cli.args(workspace, "model"), "--grad-accum", "2"]
+    first = _launch(workspace, args, processes=2, env=pretraining_cli.env(workspace))
     summary = {**json.loads((workspace / "model" / "pretraining.json").read_text()), **_progress(workspace)}
     assert summary["processes"] == 2, "accelerate launch did not start two processes"
     batches, per_epoch = summary["batches_per_epoch"], summary["steps_per_epoch"]
@@ -269,7 +230,7 @@ def test_two_processes_train_and_a_rerun_resumes_from_the_last_checkpoint(worksp
     shutil.rmtree(workspace / "model")
     shutil.rmtree(workspace / "checkpoints" / "step_9")
     shutil.rmtree(workspace / "checkpoints" / "step_12")
-    second = _launch(workspace, args, processes=2)
+    second = _launch(workspace, args, processes=2, env=pretraining_cli.env(workspace))
     resumed = {**json.loads((workspace / "model" / "pretraining.json").read_text()), **_progress(workspace)}
     assert resumed["resumed_from_step"] == 6 and resumed["steps_run"] == 6
     assert resumed["examples_per_process"] == [2 * _micro_batches(7, 12, batches, 2)] * 2  # only the missing steps
@@ -298,7 +259,7 @@ def test_two_processes_train_and_a_rerun_resumes_from_the_last_checkpoint(worksp
     assert dvc_metrics["train_steps"] == 12 and dvc_metrics["heldout_perplexity_after"] > 1
 
 
-def test_another_configuration_does_not_resume_and_max_steps_zero_passes_the_init_through(workspace):
+def test_another_configuration_does_not_resume_and_max_steps_zero_passes_the_init_through(pretraining_cli, workspace):
     """One process (not the two of the checkpoints above): the old checkpoints are discarded, not resumed."""
     (workspace / "checkpoints").mkdir(exist_ok=True)
     (workspace / "checkpoints" / "step_4").mkdir(exist_ok=True)
@@ -307,10 +268,10 @@ def test_another_configuration_does_not_resume_and_max_steps_zero_passes_the_ini
     zero = yaml.safe_load((workspace / "params.yaml").read_text())
     zero["pretrain"]["tiny"]["max_steps"] = 0
     params.write_text(yaml.safe_dump(zero))
-    args = _pretrain_args(workspace, "passthrough")
+    args = pretraining_cli.args(workspace, "passthrough")
     args[args.index("--params") + 1] = str(params)
     del args[args.index("--train") : args.index("--train") + 2]  # nothing to train on: no corpus needed
-    _launch(workspace, args, processes=1)
+    _launch(workspace, args, processes=1, env=pretraining_cli.env(workspace))
     summary = {
         **json.loads((workspace / "passthrough" / "pretraining.json").read_text()),
         **_progress(workspace, "passthrough"),
@@ -327,25 +288,25 @@ def test_another_configuration_does_not_resume_and_max_steps_zero_passes_the_ini
     assert any(k.startswith("cls.") for k in out)
 
 
-def test_two_runs_of_one_configuration_give_identical_files(workspace):
+def test_two_runs_of_one_configuration_give_identical_files(pretraining_cli, workspace):
     """Fixed seed, one machine, one process: the model folder (weights, pretraining.json) is byte-identical, so a
     rerun of a deterministic stage leaves its DVC hash unchanged; only the MLflow run differs."""
-    args = [*_pretrain_args(workspace, "once"), "--resume", "never"]
-    _launch(workspace, args, processes=1)
-    again = [*_pretrain_args(workspace, "twice"), "--resume", "never"]
-    _launch(workspace, again, processes=1)
+    args = [*pretraining_cli.args(workspace, "once"), "--resume", "never"]
+    _launch(workspace, args, processes=1, env=pretraining_cli.env(workspace))
+    again = [*pretraining_cli.args(workspace, "twice"), "--resume", "never"]
+    _launch(workspace, again, processes=1, env=pretraining_cli.env(workspace))
     for name in ("model.safetensors", "pretraining.json", "config.json"):
         assert (workspace / "once" / name).read_bytes() == (workspace / "twice" / name).read_bytes(), name
 
 
-def test_corpus_from_another_vocabulary_is_refused(workspace, tmp_path, make_tiny_bert):
+def test_corpus_from_another_vocabulary_is_refused(pretraining_cli, workspace, tmp_path, make_tiny_bert):
     other = make_tiny_bert(tmp_path / "other", head="none")  # characters only: not the notes' word vocabulary
-    args = _pretrain_args(workspace, "refused")
+    args = pretraining_cli.args(workspace, "refused")
     args[args.index("--init") + 1] = str(other)
     done = subprocess.run(
         [sys.executable, "-m", "ehrbert.pretrain", *args],
         cwd=workspace,
-        env=_env(workspace),
+        env=pretraining_cli.env(workspace),
         capture_output=True,
         text=True,
         timeout=300,

@@ -20,7 +20,6 @@ had moved the weights.) Measured: weights and held-out scores bit-identical (0.0
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -42,58 +41,25 @@ WEIGHT_TOLERANCE = 1e-6
 PERPLEXITY_TOLERANCE = 1e-6  # relative
 
 
-def _env(root: Path) -> dict:
-    return {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(root / "hf_home"),
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+def _command(cli, root: Path, name: str) -> list[str]:
+    return [sys.executable, "-m", "ehrbert.pretrain", *cli.args(root, name, f"{name}-checkpoints", EVERY)]
 
 
-def _command(root: Path, name: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "ehrbert.pretrain",
-        "--stage",
-        "tiny",
-        "--init",
-        str(root / "base"),
-        "--train",
-        str(root / "tokenized" / "train.npz"),
-        "--heldout",
-        str(root / "tokenized" / "heldout.npz"),
-        "--out",
-        str(root / name),
-        "--metrics",
-        str(root / f"{name}.json"),
-        "--run-record",
-        str(root / f"{name}-run.json"),
-        "--checkpoint-dir",
-        str(root / f"{name}-checkpoints"),
-        "--params",
-        str(root / "params.yaml"),
-        "--checkpoint-every",
-        str(EVERY),
-        "--keep-checkpoints",
-        "0",
-    ]
-
-
-def _run(root: Path, name: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(_command(root, name), cwd=root, env=_env(root), capture_output=True, text=True, timeout=300)
+def _run(cli, root: Path, name: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        _command(cli, root, name), cwd=root, env=cli.env(root), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return done
 
 
-def _run_and_kill(root: Path, name: str, step: int, timeout: float = 240) -> subprocess.Popen:
+def _run_and_kill(cli, root: Path, name: str, step: int, timeout: float = 240) -> subprocess.Popen:
     """Start a run and SIGKILL it as soon as its checkpoint of `step` is complete."""
     marker = checkpoints.step_folder(root / f"{name}-checkpoints", step) / checkpoints.MARKER
     with open(root / f"{name}-killed.log", "w") as log:
-        process = subprocess.Popen(_command(root, name), cwd=root, env=_env(root), stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            _command(cli, root, name), cwd=root, env=cli.env(root), stdout=log, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + timeout
     while not marker.exists():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -110,12 +76,12 @@ def _run_and_kill(root: Path, name: str, step: int, timeout: float = 240) -> sub
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, make_pretraining_workspace) -> dict:
+def runs(tmp_path_factory, make_pretraining_workspace, pretraining_cli) -> dict:
     root = make_pretraining_workspace(tmp_path_factory.mktemp("resume"), max_steps=STEPS)
-    _run(root, "straight")
-    killed = _run_and_kill(root, "resumed", KILL_AFTER)
+    _run(pretraining_cli, root, "straight")
+    killed = _run_and_kill(pretraining_cli, root, "resumed", KILL_AFTER)
     at_kill = [step for step, _, _ in checkpoints.completed(root / "resumed-checkpoints")]
-    rerun = _run(root, "resumed")
+    rerun = _run(pretraining_cli, root, "resumed")
     return {"root": root, "killed": killed, "at_kill": at_kill, "rerun": rerun}
 
 
