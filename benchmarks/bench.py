@@ -67,18 +67,14 @@ def ncbi_test(params: dict) -> tuple[pd.DataFrame, list[set[str]]]:
 
 
 def encoder_ceiling(model: HybridNormalizer, queries: list[str]) -> None:
-    """The encoders' forwards alone over the queries, batched as the model batches them: what no normalizer built
-    on these encoders can beat."""
+    """The encoders' forwards alone over the distinct queries, batched in order of length under bf16 autocast as
+    the model batches them: what no normalizer built on these encoders can beat."""
     from ehrbert.models import classifier, retrieval
 
-    retrieval.embed(model.encoder, model.tokenizer, queries, model.config.max_length, model.config.embed_batch_size)
+    unique = list(dict.fromkeys(queries))
+    retrieval.embed(model.encoder, model.tokenizer, unique, model.config.max_length, model.config.embed_batch_size)
     if model.classifier is not None:
-        with torch.inference_mode():
-            for start in range(0, len(queries), 256):
-                batch = classifier.encode(
-                    model.classifier_tokenizer, queries[start : start + 256], model.classifier_max_length
-                )
-                model.classifier(**batch)
+        classifier.pooled_vectors(model.classifier, model.classifier_tokenizer, unique, model.classifier_max_length)
 
 
 def _free_port() -> int:
