@@ -109,7 +109,7 @@ def _strings(frame: pd.DataFrame, column: str, limit: int, optional: bool = Fals
     missing = [row for row, value in enumerate(values) if _missing(value)]
     if missing and not optional:
         raise _bad_input(f"'{column}' must be a string in every row; {_rows(missing)} has no value")
-    values = ["" if row in set(missing) else value for row, value in enumerate(values)]
+    values = ["" if _missing(value) else value for value in values]
     wrong = [row for row, value in enumerate(values) if not isinstance(value, str)]
     if wrong:
         value, more = values[wrong[0]], f" (also {_rows(wrong[1:])})" if len(wrong) > 1 else ""
