@@ -1,5 +1,7 @@
-"""Resuming pretraining after a crash: a run killed after a checkpoint and rerun must end where an uninterrupted run
-of the same configuration ends.
+"""Resuming after a crash: a pretraining or fine-tuning run killed after a checkpoint and rerun must end where an
+uninterrupted run of the same configuration ends.
+
+Pretraining.
 
 Three real runs of `python -m ehrbert.pretrain` (one CPU process, conftest's tiny pretraining workspace: 12 steps of
 batch 8 over about three epochs, a checkpoint every 3 steps, all kept): one uninterrupted; one started in a
@@ -15,6 +17,12 @@ and the DataLoader has its own generator, so the global torch RNG, which a check
 dropout's alone. (With the masks from the global RNG, Accelerate's one-batch look-ahead had drawn batch k+1's masks
 before the step-k checkpoint saved the RNG, and a resumed run ended as far from the uninterrupted one as training
 had moved the weights.) Measured: weights and held-out scores bit-identical (0.0).
+
+Fine-tuning. Three real runs of `python -m ehrbert.finetune` (tiny BERT on NCBI, 4 epochs, dropout on, fp32, one
+CPU process): one uninterrupted, one killed with SIGKILL as soon as its epoch-2 checkpoint is complete, and its
+rerun, which goes on from epoch 3. Measured: the rerun's weights, test predictions and DVC metrics are byte for byte
+the uninterrupted run's (tolerance 0), and so is every epoch's dev accuracy in MLflow. The checkpoint carries the
+sampler's generator and the best-on-dev weights so far, which `save_state` does not.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
@@ -146,3 +155,100 @@ def test_the_resumed_run_ends_with_the_uninterrupted_run_s_weights_and_heldout_s
     assert after[1]["perplexity"] == pytest.approx(after[0]["perplexity"], rel=PERPLEXITY_TOLERANCE)
     assert after[1]["nsp_accuracy"] == after[0]["nsp_accuracy"]
     assert after[1]["masked_word_pieces"] == after[0]["masked_word_pieces"]
+
+
+# --- fine-tuning -----------------------------------------------------------------------------------------------
+
+EPOCHS, KILL_AFTER_EPOCH = 4, 2
+
+
+def _finetune_command(root: Path, name: str, tiny_bert: Path, raw_data: Path) -> list[str]:
+    flags = dict(
+        corpus="ncbi",
+        model="tiny",
+        model_path=tiny_bert,
+        seed=5,
+        ncbi_dir=raw_data / "ncbi_disease",
+        ncbi_vocabulary=raw_data / "medic" / "CTD_diseases.tsv.gz",
+        params=root / "params.yaml",
+        out_dir=root / name,
+        metrics=root / f"{name}.json",
+        run_record=root / f"{name}-run.json",
+        checkpoint_dir=root / f"{name}-checkpoints",
+    )
+    return [sys.executable, "-m", "ehrbert.finetune"] + [
+        part for key, value in flags.items() for part in (f"--{key.replace('_', '-')}", str(value))
+    ]
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, tiny_bert, raw_data, pretraining_cli) -> dict:
+    root = tmp_path_factory.mktemp("finetune-resume")
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    params["finetune"]["config"].update(max_epochs=EPOCHS, patience=EPOCHS, head_lr=1e-2)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = pretraining_cli.env(root)
+    env.pop("ACCELERATE_MIXED_PRECISION", None)  # fp32
+
+    def run(name: str) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            _finetune_command(root, name, tiny_bert, raw_data),
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        return done
+
+    run("straight")
+    marker = checkpoints.step_folder(root / "resumed-checkpoints", KILL_AFTER_EPOCH) / checkpoints.MARKER
+    with open(root / "killed.log", "w") as log:
+        process = subprocess.Popen(
+            _finetune_command(root, "resumed", tiny_bert, raw_data),
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 400
+    while not marker.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            pytest.fail(f"no checkpoint after epoch {KILL_AFTER_EPOCH}:\n{(root / 'killed.log').read_text()[-4000:]}")
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    at_kill = [step for step, _, _ in checkpoints.completed(root / "resumed-checkpoints")]
+    model_at_kill = (root / "resumed" / "model").exists()
+    return {
+        "root": root,
+        "killed": process,
+        "at_kill": at_kill,
+        "model_at_kill": model_at_kill,
+        "rerun": run("resumed"),
+    }
+
+
+def test_a_killed_fine_tuning_run_goes_on_from_its_last_epoch_and_ends_as_the_uninterrupted_run(finetuned):
+    root = finetuned["root"]
+    assert finetuned["killed"].returncode == -signal.SIGKILL
+    assert not finetuned["model_at_kill"]  # killed before it wrote anything
+    assert finetuned["at_kill"] == [KILL_AFTER_EPOCH]  # one checkpoint kept: the newest
+    assert f"resuming from {root / 'resumed-checkpoints' / f'step_{KILL_AFTER_EPOCH}'}" in finetuned["rerun"].stderr
+    assert f"epoch {KILL_AFTER_EPOCH}:" not in finetuned["rerun"].stderr  # only the missing epochs ran
+    for file in ("model/model.safetensors", "test_predictions.tsv"):
+        assert (root / "straight" / file).read_bytes() == (root / "resumed" / file).read_bytes(), file
+    assert (root / "straight.json").read_bytes() == (root / "resumed.json").read_bytes()  # the DVC metrics
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    run_ids = {n: json.loads((root / f"{n}-run.json").read_text())["runs"]["gold"] for n in ("straight", "resumed")}
+    for metric in ("train_loss", "dev_acc1"):  # every epoch's, the resumed ones too: the same batches in the same order
+        history = {
+            n: sorted((m.step, m.value) for m in client.get_metric_history(i, metric)) for n, i in run_ids.items()
+        }
+        assert history["resumed"] == history["straight"] and len(history["straight"]) == EPOCHS, metric
+    # a finished run leaves no training state behind
+    assert not list((root / "straight-checkpoints").glob("step_*"))
+    assert not list((root / "resumed-checkpoints").glob("step_*"))

@@ -1,18 +1,25 @@
-"""The training-state folders a run resumes from.
+"""The training-state folders a run resumes from (pretraining every n optimizer steps, fine-tuning every epoch).
 
- `Accelerator.save_state` writes `<root>/step_<n>/`; when every process has finished writing, the
-main process adds `checkpoint.json` (step, fingerprint of what made the run, anything else the run wants back).
-A folder without that marker was cut off mid-save and is never resumed from. A run resumes only from a
-checkpoint whose fingerprint equals its own: the same science, data, initial weights and process layout.
+`save` has `Accelerator.save_state` write `<root>/step_<n>/` (n: the run's own unit of progress), lets the run
+add files of its own, and when every process has finished writing, the main process adds `checkpoint.json`
+(step, fingerprint of what made the run, anything else the run wants back). A folder without that marker was
+cut off mid-save and is never resumed from. A run resumes (`resume_point`) only from a checkpoint whose
+fingerprint equals its own: the same science, data, initial weights and process layout.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+
+from accelerate import Accelerator
+
+log = logging.getLogger(__name__)
 
 MARKER = "checkpoint.json"
 _STEP_FOLDER = re.compile(r"step_(\d+)")
@@ -91,3 +98,37 @@ def discard(root: Path) -> list[Path]:
     for folder in doomed:
         shutil.rmtree(folder, ignore_errors=True)
     return doomed
+
+
+def save(
+    accelerator: Accelerator,
+    root: Path,
+    step: int,
+    record: dict,
+    keep: int,
+    write_extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Every process's training state into `root/step_<step>`, then `write_extra(folder)` on the main process
+    (state that `save_state` does not hold), then the marker; older checkpoints beyond `keep` are pruned."""
+    folder = step_folder(root, step)
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process and write_extra is not None:
+        write_extra(folder)
+    accelerator.wait_for_everyone()  # every process's RNG state is written before the folder counts
+    if accelerator.is_main_process:
+        mark_complete(folder, {**record, "step": step})
+        prune(root, keep)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def resume_point(accelerator: Accelerator, root: Path, fingerprint_: str, resume: bool = True):
+    """The checkpoint (step, folder, record) to resume from, if any (`resume` False: none); the checkpoints that
+    cannot be resumed are deleted then."""
+    found = latest(root, fingerprint_) if resume else None
+    accelerator.wait_for_everyone()  # every process has looked before anything is deleted
+    if found is None and accelerator.is_main_process:
+        for folder in discard(root):
+            log.warning("discarded %s: made by another configuration, or resuming was turned off", folder)
+    accelerator.wait_for_everyone()
+    return found

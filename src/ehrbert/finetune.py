@@ -14,6 +14,12 @@ all processes, so the science does not change with the hardware.
 The output folder (a DVC out) holds what later stages and the registry use: `model/` (weights, tokenizer and
 `training.json`, the config it was trained with) and the test predictions; `--run-record` names the file that
 gets the MLflow run IDs (`ehrbert.tracking.write_run_record`).
+
+With `--checkpoint-dir` (dvc.yaml gives one outside the stage's outs, which DVC deletes before a rerun), the
+training state is saved after every epoch that is not the last (`ehrbert.checkpoints`): weights, optimizer and
+RNG states, the best-on-dev weights so far, the sampler's generator and the epoch history. A run killed and
+started again with the same fingerprint (config, data, initial weights, seed, process layout) goes on from the
+newest complete epoch and ends as the uninterrupted run ends; a finished run deletes its checkpoints.
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ import mlflow
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from ehrbert import checkpoints
 from ehrbert.corpora.records import Mention
 from ehrbert.hub import resolve_model
 from ehrbert.launch import make_accelerator
@@ -73,6 +81,8 @@ class FinetuneConfig:
             )
 
 
+TRAINING_DATA = ("ncbi_dir", "ncbi_vocabulary", "cdr_dir", "cdr_vocabulary", "cadec_dir")  # in the fingerprint
+BEST_WEIGHTS, SAMPLER_STATE = "best_on_dev.safetensors", "sampler.safetensors"  # a checkpoint's own files
 HEAD_INIT_LABELS = {"uniform": "uniform head (paper)", "names": "head imprinted from names"}  # appended to model labels
 
 
@@ -91,6 +101,12 @@ def training_pairs(task: Task, config: FinetuneConfig, label2id: dict[str, int])
     return pairs
 
 
+def _restore(folder: Path, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """The sampler's generator from a checkpoint; returns its best-on-dev weights."""
+    generator.set_state(load_file(str(folder / SAMPLER_STATE))["state"])
+    return {k: v.to(device) for k, v in load_file(str(folder / BEST_WEIGHTS)).items()}
+
+
 def train(
     model,
     tokenizer,
@@ -100,15 +116,19 @@ def train(
     config: FinetuneConfig,
     accelerator: Accelerator,
     seed: int,
+    checkpoint_dir: Path | None = None,
+    fingerprint: str = "",
 ) -> list[dict]:
-    """Train in place; leaves the best-on-dev weights in `model`. Returns one record per epoch."""
+    """Train in place; leaves the best-on-dev weights in `model`. Returns one record per epoch (a resumed run: also
+    those of the epochs before the checkpoint). With `checkpoint_dir`: resume from the newest checkpoint with this
+    `fingerprint`, and save one after each epoch that is not the last."""
     if config.batch_size % accelerator.num_processes:
         raise ValueError(
             f"finetune.config.batch_size {config.batch_size} is not divisible by {accelerator.num_processes} processes"
         )
     per_process = config.batch_size // accelerator.num_processes  # batch_size is per optimizer step, all processes
     features = [dict(tokenizer(q, truncation=True, max_length=config.max_length), labels=y) for q, y in pairs]
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # the sampler's own: each epoch's order, saved in checkpoints
     sampler = LengthGroupedSampler(
         config.batch_size, lengths=[len(f["input_ids"]) for f in features], generator=generator
     )
@@ -122,8 +142,15 @@ def train(
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
     history: list[dict] = []
-    best, best_state, stale = -1.0, None, 0
-    for epoch in range(1, config.max_epochs + 1):
+    best, best_state, stale, first = -1.0, None, 0, 1
+    resume = checkpoints.resume_point(accelerator, checkpoint_dir, fingerprint) if checkpoint_dir else None
+    if resume is not None:
+        done, folder, record = resume
+        accelerator.load_state(str(folder))  # weights, optimizer and RNG states
+        best_state = _restore(folder, generator, accelerator.device)
+        history, best, stale, first = record["history"], record["best"], record["stale"], done + 1
+        log.info("resuming from %s (after epoch %d of at most %d)", folder, done, config.max_epochs)
+    for epoch in range(first, config.max_epochs + 1):
         started = time.perf_counter()
         model.train()
         total, steps = 0.0, 0
@@ -163,6 +190,14 @@ def train(
             if stale >= config.patience:
                 log.info("early stop: no dev improvement for %d epochs", stale)
                 break
+        if checkpoint_dir is not None and epoch < config.max_epochs:
+
+            def write_extra(folder: Path, best_state=best_state) -> None:
+                save_file({k: v.contiguous().cpu() for k, v in best_state.items()}, str(folder / BEST_WEIGHTS))
+                save_file({"state": generator.get_state()}, str(folder / SAMPLER_STATE))
+
+            state = {"fingerprint": fingerprint, "history": history, "best": best, "stale": stale}
+            checkpoints.save(accelerator, checkpoint_dir, epoch, state, keep=1, write_extra=write_extra)
     accelerator.unwrap_model(model).load_state_dict(best_state)
     return history
 
@@ -187,6 +222,11 @@ def main(argv: list[str] | None = None) -> None:
         "--cadec-detector",
         type=Path,
         help="mention detector (JSON); cadec runs are then also scored on detected mentions",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        help="resumable training state after each epoch (not a DVC out); without it a killed run starts over",
     )
     parser.add_argument(
         "--config-overrides",
@@ -233,8 +273,29 @@ def main(argv: list[str] | None = None) -> None:
     pairs = training_pairs(task, config, model.config.label2id)
     log.info("%s: %d concepts, %d training pairs", args.corpus, len(task.vocabulary), len(pairs))
 
+    made_of = {
+        "config": asdict(config),
+        "corpus": args.corpus,
+        "seed": args.seed,
+        "init": checkpoints.digest(resolve_model(args.model_path)),
+        "data": {k: checkpoints.digest(v) for k, v in sorted(vars(args).items()) if k in TRAINING_DATA and v},
+        "processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+    }
+    fingerprint = checkpoints.fingerprint(made_of)
     started = time.perf_counter()
-    history = train(model, tokenizer, pairs, dev_queries, task.mentions("dev"), config, accelerator, args.seed)
+    history = train(
+        model,
+        tokenizer,
+        pairs,
+        dev_queries,
+        task.mentions("dev"),
+        config,
+        accelerator,
+        args.seed,
+        args.checkpoint_dir,
+        fingerprint,
+    )
     train_seconds = time.perf_counter() - started
     if not accelerator.is_main_process:
         return
@@ -321,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         model_dir=str(model_dir),
     )
+    if args.checkpoint_dir is not None:
+        checkpoints.discard(args.checkpoint_dir)  # the run is complete: nothing left to resume
 
 
 if __name__ == "__main__":

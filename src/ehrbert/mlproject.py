@@ -8,8 +8,9 @@ what this module writes:
     python -m ehrbert.mlproject > MLproject
 
 Each `--flag value` of a stage's command becomes a parameter (`flag` with `-` as `_`) whose default is the value
-dvc.yaml gives it, except that an output of the stage defaults to the same path under `manual/`: a run by hand
-never overwrites what DVC tracks (models, metrics, run records). A flag given several values, or several times,
+dvc.yaml gives it, except that an output of the stage, or its training states under `checkpoints/`, defaults to
+the same path under `manual/`: a run by hand never overwrites what DVC tracks (models, metrics, run records), nor
+the checkpoints a killed `dvc repro` resumes from. A flag given several values, or several times,
 stays as written. Training stages keep `accelerate launch $ACCELERATE_ARGS`, so Accelerate's configuration is
 chosen the same way under both tools.
 """
@@ -39,6 +40,7 @@ entry_points:
 
 
 MANUAL = "manual"  # where a run by hand writes what the stage's outputs would be
+CHECKPOINTS = "checkpoints/"  # training states: written by a stage, though not a DVC out
 
 
 def resolved_commands(root: Path) -> dict[str, tuple[str, list[str]]]:
@@ -56,8 +58,8 @@ def resolved_commands(root: Path) -> dict[str, tuple[str, list[str]]]:
 
 
 def is_output(value: str, outputs: list[str]) -> bool:
-    """`value` is one of the outputs, inside one, or a folder that holds one."""
-    return any(value == o or o.startswith(value.rstrip("/") + "/") or value.startswith(o + "/") for o in outputs)
+    """`value` is one of the outputs, inside one, a folder that holds one, or training states."""
+    return value.startswith(CHECKPOINTS) or any(value == o or o.startswith(value.rstrip("/") + "/") or value.startswith(o + "/") for o in outputs)
 
 
 def entry_point(command: str, outputs: list[str]) -> tuple[dict[str, str], str]:

@@ -225,16 +225,6 @@ def _optimizer(model, config: PretrainConfig, device: torch.device) -> torch.opt
     return torch.optim.AdamW(groups, lr=config.learning_rate, fused=device.type in ("cpu", "cuda"))
 
 
-def save_checkpoint(accelerator: Accelerator, root: Path, step: int, record: dict, keep: int) -> None:
-    folder = checkpoints.step_folder(root, step)
-    accelerator.save_state(str(folder))
-    accelerator.wait_for_everyone()  # every process's RNG state is written before the folder counts
-    if accelerator.is_main_process:
-        checkpoints.mark_complete(folder, {**record, "step": step})
-        checkpoints.prune(root, keep)
-    accelerator.wait_for_everyone()
-
-
 def train(
     objective,
     optimizer,
@@ -301,7 +291,7 @@ def train(
             progress.update(1)
             progress.set_postfix(loss=f"{metrics['train_loss']:.3f}")
             if completed % checkpoint_every == 0 or completed == total_steps:
-                save_checkpoint(accelerator, checkpoint_dir, completed, record, keep)
+                checkpoints.save(accelerator, checkpoint_dir, completed, record, keep)
             if completed >= total_steps:
                 break
         epoch += 1
@@ -346,19 +336,6 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     if args.checkpoint_every < 1 or args.grad_accum < 1:
         parser.error("--checkpoint-every and --grad-accum must be at least 1")
     return args
-
-
-def _resume_point(
-    accelerator: Accelerator, args: argparse.Namespace, fingerprint: str
-) -> tuple[int, Path, dict] | None:
-    """The checkpoint to resume from, if any; checkpoints that cannot be resumed are deleted."""
-    resume = checkpoints.latest(args.checkpoint_dir, fingerprint) if args.resume == "auto" else None
-    accelerator.wait_for_everyone()  # every process has looked before anything is deleted
-    if resume is None and accelerator.is_main_process:
-        for folder in checkpoints.discard(args.checkpoint_dir):
-            log.warning("discarded %s: made by another configuration, or --resume never", folder)
-    accelerator.wait_for_everyone()
-    return resume
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -435,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     if train_dl is not None:  # checkpoints of the global-RNG masking (before SeededMasking) are not resumed
         made_of["masking"] = SeededMasking.__name__
     fingerprint = checkpoints.fingerprint(made_of)
-    resume = _resume_point(accelerator, args, fingerprint)
+    resume = checkpoints.resume_point(accelerator, args.checkpoint_dir, fingerprint, args.resume == "auto")
     if resume is not None:
         start_step, folder, record = resume
         accelerator.load_state(str(folder))
