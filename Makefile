@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 ACCELERATE_CONFIG ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,accelerate/cpu.yaml)
 export ACCELERATE_ARGS ?= $(if $(ACCELERATE_CONFIG),--config_file $(ACCELERATE_CONFIG))
 
-.PHONY: install data run test lint bench checkpoints lock
+.PHONY: install data run test lint bench checkpoints lock server
 
 install: $(VENV)/.installed
 
@@ -57,6 +57,16 @@ endif
 checkpoints: install
 	HF_HUB_OFFLINE=0 $(BIN)/python -m ehrbert.hub fetch $(PROFILE)
 	$(BIN)/dvc add hub
+
+# The team's tracking server and registry (README, "Scaling out"): `mlflow server` on a PostgreSQL database, with
+# artifacts proxied from a shared folder. Every clone then sets MLFLOW_TRACKING_URI=http://<host>:<port>.
+SERVER_DB ?= postgresql://mlflow@127.0.0.1:5432/mlflow
+SERVER_ARTIFACTS ?= $(CURDIR)/mlartifacts
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5000
+server: install
+	$(BIN)/mlflow server --backend-store-uri $(SERVER_DB) --artifacts-destination $(SERVER_ARTIFACTS) \
+		--host $(SERVER_HOST) --port $(SERVER_PORT)
 
 # Lint and format check (settings in pyproject.toml), then the tests.
 test: install lint

@@ -8,15 +8,28 @@ Models are tiny random BERTs written by `write_tiny_bert` (the `make_tiny_bert` 
 `tiny_bert` (an encoder with an MLM head), `tiny_normalizer` (a saved classifier over `tiny_concepts`) and the
 base of `make_pretraining_workspace` (no pretraining heads). Session-scoped folders are shared: read them,
 never write into them.
+
+Servers are real and on 127.0.0.1: `postgres` starts a PostgreSQL server from the machine's binaries in a
+temporary folder for the session (initdb, pg_ctl) and stops it at the end; `servers.mlflow_server(...)` runs
+`mlflow server` on a backend store for the length of a `with` block.
 """
 
+import contextlib
 import gzip
 import os
 import random
 import shutil
+import signal
+import socket
 import string
-from collections.abc import Sequence
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -353,3 +366,116 @@ def cut_corpora():
     from types import SimpleNamespace
 
     return SimpleNamespace(pubtator=_cut_pubtator, medic=_cut_medic)
+
+
+# --- real servers on 127.0.0.1 -----------------------------------------------------------------------------
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, server: subprocess.Popen, log: Path, seconds: float = 45) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.25)
+    pytest.fail(f"server not up after {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (it was started in a session of its own), then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+@contextlib.contextmanager
+def mlflow_server(backend: str, artifacts: Path, log: Path) -> Iterator[str]:
+    """`mlflow server` on `backend` with artifacts proxied from `artifacts`; yields its URL."""
+    port = free_port()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend, "--artifacts-destination"]
+    command += [str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with open(log, "w") as output:
+        server = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", server, log, seconds=180)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(server)
+
+
+@pytest.fixture(scope="session")
+def servers() -> SimpleNamespace:
+    """`free_port()`, `wait_until_up(url, server, log)`, `stop(server)` and `mlflow_server(backend, artifacts, log)`."""
+    return SimpleNamespace(free_port=free_port, wait_until_up=wait_until_up, stop=stop, mlflow_server=mlflow_server)
+
+
+def _postgres_bin() -> Path:
+    found = shutil.which("pg_ctl")
+    candidates = [Path(found).parent] if found else []
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    for folder in candidates:
+        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
+            return folder
+    pytest.fail(
+        "PostgreSQL's initdb and pg_ctl are not on PATH nor in /usr/lib/postgresql/*/bin: install Debian's "
+        "postgresql package (.ci/run does)"
+    )
+
+
+def _checked(command: list, what: str) -> None:
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=120)
+    if done.returncode:
+        pytest.fail(f"{what} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+
+class Postgres:
+    """A running PostgreSQL server; `database(name)` creates a database and returns its SQLAlchemy URI."""
+
+    def __init__(self, port: int, user: str):
+        self.port, self.user = port, user
+
+    def database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname="postgres") as connection:
+            connection.autocommit = True
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server on 127.0.0.1 for the session, in a temporary folder; stopped and deleted at the end.
+    initdb refuses to run as root, so as root the server runs as `nobody`."""
+    root = Path(tempfile.mkdtemp(prefix="ehrbert-postgres-"))
+    root.chmod(0o777)
+    as_owner = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    folder, port, data = _postgres_bin(), free_port(), root / "data"
+    _checked(
+        [*as_owner, folder / "initdb", "-D", data, "-U", "ehrbert", "--auth=trust", "-E", "UTF8", "--no-sync"], "initdb"
+    )
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    start = [*as_owner, folder / "pg_ctl", "-D", data, "-l", root / "server.log", "-w", "-t", "60", "-o", options]
+    _checked([*start, "start"], "pg_ctl start")
+    try:
+        yield Postgres(port, "ehrbert")
+    finally:
+        subprocess.run([str(c) for c in [*as_owner, folder / "pg_ctl", "-D", data, "-m", "fast", "stop"]], timeout=60)
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,5 +1,5 @@
 """The science does not change with the process count: one process and two (Accelerate, gloo) train to the same
-weights within a stated tolerance.
+weights within a stated tolerance; and training spans machines: pretraining as two Accelerate machines.
 
 Two processes see the same global batches: the fine-tuning sampler's batches are split between the processes and
 DDP averages their gradients; the contrastive retrieval training gathers every process's vectors with their
@@ -12,6 +12,7 @@ retrieval encoder weights within 1e-4 (absolute; 2e-6 measured), while training 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from mlflow import MlflowClient
 
 from ehrbert.models import retrieval
 from ehrbert.models.retrieval import RetrievalConfig
@@ -92,3 +94,40 @@ def test_retrieval_training_on_two_processes_matches_one(tiny_bert, tmp_path):
     differ = max((one[k] - two["weights"][k]).abs().max().item() for k in one)
     assert moved > 1e-3  # training did move the weights...
     assert differ < 1e-4, f"1 vs 2 processes differ by {differ:.2e} (weights moved {moved:.2e})"  # ...the same way
+
+
+def test_pretraining_on_two_machines(make_pretraining_workspace, pretraining_cli, tmp_path_factory, servers):
+    """Two Accelerate "machines" on 127.0.0.1, one process each, as a team launches on two nodes: the same
+    command on each with its own --machine_rank and the main machine's address. They join one process group
+    (world size 2), train one run, and the main machine's process alone logs it and writes the model."""
+    root = make_pretraining_workspace(tmp_path_factory.mktemp("two-machines"), max_steps=4)
+    port = servers.free_port()
+    args = pretraining_cli.args(root, "out", every=2)
+    logs, machines = [], []
+    for rank in (0, 1):
+        command = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "accelerate" / "cpu-2proc.yaml")]
+        command += ["--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank)]
+        command += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--mixed_precision", "no"]
+        logs.append(root / f"machine{rank}.log")
+        with open(logs[-1], "w") as log:
+            machines.append(
+                subprocess.Popen(
+                    [*command, "-m", "ehrbert.pretrain", *args],
+                    cwd=root,
+                    env=pretraining_cli.env(root),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        codes = [machine.wait(timeout=600) for machine in machines]
+    finally:
+        for machine in machines:
+            machine.kill()
+    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+    summary = json.loads((root / "out" / "pretraining.json").read_text())
+    assert summary["processes"] == 2 and summary["total_steps"] == 4
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("pretrain").experiment_id])
+    assert [(r.info.status, r.data.params["processes"]) for r in runs] == [("FINISHED", "2")]
+    assert json.loads((root / "out-run.json").read_text())["runs"]["pretrain"] == runs[0].info.run_id

@@ -1,11 +1,14 @@
 """The whole pipeline on a tiny project: `dvc repro` of the real dvc.yaml under a 2-process Accelerate configuration,
-then what a team does with it: a run by hand beside it, and a second clone that pulls every model from the remote.
+tracked by a team server, then what a team does with it: a run by hand beside it, a second clone that pulls every
+model from the remote, and the champion served from the team's registry.
 
 The tiny project is a git + DVC repository in a temporary folder with this repository's dvc.yaml, src/ and
 accelerate/, a params.yaml that shrinks every stage (one model, one corpus, one seed, a few steps; the tiny
 random BERT of conftest.py as every checkpoint), and data/ cut from the real files (a few documents of NCBI
 disease and BC5CDR, the MEDIC concepts they need and a sample of the rest, a few notes, CADEC whole). Nothing
-is mocked: DVC, Accelerate (two processes joined over gloo) and MLflow (a sqlite store) run for real.
+is mocked: DVC, Accelerate (two processes joined over gloo) and MLflow run for real. The tracking store is the one a
+team shares (`make server`): `mlflow server` on a PostgreSQL database (conftest's `postgres`) with proxied artifacts,
+and every stage reaches it only through MLFLOW_TRACKING_URI=http://127.0.0.1:<port>.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -86,7 +90,17 @@ def _run(command: list[str], cwd: Path, env: dict, timeout: int = 1200) -> subpr
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, raw_data, tiny_bert, cut_corpora):
+def team_server(tmp_path_factory, postgres, servers):
+    """The team's tracking server for this module: `mlflow server` on a fresh PostgreSQL database, artifacts
+    proxied from a folder of its own."""
+    root = tmp_path_factory.mktemp("team-server")
+    database = postgres.database("pipeline")
+    with servers.mlflow_server(database, root / "artifacts", root / "server.log") as url:
+        yield {"url": url, "database": database, "artifacts": root / "artifacts", "log": root / "server.log"}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, raw_data, tiny_bert, cut_corpora, team_server):
     """The tiny project after `dvc repro` (2 processes) and a commit; its remote holds every output (`dvc push`)."""
     root = tmp_path_factory.mktemp("pipeline")
     work, remote = root / "work", root / "remote"
@@ -103,7 +117,7 @@ def project(tmp_path_factory, raw_data, tiny_bert, cut_corpora):
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": team_server["url"],
         "ACCELERATE_ARGS": f"--config_file {ROOT / 'accelerate' / 'cpu-2proc.yaml'}",
         "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -126,7 +140,7 @@ def project(tmp_path_factory, raw_data, tiny_bert, cut_corpora):
     _run(["git", "add", "-A"], work, env)
     _run(["git", "commit", "-q", "-m", "tiny pipeline"], work, env)
     _run([str(BIN / "dvc"), "push", "-q"], work, env)
-    return {"root": root, "work": work, "env": env, "repro": repro}
+    return {"root": root, "work": work, "env": env, "repro": repro, "server": team_server}
 
 
 def _runs(project, experiment: str):
@@ -164,19 +178,38 @@ def test_dvc_repro_trains_every_model_on_two_processes(project):
     assert not any(name.startswith(("outputs/", "data/")) for name in tracked)
 
 
+def _database_text(uri: str) -> list[tuple[str, str]]:
+    """(table, row as text) for every row of every table of the tracking server's database."""
+    import psycopg
+
+    with psycopg.connect(uri) as connection:
+        tables = [
+            name
+            for (name,) in connection.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            )
+        ]
+        return [(table, text) for table in tables for (text,) in connection.execute(f'SELECT t::text FROM "{table}" t')]
+
+
 def test_note_text_never_reaches_mlflow_logs_or_reports(project):
     """Notes are protected health information: a marker written into every note reaches the stages' note outputs
-    (so the scan below could find it), and appears nowhere in the MLflow store (the database and every artifact),
-    in the pipeline's logs, or in what git keeps (reports/, metrics/, runs/). The prediction files and the model
-    vocabularies would be exempt (they are meant to hold mention text and word pieces); here they hold none."""
-    root, work, marker = project["root"], project["work"], NOTE_MARKER.lower().encode()
+    (so the scan below could find it), and appears nowhere in the tracking server's store (every row of its
+    database and every artifact file), in the pipeline's or the server's logs, or in what git keeps (reports/,
+    metrics/, runs/). The prediction files and the model vocabularies would be exempt (they are meant to hold
+    mention text and word pieces); here they hold none."""
+    root, work, server, marker = project["root"], project["work"], project["server"], NOTE_MARKER.lower().encode()
     prepared = [p for p in (work / "outputs").rglob("*") if p.is_file() and marker in p.read_bytes().lower()]
     assert prepared, "the marker should reach the prepared notes: the scan would prove nothing"
-    scanned = [root / "mlflow.db", *(work / "mlruns").rglob("*"), *(work / "mlartifacts").rglob("*")]
+    rows = _database_text(server["database"])
+    assert len(rows) > 100 and {"runs", "params", "metrics", "tags"} <= {table for table, _ in rows}
+    assert not [table for table, text in rows if marker.decode() in text.lower()]
+    scanned = [*server["artifacts"].rglob("*"), server["log"]]
     scanned += [p for folder in ("reports", "metrics", "runs") for p in (work / folder).rglob("*")]
     scanned = [p for p in scanned if p.is_file()]
-    assert len(scanned) > 20 and any("mlruns" in p.parts for p in scanned)  # the artifacts were found
-    leaks = [str(p.relative_to(root)) for p in scanned if marker in p.read_bytes().lower()]
+    assert sum(server["artifacts"] in p.parents for p in scanned) > 20  # the artifacts were found
+    assert not (work / "mlruns").exists() and not (root / "mlflow.db").exists()  # nothing went to a local store
+    leaks = [str(p) for p in scanned if marker in p.read_bytes().lower()]
     assert not leaks, f"note text found in {leaks}"
     logs = (project["repro"].stdout + project["repro"].stderr).lower()
     assert marker.decode() not in logs
@@ -238,3 +271,33 @@ def test_a_clone_pulls_every_model_and_reruns_nothing(project):
     metrics = json.loads((clone / "metrics" / "compare.json").read_text())
     assert metrics["ncbi"]["champion"]["model"] in hybrid.VARIANTS
     assert not re.search(r"seconds", (clone / "metrics" / "finetune" / "base-ncbi-s1.json").read_text())
+
+
+def test_the_champion_is_served_from_the_team_registry(project, servers, tmp_path):
+    """`mlflow models serve -m models:/ehrbert-ncbi@champion` with MLFLOW_TRACKING_URI pointing at the team server:
+    the model comes through the server (proxied artifacts) and answers as the champion loaded in process."""
+    import pandas as pd
+
+    env = project["env"]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mentions = pd.DataFrame({"mention": ["copper toxicosis", "colorectal cancer"]})
+    expected = mlflow.pyfunc.load_model("models:/ehrbert-ncbi@champion").predict(mentions)
+    port, log = servers.free_port(), tmp_path / "serve.log"
+    command = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/ehrbert-ncbi@champion", "--env-manager"]
+    command += ["local", "-h", "127.0.0.1", "-p", str(port)]
+    with open(log, "w") as output:
+        server = subprocess.Popen(
+            command, env=env, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        servers.wait_until_up(f"http://127.0.0.1:{port}/ping", server, log, seconds=120)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"dataframe_split": json.loads(mentions.to_json(orient="split", index=False))}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = json.loads(response.read())["predictions"]
+    finally:
+        servers.stop(server)
+    assert [row["concept_id"] for row in served] == expected["concept_id"].tolist()
