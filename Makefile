@@ -72,9 +72,11 @@ server: install
 test: install lint
 	$(BIN)/python -m pytest
 
-# Speed, memory and soak of the registered champion after `make run` (reports/benchmark.json and .md).
+# Speed, memory and soak of the registered champion after `make run` (reports/benchmark.json and .md), and raw
+# notes through it on Spark local[2] beside one process (reports/benchmark_spark.json and .md).
 bench: install
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/spark_batch.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -221,6 +221,26 @@ def tiny_normalizer(tmp_path_factory, tiny_concepts) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_hybrid(tmp_path_factory, tiny_concepts) -> Path:
+    """A saved hybrid normalizer over tiny_concepts (a folder as the hybrid stage leaves it): a tiny random encoder,
+    the concepts' names as its index, and a lexicon detector of those names, so that it also takes raw text."""
+    from ehrbert.corpora.records import Concept, Vocabulary
+    from ehrbert.models import retrieval
+    from ehrbert.models.detector import LexiconDetector
+    from ehrbert.models.hybrid import HybridNormalizer
+
+    root = tmp_path_factory.mktemp("tiny-hybrid")
+    encoder, tokenizer = retrieval.load_encoder(write_tiny_bert(root / "encoder", words=TINY_NORMALIZER_WORDS, seed=1))
+    vocabulary = Vocabulary([Concept(cid, name.lower()) for cid, name in tiny_concepts.items()])
+    config = retrieval.RetrievalConfig()
+    index = retrieval.NameIndex.build(vocabulary)
+    index.embed(encoder, tokenizer, config)
+    detector = LexiconDetector({name.lower(): (1, 1) for name in tiny_concepts.values()})
+    HybridNormalizer(encoder, tokenizer, index, config, detector=detector).save(root / "model")
+    return root / "model"
+
+
 # --- a tiny pretraining workspace --------------------------------------------------------------------------
 
 NOTE_WORDS = (

@@ -59,7 +59,9 @@ def resolved_commands(root: Path) -> dict[str, tuple[str, list[str]]]:
 
 def is_output(value: str, outputs: list[str]) -> bool:
     """`value` is one of the outputs, inside one, a folder that holds one, or training states."""
-    return value.startswith(CHECKPOINTS) or any(value == o or o.startswith(value.rstrip("/") + "/") or value.startswith(o + "/") for o in outputs)
+    return value.startswith(CHECKPOINTS) or any(
+        value == o or o.startswith(value.rstrip("/") + "/") or value.startswith(o + "/") for o in outputs
+    )
 
 
 def entry_point(command: str, outputs: list[str]) -> tuple[dict[str, str], str]:
