@@ -1,0 +1,183 @@
+"""A user's own annotated mentions, in the formats such users already have, read into `Document`s.
+
+- ``pubtator``: `ehrbert.corpora.pubtator.read_pubtator` (IDs normalized as MEDIC's).
+- ``bioc``: BioC XML (``.xml``) or JSON (``.json``), through the `bioc` package. A document's passages, placed at
+  their offsets (gaps filled with spaces), make its text; an annotation's locations are offsets into it (several:
+  a discontinuous mention), its concept IDs the infon ``identifier`` (another key with `id_key`), ``|`` or ``,``
+  between the IDs of a composite mention; no infon, an empty one or ``-1``: no concept.
+- ``brat``: a folder of ``<doc>.txt`` and ``<doc>.ann``: text-bound annotations
+  ``T<n><TAB><type> <start> <end>[;<start> <end>...]<TAB><text>`` and normalizations
+  ``N<n><TAB>Reference T<n> <ID><TAB><name>`` (several for one mention: a composite; none: no concept). Relations,
+  events, attributes and notes are skipped.
+- ``tsv``: ``doc_id<TAB>start<TAB>end<TAB>text<TAB>concept_id`` with that header; ``A|B``: a composite, empty or
+  ``-1``: no concept. With `texts` (a TSV ``doc_id<TAB>text`` with that header) each mention's text is checked
+  against the document and the documents carry their text; without it they carry none, which allows
+  mention-level scoring only.
+
+Wherever the document text is known, a mention whose text is not the text at its offsets is an error, as are
+offsets outside the text, an unknown annotation in a normalization, and a malformed line: `FormatError` naming
+the file and line (BioC, whose records are not lines: the document and annotation IDs).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from ehrbert.corpora.pubtator import read_pubtator
+from ehrbert.corpora.records import COMPOSITE, NO_CONCEPT, SINGLE, Document, FormatError, Mention
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("pubtator", "bioc", "brat", "tsv")
+NO_CONCEPT_IDS = {"", "-1"}
+TSV_COLUMNS = ["doc_id", "start", "end", "text", "concept_id"]
+
+
+def _ids(raw: str, separators: str = "|") -> tuple[str, ...]:
+    for separator in separators[1:]:
+        raw = raw.replace(separator, separators[0])
+    ids = tuple(dict.fromkeys(part.strip() for part in raw.split(separators[0]) if part.strip() not in NO_CONCEPT_IDS))
+    return ids
+
+
+def _mention(doc_id: str, spans, text: str, ids: tuple[str, ...], kind: str = "") -> Mention:
+    relation = NO_CONCEPT if not ids else COMPOSITE if len(ids) > 1 else SINGLE
+    return Mention(doc_id, tuple(sorted(spans)), text, ids, relation, kind)
+
+
+def _check_text(path, line: int | None, document: str, spans, text: str, where: str = "") -> None:
+    if any(not 0 <= start < end <= len(document) for start, end in spans):
+        raise FormatError(path, line, f"{where}offsets {spans} are outside the text ({len(document)} characters)")
+    found = " ".join(document[start:end] for start, end in spans)
+    if found != text:
+        raise FormatError(path, line, f"{where}the text at {spans} is {found[:60]!r}, the mention says {text[:60]!r}")
+
+
+def read_bioc(path: Path, id_key: str = "identifier") -> list[Document]:
+    from bioc import biocjson, biocxml
+
+    loader = biocjson if path.suffix.lower() == ".json" else biocxml
+    try:
+        with path.open(encoding="utf-8") as handle:
+            collection = loader.load(handle)
+    except Exception as error:  # the bioc package's own parse errors, whatever their class
+        raise FormatError(path, None, f"not BioC {'JSON' if loader is biocjson else 'XML'}: {error}") from None
+    documents = []
+    for document in collection.documents:
+        text = ""
+        for passage in sorted(document.passages, key=lambda p: p.offset):
+            text = text.ljust(passage.offset) + (passage.text or "")
+        mentions = []
+        for passage in document.passages:
+            for annotation in passage.annotations:
+                where = f"document {document.id}, annotation {annotation.id}: "
+                if not annotation.locations:
+                    raise FormatError(path, None, f"{where}no location")
+                spans = [(loc.offset, loc.offset + loc.length) for loc in annotation.locations]
+                _check_text(path, None, text, spans, annotation.text, where)
+                ids = _ids(annotation.infons.get(id_key, ""), "|,")
+                mentions.append(_mention(document.id, spans, annotation.text, ids, annotation.infons.get("type", "")))
+        documents.append(Document(document.id, text, sorted(mentions, key=lambda m: m.spans)))
+    return documents
+
+
+def _brat_document(ann: Path, text: str) -> Document:
+    entities: dict[str, tuple[int, list[tuple[int, int]], str, str]] = {}
+    ids: dict[str, list[str]] = {}
+    with ann.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip("\n").rstrip("\r")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if line.startswith("T"):
+                if len(fields) != 3:
+                    raise FormatError(ann, number, "expected T<n><TAB><type> <start> <end><TAB><text>")
+                kind, _, offsets = fields[1].partition(" ")
+                try:
+                    spans = [tuple(int(x) for x in part.split()) for part in offsets.split(";")]
+                except ValueError:
+                    raise FormatError(ann, number, f"offsets {offsets!r} are not numbers") from None
+                if not spans or any(len(span) != 2 for span in spans):
+                    raise FormatError(ann, number, f"expected '<start> <end>' pairs, got {offsets!r}")
+                _check_text(ann, number, text, spans, fields[2])
+                entities[fields[0]] = (number, spans, fields[2], kind)
+            elif line.startswith("N"):
+                parts = fields[1].split() if len(fields) >= 2 else []
+                if len(parts) != 3 or parts[0] != "Reference":
+                    raise FormatError(ann, number, "expected N<n><TAB>Reference T<n> <ID>[<TAB><name>]")
+                ids.setdefault(parts[1], []).append(parts[2])
+                if parts[1] not in entities:
+                    raise FormatError(ann, number, f"normalization of {parts[1]}, which is not an annotation above")
+    mentions = [
+        _mention(ann.stem, spans, mention, tuple(dict.fromkeys(ids.get(key, []))), kind)
+        for key, (_, spans, mention, kind) in entities.items()
+    ]
+    return Document(ann.stem, text, sorted(mentions, key=lambda m: m.spans))
+
+
+def read_brat(folder: Path) -> list[Document]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"brat folder {folder} not found")
+    documents = []
+    for ann in sorted(folder.glob("*.ann")):
+        txt = ann.with_suffix(".txt")
+        if not txt.is_file():
+            raise FormatError(ann, None, f"no text file {txt.name} beside it")
+        documents.append(_brat_document(ann, txt.read_text(encoding="utf-8")))
+    return documents
+
+
+def _tsv_rows(path: Path, columns: list[str]) -> Iterable[tuple[int, dict[str, str]]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if reader.fieldnames != columns:
+            raise FormatError(path, 1, f"expected the header {'<TAB>'.join(columns)}, got {reader.fieldnames}")
+        for row in reader:
+            if None in row or None in row.values():
+                raise FormatError(path, reader.line_num, f"expected {len(columns)} tab-separated fields")
+            yield reader.line_num, row
+
+
+def read_tsv(path: Path, texts: Path | None = None) -> list[Document]:
+    known = {row["doc_id"]: row["text"] for _, row in _tsv_rows(texts, ["doc_id", "text"])} if texts else None
+    documents: dict[str, Document] = {}
+    for number, row in _tsv_rows(path, TSV_COLUMNS):
+        doc_id = row["doc_id"]
+        try:
+            spans = [(int(row["start"]), int(row["end"]))]
+        except ValueError:
+            message = f"start and end must be numbers, got {row['start']!r}, {row['end']!r}"
+            raise FormatError(path, number, message) from None
+        if known is not None:
+            if doc_id not in known:
+                raise FormatError(path, number, f"document {doc_id} is not in {texts}")
+            _check_text(path, number, known[doc_id], spans, row["text"])
+        document = documents.setdefault(doc_id, Document(doc_id, known[doc_id] if known else ""))
+        document.mentions.append(_mention(doc_id, spans, row["text"], _ids(row["concept_id"])))
+    if known is not None:
+        for doc_id, text in known.items():  # documents without mentions still count (document-level scoring)
+            documents.setdefault(doc_id, Document(doc_id, text))
+    return list(documents.values())
+
+
+def read_annotations(path: str | Path, fmt: str, texts: str | Path | None = None, id_key: str = "identifier"):
+    """The documents of `path` (a file, or a folder for brat) in format `fmt`, one of FORMATS."""
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"{path}: unknown annotation format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt != "brat" and not path.is_file():
+        raise FileNotFoundError(f"annotation file {path} not found")
+    if fmt == "pubtator":
+        documents = read_pubtator(path)
+    elif fmt == "bioc":
+        documents = read_bioc(path, id_key)
+    elif fmt == "brat":
+        documents = read_brat(path)
+    else:
+        documents = read_tsv(path, Path(texts) if texts else None)
+    log.info("%s: %d documents, %d mentions (%s)", path, len(documents), sum(len(d.mentions) for d in documents), fmt)
+    return documents

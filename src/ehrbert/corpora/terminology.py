@@ -1,0 +1,180 @@
+"""A user's own vocabulary, in the formats such users already have, read into a `Vocabulary`.
+
+- ``tsv``: ``concept_id<TAB>name[<TAB>synonym|synonym...]``, one concept a line; an optional header line
+  starting ``concept_id``; blank lines and lines starting ``#`` are skipped.
+- ``obo``: OBO 1.4 ``[Term]`` stanzas (HPO, MONDO, ...): ``id``, ``name``, ``synonym: "..." SCOPE [...]``,
+  ``alt_id``, ``def``; obsolete terms (``is_obsolete: true``) are left out, with their count logged.
+- ``mrconso``: UMLS ``MRCONSO.RRF`` (18 ``|``-separated fields), the rows of the sources `sources` (SAB) and
+  the `language` (LAT) asked for, suppressed rows (SUPPRESS other than ``N``) left out; a concept per CUI, its
+  preferred name the row with TS=P, STT=PF, ISPREF=Y (else its first row), every other string a synonym.
+- ``biosyn``: BioSyn's dictionary, ``id||name`` a line (`ehrbert.corpora.medic.read_biosyn_dictionary`, which
+  reads the built-in corpora's BioSyn MEDIC too: IDs normalized as MEDIC's, a composite ``A|B`` keyed on its
+  first MeSH ID).
+
+IDs are kept as written: they must be the IDs the annotations use. Malformed input raises `FormatError` naming
+the file and line: a wrong number of fields, an empty ID or name, a concept ID given twice (both lines are
+named), a term without a name (obo).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ehrbert.corpora.medic import read_biosyn_dictionary
+from ehrbert.corpora.records import Concept, FormatError, Vocabulary
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("tsv", "obo", "mrconso", "biosyn")
+MRCONSO_FIELDS = 18  # CUI|LAT|TS|LUI|STT|SUI|ISPREF|AUI|SAUI|SCUI|SDUI|SAB|TTY|CODE|STR|SRL|SUPPRESS|CVF|
+_OBO_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            yield number, line.rstrip("\n").rstrip("\r")
+
+
+def _concepts(path: Path, entries: Iterable[tuple[int, str, str, tuple[str, ...], tuple[str, ...], str]]):
+    """Concepts from (line, id, name, synonyms, alt_ids, definition), in file order; IDs and names checked."""
+    concepts: list[Concept] = []
+    seen: dict[str, int] = {}
+    for number, concept_id, name, synonyms, alt_ids, definition in entries:
+        if not concept_id.strip():
+            raise FormatError(path, number, "empty concept ID")
+        if concept_id.strip() in seen:
+            raise FormatError(
+                path, number, f"concept ID {concept_id.strip()} was already given on line {seen[concept_id.strip()]}"
+            )
+        seen[concept_id.strip()] = number
+        if not name.strip():
+            raise FormatError(path, number, f"concept {concept_id} has an empty name")
+        synonyms = tuple(s.strip() for s in synonyms if s.strip() and s.strip() != name.strip())
+        concepts.append(Concept(concept_id.strip(), name.strip(), tuple(dict.fromkeys(synonyms)), alt_ids, definition))
+    return concepts
+
+
+def read_tsv(path: Path) -> list[Concept]:
+    entries = []
+    for number, line in _lines(path):
+        if not line.strip() or line.startswith("#") or (number == 1 and line.lower().startswith("concept_id")):
+            continue
+        fields = line.split("\t")
+        if len(fields) not in (2, 3):
+            raise FormatError(path, number, f"expected concept_id<TAB>name[<TAB>synonyms], got {len(fields)} fields")
+        synonyms = tuple(fields[2].split("|")) if len(fields) == 3 else ()
+        entries.append((number, fields[0], fields[1], synonyms, (), ""))
+    return _concepts(path, entries)
+
+
+def read_obo(path: Path) -> list[Concept]:
+    entries, obsolete = [], 0
+    term: dict | None = None
+
+    def close() -> None:
+        nonlocal obsolete
+        if term is None:
+            return
+        if term["obsolete"]:
+            obsolete += 1
+        elif "id" not in term:
+            raise FormatError(path, term["line"], "[Term] without an id")
+        elif "name" not in term:
+            raise FormatError(path, term["line"], f"term {term['id']} has no name")
+        else:
+            entries.append(
+                (term["line"], term["id"], term["name"], tuple(term["synonyms"]), tuple(term["alt"]), term["def"])
+            )
+
+    for number, line in _lines(path):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            close()
+            term = (
+                {"line": number, "synonyms": [], "alt": [], "def": "", "obsolete": False}
+                if stripped == "[Term]"
+                else None
+            )
+            continue
+        if term is None or not stripped or stripped.startswith("!"):
+            continue
+        tag, separator, value = stripped.partition(":")
+        if not separator:
+            raise FormatError(path, number, f"expected 'tag: value', got {stripped[:80]!r}")
+        value = value.split(" ! ")[0].strip()  # a trailing comment
+        if tag == "id":
+            term["id"] = value
+        elif tag == "name":
+            term["name"] = value
+        elif tag == "synonym":
+            quoted = _OBO_QUOTED.match(value)
+            if not quoted:
+                raise FormatError(path, number, f"synonym must start with a quoted string, got {value[:80]!r}")
+            term["synonyms"].append(quoted[1].replace('\\"', '"'))
+        elif tag == "alt_id":
+            term["alt"].append(value)
+        elif tag == "def":
+            quoted = _OBO_QUOTED.match(value)
+            term["def"] = quoted[1] if quoted else value
+        elif tag == "is_obsolete":
+            term["obsolete"] = value.lower() == "true"
+    close()
+    if obsolete:
+        log.info("%s: %d obsolete terms left out", path, obsolete)
+    return _concepts(path, entries)
+
+
+def read_mrconso(path: Path, sources: Iterable[str] = (), language: str = "ENG") -> list[Concept]:
+    sources = set(sources)
+    if not sources:
+        raise ValueError(f"{path}: name the UMLS sources (SAB) to keep, e.g. MSH, SNOMEDCT_US, HPO")
+    names: dict[str, list[tuple[bool, str]]] = {}
+    first_line: dict[str, int] = {}
+    for number, line in _lines(path):
+        if not line:
+            continue
+        fields = line.split("|")
+        if len(fields) != MRCONSO_FIELDS + 1 or fields[-1] != "":
+            raise FormatError(path, number, f"expected {MRCONSO_FIELDS} '|'-separated fields ending in '|'")
+        cui, lat, ts, stt, ispref, sab, string, suppress = (
+            fields[0],
+            fields[1],
+            fields[2],
+            fields[4],
+            fields[6],
+            fields[11],
+            fields[14],
+            fields[16],
+        )
+        if sab not in sources or lat != language or suppress != "N":
+            continue
+        if not string.strip():
+            raise FormatError(path, number, f"{cui}: empty string")
+        names.setdefault(cui, []).append((ts == "P" and stt == "PF" and ispref == "Y", string))
+        first_line.setdefault(cui, number)
+    entries = []
+    for cui, strings in names.items():
+        preferred = next((s for is_preferred, s in strings if is_preferred), strings[0][1])
+        entries.append((first_line[cui], cui, preferred, tuple(s for _, s in strings), (), ""))
+    return _concepts(path, entries)
+
+
+def read_vocabulary(path: str | Path, fmt: str, name: str = "", **options) -> Vocabulary:
+    """The vocabulary in `path` (format `fmt`, one of FORMATS); `options`: mrconso's `sources` and `language`."""
+    path = Path(path)
+    readers = {"tsv": read_tsv, "obo": read_obo, "mrconso": read_mrconso, "biosyn": read_biosyn_dictionary}
+    if fmt not in readers:
+        raise ValueError(f"{path}: unknown vocabulary format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"vocabulary file {path} not found")
+    concepts = readers[fmt](path, **options)
+    if isinstance(concepts, Vocabulary):
+        concepts = concepts.concepts
+    if not concepts:
+        raise FormatError(path, None, f"no concepts read (format {fmt})")
+    log.info("%s: %d concepts (%s)", path, len(concepts), fmt)
+    return Vocabulary(concepts, name or path.stem)
