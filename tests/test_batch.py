@@ -41,6 +41,7 @@ def spark():
 
 
 def _register(name: str, folder, concepts) -> str:
+    mlflow.set_experiment("batch")  # this store's own (another test may have left MLFLOW_EXPERIMENT_ID set)
     with mlflow.start_run() as run:
         mlflow.log_param("made_by", "test")
     registry.register_champion(run.info.run_id, name, folder, lambda: concepts, max_length=16)

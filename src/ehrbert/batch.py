@@ -139,6 +139,9 @@ def run(spark, model_uri: str, input_path: str, output_path: str) -> int:
     """Normalize `input_path` into `output_path` on `spark`; returns the rows written."""
     frame = spark.read.parquet(input_path)
     kind = validate(frame, input_path)
+    workers = spark.sparkContext.defaultParallelism
+    if frame.rdd.getNumPartitions() < workers:  # a small file is one partition: give every core a share
+        frame = frame.repartition(workers)
     out = (normalize_mentions if kind == "mention" else annotate_notes)(spark, frame, model_uri)
     out.write.mode("errorifexists").parquet(output_path)
     return spark.read.parquet(output_path).count()
