@@ -124,7 +124,8 @@ def load_finetuned(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedToken
 
 
 def concept_ids(model: PreTrainedModel) -> list[str]:
-    return [model.config.id2label[i] for i in range(model.config.num_labels)]
+    id2label = model.config.id2label  # read once: every attribute read of a transformers config is a slow lookup
+    return [id2label[i] for i in range(len(id2label))]
 
 
 @torch.inference_mode()
@@ -141,7 +142,8 @@ def predict(
     Each distinct query is encoded once, and queries are batched in order of length, so a batch
     pads only to its own longest query.
     """
-    model.eval()
+    if model.training:  # walking the modules costs a few ms: only when there is a mode to change
+        model.eval()
     labels = concept_ids(model)
     unique = sorted(set(queries), key=lambda q: (len(q), q))
     answers: dict[str, tuple[list[str], list[float]]] = {}

@@ -32,7 +32,8 @@ def encode_by_length(
     bf16 autocast, which halves the time on CPU and leaves the nearest name unchanged in practice.
     """
     was_training = model.training
-    model.eval()
+    if was_training:  # walking the modules costs a few ms a call: only when there is a mode to change
+        model.eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     vectors = torch.empty(len(texts), model.config.hidden_size)
     with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16):
@@ -40,5 +41,6 @@ def encode_by_length(
             chunk = order[start : start + batch_size]
             batch = encode(tokenizer, [texts[i] for i in chunk], max_length).to(model.device)
             vectors[chunk] = pool(model, batch).float().cpu()
-    model.train(was_training)
+    if was_training:
+        model.train()
     return vectors.clone()  # a normal tensor, not an inference-mode one
