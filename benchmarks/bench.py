@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -39,11 +41,21 @@ import torch
 
 from ehrbert.corpora.notes import read_notes
 from ehrbert.models.hybrid import HybridNormalizer
-from ehrbert.serving import mention_queries
+from ehrbert.serving import BATCH_WAIT_ENV, MICROBATCH_ENV, mention_queries
 from ehrbert.stage import read_params
 from ehrbert.tasks import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def with_current_code(model_uri: str) -> str:
+    """A local copy of the model whose packaged `ehrbert` code is this checkout's; returns its path."""
+    folder = Path(tempfile.mkdtemp(prefix="ehrbert-bench-")) / "model"
+    mlflow.artifacts.download_artifacts(model_uri, dst_path=str(folder))
+    code = folder / "code" / "ehrbert"
+    shutil.rmtree(code)
+    shutil.copytree(ROOT / "src" / "ehrbert", code, ignore=shutil.ignore_patterns("__pycache__"))
+    return str(folder)
 
 
 def median_time(function, repeats: int) -> float:
@@ -231,7 +243,12 @@ def markdown(results: dict) -> str:
     lines = [
         f"# Benchmark: {results['model']} on {results['machine']}",
         "",
-        "Medians of repeated runs; measured by `make bench` (`benchmarks/bench.py`).",
+        "Medians of repeated runs; measured by `make bench` (`benchmarks/bench.py`). Micro-batching of concurrent "
+        + (
+            f"requests: on, window {results['microbatch']['wait_ms']:g} ms."
+            if results["microbatch"]["on"]
+            else "requests: off."
+        ),
         "",
         "| what | measured | beside it |",
         "|---|---|---|",
@@ -250,8 +267,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--notes", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--soak-seconds", type=float, default=60)
+    parser.add_argument(
+        "--current-code",
+        action="store_true",
+        help="the model's weights with this checkout's ehrbert package (a registered version packages the code it "
+        "was registered with): measures code changes without registering a new version",
+    )
     args = parser.parse_args(argv)
     params = read_params(args.params)
+    named = args.model + (", with this checkout's code" if args.current_code else "")
+    if args.current_code:
+        args.model = with_current_code(args.model)
 
     started = time.perf_counter()
     pyfunc = mlflow.pyfunc.load_model(args.model)
@@ -272,7 +298,11 @@ def main(argv: list[str] | None = None) -> None:
     notes_s = median_time(lambda: pyfunc.predict(text_frame), args.repeats)
 
     results = {
-        "model": args.model,
+        "model": named,
+        "microbatch": {
+            "on": os.environ.get(MICROBATCH_ENV, "1") != "0",
+            "wait_ms": float(os.environ.get(BATCH_WAIT_ENV, 0)),
+        },
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "load_s": round(load_s, 2),
         "batch": {

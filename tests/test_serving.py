@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -25,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 
 from ehrbert import registry, serving
+from ehrbert.microbatch import MicroBatcher
 from ehrbert.models import classifier
 
 MENTIONS = pd.DataFrame(
@@ -271,3 +273,46 @@ def test_served_model_equals_in_process_model(tmp_path, tracking_store, tiny_nor
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def test_concurrent_calls_share_batches_and_each_gets_its_own_answers():
+    """The micro-batcher: calls that arrive while a batch runs are answered together in the next one, each call
+    gets back exactly its own answers in order, and an error reaches every call of its batch, not the next."""
+    seen: list[list[str]] = []
+
+    def answer(items):
+        seen.append(list(items))
+        time.sleep(0.05)  # a batch takes a while: calls pile up meanwhile
+        if "boom" in items:
+            raise RuntimeError("boom")
+        return [item.upper() for item in items]
+
+    batcher = MicroBatcher(answer)
+    calls = [[f"q{i}a", f"q{i}b"] for i in range(12)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(batcher, calls))
+    assert results == [[item.upper() for item in call] for call in calls]
+    assert max(batcher.batch_sizes) > 1 and len(seen) < len(calls)  # calls were answered together
+    with pytest.raises(RuntimeError, match="boom"):
+        batcher(["boom"])
+    assert batcher(["after"]) == ["AFTER"]  # the worker goes on
+
+
+def test_the_served_model_batches_concurrent_requests_with_the_same_answers(
+    tmp_path, tracking_store, tiny_normalizer, tiny_concepts, monkeypatch
+):
+    monkeypatch.setenv(serving.BATCH_WAIT_ENV, "20")  # a window, so that the threads below surely share batches
+    mlflow.set_experiment("microbatch")
+    with mlflow.start_run() as run:
+        mlflow.log_param("max_length", 16)
+    registry.register_champion(
+        run.info.run_id, "ehrbert-batched", tiny_normalizer, lambda: tiny_concepts, max_length=16
+    )
+    model = mlflow.pyfunc.load_model("models:/ehrbert-batched@champion")
+    rows = [MENTIONS.iloc[[i]].reset_index(drop=True) for i in range(len(MENTIONS))] * 4
+    alone = [model.predict(row) for row in rows]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(model.predict, rows))
+    for one, other in zip(alone, together):
+        pd.testing.assert_frame_equal(one, other, atol=1e-5, rtol=0)
+    assert max(model.unwrap_python_model().batcher.batch_sizes) > 1

@@ -23,8 +23,10 @@ calibrated threshold) as empty ``concept_id``. What is packaged (`ehrbert.regist
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import mlflow
@@ -33,6 +35,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
+from ehrbert.microbatch import MicroBatcher
 from ehrbert.models import classifier
 from ehrbert.models.hybrid import HybridNormalizer, is_hybrid
 from ehrbert.text import find_abbreviations, normalize, preprocess_mention
@@ -91,6 +94,11 @@ MAX_MENTION_CHARS = 1_000  # a mention is a phrase; the model reads its first 24
 MAX_CONTEXT_CHARS = 100_000  # a context or a raw text is a note: the longest MTSamples note has 18,425
 MAX_TEXT_CHARS = 100_000
 SHOWN_ROWS = 5  # rows named in one message
+
+# Micro-batching of concurrent requests (`ehrbert.microbatch`), on unless EHRBERT_MICROBATCH=0; the window a batch
+# waits for company after its first request, in ms: EHRBERT_BATCH_WAIT_MS, else the model config's batch_wait_ms
+# (default 0: no added wait, a batch is what queued while the previous one ran).
+MICROBATCH_ENV, BATCH_WAIT_ENV = "EHRBERT_MICROBATCH", "EHRBERT_BATCH_WAIT_MS"
 
 
 def _rows(rows: list[int]) -> str:
@@ -182,6 +190,20 @@ def mention_queries(frame: pd.DataFrame) -> list[str]:
     return [preprocess_mention(mention, abbreviations.get(context, {})) for mention, context in zip(mentions, contexts)]
 
 
+def answer_queries(
+    model, tokenizer, queries: list[str], max_length: int = 32, batch_size: int = 256
+) -> list[tuple[tuple[str, ...], float]]:
+    """(concept IDs, score) for each query: the paper's classifier (score: softmax probability; batching is
+    `classifier.predict`'s, queries sorted by length, `batch_size` at a time) or a `HybridNormalizer`
+    (`tokenizer` unused; score: cosine + weighted probability)."""
+    if not queries:
+        return []
+    if isinstance(model, HybridNormalizer):
+        return [(a.concept_ids, a.score) for a in model.predict(queries)]
+    ranked, scores = classifier.predict(model, tokenizer, queries, k=1, max_length=max_length, batch_size=batch_size)
+    return [(tuple(r[:1]), s[0]) for r, s in zip(ranked, scores)]
+
+
 def normalize_mentions(
     model,
     tokenizer,
@@ -189,19 +211,13 @@ def normalize_mentions(
     frame: pd.DataFrame,
     max_length: int = 32,
     batch_size: int = 256,
+    answer: Callable[[list[str]], list] | None = None,
 ) -> pd.DataFrame:
-    """One row per input row: the answer's concept ID(s), name(s) and score.
-
-    `model` is the paper's classifier (score: softmax probability; batching is `classifier.predict`'s,
-    queries sorted by length, `batch_size` at a time) or a `HybridNormalizer` (`tokenizer` unused;
-    score: cosine + weighted probability).
-    """
+    """One row per input row: the answer's concept ID(s), name(s) and score (`answer_queries`, or `answer`, which
+    gives the same for a list of queries: the served model's micro-batcher)."""
     queries = mention_queries(frame)
-    if isinstance(model, HybridNormalizer):
-        answers = model.predict(queries) if queries else []
-        return answers_frame(concept_names, [a.concept_ids for a in answers], [a.score for a in answers])
-    ranked, scores = classifier.predict(model, tokenizer, queries, k=1, max_length=max_length, batch_size=batch_size)
-    return answers_frame(concept_names, [tuple(r[:1]) for r in ranked], [s[0] for s in scores])
+    found = answer(queries) if answer is not None else answer_queries(model, tokenizer, queries, max_length, batch_size)
+    return answers_frame(concept_names, [ids for ids, _ in found], [score for _, score in found])
 
 
 def answers_frame(
@@ -246,14 +262,20 @@ def annotate_texts(model, concept_names: Mapping[str, str], frame: pd.DataFrame)
 
 
 def predict_frame(
-    model, tokenizer, concept_names: Mapping[str, str], frame, max_length: int = 32, batch_size: int = 256
+    model,
+    tokenizer,
+    concept_names: Mapping[str, str],
+    frame,
+    max_length: int = 32,
+    batch_size: int = 256,
+    answer: Callable[[list[str]], list] | None = None,
 ) -> pd.DataFrame:
     """What the served model answers: `annotate_texts` for a `text` column, else `normalize_mentions`."""
     if isinstance(frame, pd.DataFrame) and "text" in frame.columns:
         if "mention" in frame.columns:
             raise _bad_input("send either 'mention' (with optional 'context') or 'text' columns, not both")
         return annotate_texts(model, concept_names, frame)
-    return normalize_mentions(model, tokenizer, concept_names, frame, max_length, batch_size)
+    return normalize_mentions(model, tokenizer, concept_names, frame, max_length, batch_size, answer)
 
 
 def write_concepts(concept_names: Mapping[str, str], path: Path) -> None:
@@ -280,8 +302,21 @@ class NormalizerModel(mlflow.pyfunc.PythonModel):
         self.concept_names = read_concepts(context.artifacts["concepts"])
         self.max_length = int(config.get("max_length", 32))
         self.batch_size = int(config.get("predict_batch_size", 256))
+        self.batcher = None
+        if os.environ.get(MICROBATCH_ENV, "1") != "0":
+            wait_ms = float(os.environ.get(BATCH_WAIT_ENV, config.get("batch_wait_ms", 0.0)))
+            answer = functools.partial(
+                answer_queries, self.model, self.tokenizer, max_length=self.max_length, batch_size=self.batch_size
+            )
+            self.batcher = MicroBatcher(answer, wait_s=wait_ms / 1000, max_items=MAX_ROWS)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return predict_frame(
-            self.model, self.tokenizer, self.concept_names, model_input, self.max_length, self.batch_size
+            self.model,
+            self.tokenizer,
+            self.concept_names,
+            model_input,
+            self.max_length,
+            self.batch_size,
+            getattr(self, "batcher", None),
         )
