@@ -58,6 +58,14 @@ def with_current_code(model_uri: str) -> str:
     return str(folder)
 
 
+def write_report(results: dict, out: Path, table: str) -> None:
+    """The figures as JSON in `out`, the Markdown table beside it (same name, .md), and the table on stdout."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(table)
+    print(table)
+
+
 def median_time(function, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -317,10 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         "accuracy": {"ncbi_acc1": round(acc1, 4)},
     }
     results["served"] = served(args.model, frame["mention"].tolist(), args.seconds, args.soak_seconds)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(results))
-    print(markdown(results))
+    write_report(results, args.out, markdown(results))
 
 
 if __name__ == "__main__":

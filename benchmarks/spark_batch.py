@@ -12,7 +12,6 @@ here asserts a number.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from bench import write_report  # benchmarks/: the folder of this script
 
 from ehrbert import batch
 from ehrbert.corpora.notes import read_notes
@@ -103,10 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             "startup_s": round(load_s, 2),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(results))
-    print(markdown(results))
+    write_report(results, args.out, markdown(results))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ fine-tuned normalizer; it is logged and registered on a temporary sqlite store a
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -129,12 +127,6 @@ def test_normalize_mentions_output(tiny_normalizer, tiny_concepts):
     pd.testing.assert_frame_equal(out, one_by_one, atol=1e-5, rtol=0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, payload: dict) -> tuple[int, dict]:
     request = urllib.request.Request(
         url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
@@ -188,20 +180,7 @@ BAD_REQUESTS = [
 ]
 
 
-def _wait_until_up(url: str, server: subprocess.Popen, log: Path, seconds: float = 45) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.25)
-    pytest.fail(f"server not up after {seconds} s:\n{log.read_text()[-3000:]}")
-
-
-def test_served_model_equals_in_process_model(tmp_path, tracking_store, tiny_normalizer, tiny_concepts):
+def test_served_model_equals_in_process_model(tmp_path, tracking_store, tiny_normalizer, tiny_concepts, servers):
     model_dir = tiny_normalizer
     mlflow.create_experiment("serving-test", artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_experiment("serving-test")
@@ -220,7 +199,7 @@ def test_served_model_equals_in_process_model(tmp_path, tracking_store, tiny_nor
         expected, serving.normalize_mentions(model, tokenizer, tiny_concepts, MENTIONS, max_length=16)
     )
 
-    port = _free_port()
+    port = servers.free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # uvicorn
     log = tmp_path / "server.log"
     with open(log, "w") as output:
@@ -244,7 +223,7 @@ def test_served_model_equals_in_process_model(tmp_path, tracking_store, tiny_nor
             start_new_session=True,
         )  # own group: uvicorn too
     try:
-        _wait_until_up(f"http://127.0.0.1:{port}/ping", server, log)
+        servers.wait_until_up(f"http://127.0.0.1:{port}/ping", server, log)
         url = f"http://127.0.0.1:{port}/invocations"
         status, body = _post(url, {"dataframe_split": json.loads(MENTIONS.to_json(orient="split", index=False))})
         assert status == 200, body
@@ -263,16 +242,11 @@ def test_served_model_equals_in_process_model(tmp_path, tracking_store, tiny_nor
         statuses = {what: _post_raw(url, body, kind) for what, body, kind in BAD_REQUESTS}
         assert {what: code for what, code in statuses.items() if not 400 <= code < 500} == {}
         # still up, and still right
-        _wait_until_up(f"http://127.0.0.1:{port}/ping", server, log, seconds=5)
+        servers.wait_until_up(f"http://127.0.0.1:{port}/ping", server, log, seconds=5)
         status, body = _post(url, {"dataframe_split": json.loads(MENTIONS.to_json(orient="split", index=False))})
         assert status == 200 and [r["concept_id"] for r in body["predictions"]] == expected["concept_id"].tolist()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        servers.stop(server)
 
 
 def test_concurrent_calls_share_batches_and_each_gets_its_own_answers():
