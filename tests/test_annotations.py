@@ -8,7 +8,7 @@ import bioc
 import pytest
 from bioc import biocjson, biocxml
 
-from ehrbert.corpora.annotations import read_annotations
+from ehrbert.corpora.annotations import check_gold_ids, read_annotations
 from ehrbert.corpora.pubtator import read_pubtator
 from ehrbert.corpora.records import FormatError
 
@@ -142,3 +142,22 @@ def test_malformed_bioc_names_the_document_and_annotation(tmp_path, ncbi_documen
         read_annotations(tmp_path / "broken.xml", "bioc")
     with pytest.raises(ValueError, match="unknown annotation format 'conll'"):
         read_annotations(tmp_path / "bad.xml", "conll")
+
+
+def test_gold_ids_missing_from_the_vocabulary_fail_or_are_dropped_with_a_count(tmp_path, ncbi_documents, raw_data):
+    from ehrbert.corpora.medic import read_medic
+    from ehrbert.corpora.records import Vocabulary
+
+    medic = read_medic(raw_data / "medic" / "CTD_diseases.tsv.gz")
+    documents = ncbi_documents[:3]
+    assert check_gold_ids(documents, medic, "ncbi.tsv") is documents  # every NCBI ID here is in MEDIC
+    missing = sorted({c for d in documents for m in d.mentions for c in m.concept_ids})[0]
+    smaller = Vocabulary([c for c in medic.concepts if c.concept_id != missing])
+    affected = sum(missing in m.concept_ids for d in documents for m in d.mentions)
+    with pytest.raises(FormatError, match=rf"ncbi.tsv: {affected} of \d+ mentions have gold IDs not in the vocab"):
+        check_gold_ids(documents, smaller, "ncbi.tsv")
+    kept = check_gold_ids(documents, smaller, "ncbi.tsv", policy="drop")
+    assert sum(len(d.mentions) for d in kept) == sum(len(d.mentions) for d in documents) - affected
+    assert all(missing not in m.concept_ids for d in kept for m in d.mentions)
+    with pytest.raises(ValueError, match="unknown-ID policy 'skip'"):
+        check_gold_ids(documents, smaller, "ncbi.tsv", policy="skip")

@@ -32,6 +32,7 @@ from ehrbert.corpora.records import COMPOSITE, NO_CONCEPT, SINGLE, Document, For
 log = logging.getLogger(__name__)
 
 FORMATS = ("pubtator", "bioc", "brat", "tsv")
+UNKNOWN_ID_POLICIES = ("fail", "drop")  # what to do with gold IDs the vocabulary does not have
 NO_CONCEPT_IDS = {"", "-1"}
 TSV_COLUMNS = ["doc_id", "start", "end", "text", "concept_id"]
 
@@ -162,6 +163,32 @@ def read_tsv(path: Path, texts: Path | None = None) -> list[Document]:
         for doc_id, text in known.items():  # documents without mentions still count (document-level scoring)
             documents.setdefault(doc_id, Document(doc_id, text))
     return list(documents.values())
+
+
+def check_gold_ids(documents: list[Document], vocabulary, source, policy: str = "fail") -> list[Document]:
+    """The documents with every gold ID known to `vocabulary` (primary or alternative ID). Mentions with an unknown
+    ID are an error naming `source`, their count and the first of them (`policy` "fail"), or are dropped with
+    that count logged ("drop"); a composite mention is dropped whole, since its answer would be incomplete."""
+    if policy not in UNKNOWN_ID_POLICIES:
+        raise ValueError(f"unknown-ID policy {policy!r}: expected one of {', '.join(UNKNOWN_ID_POLICIES)}")
+    unknown = [
+        (document.doc_id, mention, [c for c in mention.concept_ids if c not in vocabulary])
+        for document in documents
+        for mention in document.mentions
+        if any(c not in vocabulary for c in mention.concept_ids)
+    ]
+    if not unknown:
+        return documents
+    total = sum(len(d.mentions) for d in documents)
+    shown = "; ".join(f"{doc} {m.start}-{m.end} {m.text[:40]!r}: {', '.join(ids)}" for doc, m, ids in unknown[:5])
+    message = f"{len(unknown)} of {total} mentions have gold IDs not in the vocabulary (first: {shown})"
+    if policy == "fail":
+        raise FormatError(source, None, message + "; fix the IDs, or drop these mentions (unknown-ID policy 'drop')")
+    log.warning("%s: %s; dropped", source, message)
+    dropped = {id(m) for _, m, _ in unknown}
+    return [
+        Document(d.doc_id, d.text, [m for m in d.mentions if id(m) not in dropped], d.title, d.meta) for d in documents
+    ]
 
 
 def read_annotations(path: str | Path, fmt: str, texts: str | Path | None = None, id_key: str = "identifier"):
