@@ -55,8 +55,9 @@ def spark_session(master: str, conf: dict[str, str] | None = None):
     return builder.getOrCreate()
 
 
-def _check(frame, path: str, column: str, limit: int, required: bool) -> None:
-    """Refuse null (if `required`), non-string, blank or punctuation-only (mentions) and over-long values."""
+def _rules(frame, path: str, column: str, limit: int, required: bool) -> list:
+    """(condition, column, what) of each value to refuse: null (if `required`), blank or punctuation-only
+    (mentions), over-long; a column that is not strings is refused at once."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType
 
@@ -64,17 +65,22 @@ def _check(frame, path: str, column: str, limit: int, required: bool) -> None:
     if not isinstance(kind, StringType):
         raise BatchInputError(f"{path}: column '{column}' must hold strings, not {kind.simpleString()}")
     value = F.col(column)
-    rules = [(value.isNull(), "is missing")] if required else []
+    rules = [(value.isNull(), column, "is missing")] if required else []
     if column == "mention":
-        rules.append((value.isNotNull() & ~value.rlike(r"[\p{L}\p{N}]"), "is blank or punctuation only"))
-    rules.append((F.length(value) > limit, f"is over {limit:,} characters"))
-    for condition, what in rules:
-        bad = frame.where(condition)
-        count = bad.count()
+        rules.append((value.isNotNull() & ~value.rlike(r"[\p{L}\p{N}]"), column, "is blank or punctuation only"))
+    return rules + [(F.length(value) > limit, column, f"is over {limit:,} characters")]
+
+
+def _refuse(frame, path: str, rules: list) -> None:
+    """Count every rule's bad rows in one pass over the input; the first rule with any is the error."""
+    from pyspark.sql import functions as F
+
+    counts = frame.select(*(F.sum(F.when(condition, 1).otherwise(0)) for condition, _, _ in rules)).first()
+    for (condition, column, what), count in zip(rules, counts):
         if count:
             shown = [
                 {k: (v[:60] if isinstance(v, str) else v) for k, v in row.asDict().items()}
-                for row in bad.limit(EXAMPLES).collect()
+                for row in frame.where(condition).limit(EXAMPLES).collect()
             ]
             raise BatchInputError(f"{path}: {count:,} rows' '{column}' {what}; the first: {shown}")
 
@@ -90,12 +96,14 @@ def validate(frame, path: str) -> str:
     if clash:
         raise BatchInputError(f"{path}: columns {sorted(clash)} would clash with the answer's; rename them")
     if "mention" in columns:
-        _check(frame, path, "mention", MAX_MENTION_CHARS, required=True)
+        rules = _rules(frame, path, "mention", MAX_MENTION_CHARS, required=True)
         if "context" in columns:
-            _check(frame, path, "context", MAX_CONTEXT_CHARS, required=False)
-        return "mention"
-    _check(frame, path, "text", MAX_TEXT_CHARS, required=False)
-    return "text"
+            rules += _rules(frame, path, "context", MAX_CONTEXT_CHARS, required=False)
+        kind = "mention"
+    else:
+        rules, kind = _rules(frame, path, "text", MAX_TEXT_CHARS, required=False), "text"
+    _refuse(frame, path, rules)
+    return kind
 
 
 def normalize_mentions(spark, frame, model_uri: str):
@@ -109,11 +117,12 @@ def normalize_mentions(spark, frame, model_uri: str):
     return answered.select(*frame.columns, *(F.col(f"_answer.{name}").alias(name) for name in ANSWER_COLUMNS))
 
 
-def annotate_notes(spark, frame, model_uri: str):
-    """Each mention the model's detector finds in each note, with its answer, through `mapInPandas`."""
+def annotate_notes(spark, frame, model_uri: str, work: str):
+    """Each mention the model's detector finds in each note, with its answer, through `mapInPandas`; the model is
+    copied into `work` and shipped from there to every worker."""
     from pyspark import SparkFiles
 
-    local = mlflow.artifacts.download_artifacts(model_uri, dst_path=tempfile.mkdtemp(prefix="ehrbert-batch-"))
+    local = mlflow.artifacts.download_artifacts(model_uri, dst_path=work)
     spark.sparkContext.addFile(local, recursive=True)  # shipped to every worker
     name = Path(local).name
     carried = [c for c in frame.columns if c != "text"]
@@ -142,8 +151,12 @@ def run(spark, model_uri: str, input_path: str, output_path: str) -> int:
     workers = spark.sparkContext.defaultParallelism
     if frame.rdd.getNumPartitions() < workers:  # a small file is one partition: give every core a share
         frame = frame.repartition(workers)
-    out = (normalize_mentions if kind == "mention" else annotate_notes)(spark, frame, model_uri)
-    out.write.mode("errorifexists").parquet(output_path)
+    with tempfile.TemporaryDirectory(prefix="ehrbert-batch-") as work:
+        if kind == "mention":
+            out = normalize_mentions(spark, frame, model_uri)
+        else:
+            out = annotate_notes(spark, frame, model_uri, work)
+        out.write.mode("errorifexists").parquet(output_path)
     return spark.read.parquet(output_path).count()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
@@ -26,7 +27,7 @@ class MicroBatcher:
         if wait_s < 0 or max_items < 1:
             raise ValueError(f"wait_s must be >= 0 and max_items >= 1, got {wait_s}, {max_items}")
         self.answer, self.wait_s, self.max_items = answer, wait_s, max_items
-        self.batch_sizes: list[int] = []  # calls per batch, newest last (kept short): what the tests and bench read
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # calls per batch, newest last: what the tests read
         self._queue: queue.Queue[tuple[list, Future]] = queue.Queue()
         self._worker = threading.Thread(target=self._serve, name="ehrbert-microbatch", daemon=True)
         self._worker.start()
@@ -55,7 +56,7 @@ class MicroBatcher:
     def _serve(self) -> None:
         while True:
             calls = self._gather()
-            self.batch_sizes = (self.batch_sizes + [len(calls)])[-1000:]
+            self.batch_sizes.append(len(calls))
             try:
                 answers = list(self.answer([item for items, _ in calls for item in items]))
             except BaseException as error:  # every waiting call gets the error, and the worker goes on

@@ -318,5 +318,5 @@ class NormalizerModel(mlflow.pyfunc.PythonModel):
             model_input,
             self.max_length,
             self.batch_size,
-            getattr(self, "batcher", None),
+            self.batcher,
         )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,10 +39,8 @@ TSV_COLUMNS = ["doc_id", "start", "end", "text", "concept_id"]
 
 
 def _ids(raw: str, separators: str = "|") -> tuple[str, ...]:
-    for separator in separators[1:]:
-        raw = raw.replace(separator, separators[0])
-    ids = tuple(dict.fromkeys(part.strip() for part in raw.split(separators[0]) if part.strip() not in NO_CONCEPT_IDS))
-    return ids
+    parts = (part.strip() for part in re.split(f"[{re.escape(separators)}]", raw))
+    return tuple(dict.fromkeys(part for part in parts if part not in NO_CONCEPT_IDS))
 
 
 def _mention(doc_id: str, spans, text: str, ids: tuple[str, ...], kind: str = "") -> Mention:

@@ -44,17 +44,16 @@ def _concepts(path: Path, entries: Iterable[tuple[int, str, str, tuple[str, ...]
     concepts: list[Concept] = []
     seen: dict[str, int] = {}
     for number, concept_id, name, synonyms, alt_ids, definition in entries:
-        if not concept_id.strip():
+        concept_id, name = concept_id.strip(), name.strip()
+        if not concept_id:
             raise FormatError(path, number, "empty concept ID")
-        if concept_id.strip() in seen:
-            raise FormatError(
-                path, number, f"concept ID {concept_id.strip()} was already given on line {seen[concept_id.strip()]}"
-            )
-        seen[concept_id.strip()] = number
-        if not name.strip():
+        if concept_id in seen:
+            raise FormatError(path, number, f"concept ID {concept_id} was already given on line {seen[concept_id]}")
+        seen[concept_id] = number
+        if not name:
             raise FormatError(path, number, f"concept {concept_id} has an empty name")
-        synonyms = tuple(s.strip() for s in synonyms if s.strip() and s.strip() != name.strip())
-        concepts.append(Concept(concept_id.strip(), name.strip(), tuple(dict.fromkeys(synonyms)), alt_ids, definition))
+        synonyms = tuple(s.strip() for s in synonyms if s.strip() and s.strip() != name)
+        concepts.append(Concept(concept_id, name, tuple(dict.fromkeys(synonyms)), alt_ids, definition))
     return concepts
 
 
