@@ -236,7 +236,9 @@ def test_a_killed_fine_tuning_run_goes_on_from_its_last_epoch_and_ends_as_the_un
     root = finetuned["root"]
     assert finetuned["killed"].returncode == -signal.SIGKILL
     assert not finetuned["model_at_kill"]  # killed before it wrote anything
-    assert finetuned["at_kill"] == [KILL_AFTER_EPOCH]  # one checkpoint kept: the newest
+    # the newest complete checkpoint is the one the rerun starts from; the one before it is pruned only after the
+    # newest is marked complete, so a kill in between may leave both (the next save or the finished run removes it)
+    assert finetuned["at_kill"][-1] == KILL_AFTER_EPOCH and len(finetuned["at_kill"]) <= 2, finetuned["at_kill"]
     assert f"resuming from {root / 'resumed-checkpoints' / f'step_{KILL_AFTER_EPOCH}'}" in finetuned["rerun"].stderr
     assert f"epoch {KILL_AFTER_EPOCH}:" not in finetuned["rerun"].stderr  # only the missing epochs ran
     for file in ("model/model.safetensors", "test_predictions.tsv"):
