@@ -119,7 +119,7 @@ def test_malformed_brat_names_the_file_and_line(tmp_path, ann, line, message):
         ("doc_id\tstart\tend\ttext\tconcept_id\nd1\t0\t8\tFamilial\tD1\nd1\t9\tx\tadenomatous\tD1\n", 3, "numbers"),
         ("doc_id\tstart\tend\ttext\tconcept_id\nd1\t0\t8\tFamilial\n", 2, "5 tab-separated fields"),
         ("doc_id\tstart\tend\ttext\tconcept_id\nd2\t0\t8\tFamilial\tD1\n", 2, "document d2 is not in"),
-        ("doc_id\tstart\tend\ttext\tconcept_id\nd1\t0\t9\tFamilial\tD1\n", 2, "the text at"),
+        ("doc_id\tstart\tend\ttext\tconcept_id\nd1\t0\t7\tFamilial\tD1\n", 2, "the text at"),
     ],
 )
 def test_malformed_tsv_names_the_file_and_line(tmp_path, mentions, line, message):

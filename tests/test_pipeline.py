@@ -64,14 +64,17 @@ def _tiny_params(tiny_bert: Path) -> dict:
     params["pretrain"]["ehr_half"]["max_steps"] = 2
     params["pretrain"]["ehr_full"]["max_steps"] = 2
     finetune = params["finetune"]
-    finetune.update(models=[{"name": "base", "path": "outputs/pretrain/base"}], corpora=["ncbi"], seeds=[1])
+    # ncbi_bioc: the task params.yaml declares (README's worked example), trained and compared beside ncbi
+    finetune.update(
+        models=[{"name": "base", "path": "outputs/pretrain/base"}], corpora=["ncbi", "ncbi_bioc"], seeds=[1]
+    )
     finetune["config"].update(max_epochs=1, batch_size=8, eval_batch_size=64)
     finetune["head_init_ablation"].update(corpora=["ncbi"])
     finetune["head_init_ablation"]["config"].update(max_epochs=1)
-    params["hybrid"].update(corpora=["ncbi"], seeds=[1])
+    params["hybrid"].update(corpora=["ncbi", "ncbi_bioc"], seeds=[1])
     params["hybrid"]["config"].update(encoder=str(tiny_bert), classifier_weights=[0.0, 0.5])
     params["hybrid"]["config"]["retrieval"].update(steps=2, batch_size=8, embed_batch_size=256)
-    params["compare"].update(corpora=["ncbi"])
+    params["compare"].update(corpora=["ncbi", "ncbi_bioc"])
     params["case_study"].update(
         models=["base"],
         compare=["base", "base_uniform_head"],
@@ -176,6 +179,28 @@ def test_dvc_repro_trains_every_model_on_two_processes(project):
         "reports/table2.csv",
     } <= set(tracked)
     assert not any(name.startswith(("outputs/", "data/")) for name in tracked)
+
+
+def test_a_task_declared_only_in_params_is_trained_compared_and_registered(project):
+    """ncbi_bioc, declared in params.yaml as a TSV vocabulary and BioC splits (written from the tiny ncbi task by
+    stage example_task), goes through the same stages as the built-in ncbi: the same data and seed give the same
+    model and the same scores, and compare registers its champion as ehrbert-ncbi_bioc."""
+    work = project["work"]
+    assert "Running stage 'prepare_task@ncbi_bioc'" in project["repro"].stdout
+    prepared = json.loads((work / "metrics" / "tasks" / "ncbi_bioc.json").read_text())
+    assert prepared["test_documents"] == KEEP_DOCS["test"] + 1 and prepared["level"] == "document"
+    for metrics in ("finetune/base-{}-s1.json", "hybrid/{}-s1.json"):
+        builtin, declared = ((work / "metrics" / metrics.format(task)).read_text() for task in ("ncbi", "ncbi_bioc"))
+        assert json.loads(declared) == json.loads(builtin), metrics
+    for model in ("base-{}-s1/model/model.safetensors", "base-{}-s1/test_predictions.tsv"):
+        files = [(work / "outputs" / "finetune" / model.format(task)).read_bytes() for task in ("ncbi", "ncbi_bioc")]
+        assert files[0] == files[1], model
+    compared = json.loads((work / "metrics" / "compare.json").read_text())
+    assert compared["ncbi_bioc"]["champion"]["model"] == compared["ncbi"]["champion"]["model"]
+    mlflow.set_tracking_uri(project["env"]["MLFLOW_TRACKING_URI"])
+    champion = mlflow.MlflowClient().get_model_version_by_alias("ehrbert-ncbi_bioc", "champion")
+    assert champion.tags.get("corpus", "ncbi_bioc") == "ncbi_bioc"
+    assert "ncbi_bioc" in (work / "reports" / "table2.csv").read_text()
 
 
 def _database_text(uri: str) -> list[tuple[str, str]]:

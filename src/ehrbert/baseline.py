@@ -100,7 +100,7 @@ def run_task(task: Task, variant: str, ngram_range: tuple[int, int], k: int) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Dictionary baseline on ncbi, cdr and cadec (test split).")
+    parser = argparse.ArgumentParser(description="Dictionary baseline on every task (test split).")
     add_data_arguments(parser)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out-dir", type=Path, required=True)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
 
     results: dict[str, dict] = {}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name in TASKS:
+    for name in (*TASKS, *params.get("tasks", {})):  # the built-in tasks, then those declared in params.yaml
         task = load_task(name, args, split)
         log.info(
             "%s: vocabulary %d concepts; %s",

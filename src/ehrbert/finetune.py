@@ -49,7 +49,7 @@ from ehrbert.models import classifier
 from ehrbert.models.detector import LexiconDetector
 from ehrbert.predictions import PREDICTION_FILE, predictions_table, write_predictions
 from ehrbert.stage import config_from, read_params, section, setup_logging, write_json
-from ehrbert.tasks import Task, add_data_arguments, load_task, score_detected
+from ehrbert.tasks import Task, add_data_arguments, load_task, score_detected, task_inputs
 from ehrbert.text import normalize
 from ehrbert.tracking import log_detected_run, start_run, write_run_record
 
@@ -81,7 +81,6 @@ class FinetuneConfig:
             )
 
 
-TRAINING_DATA = ("ncbi_dir", "ncbi_vocabulary", "cdr_dir", "cdr_vocabulary", "cadec_dir")  # in the fingerprint
 BEST_WEIGHTS, SAMPLER_STATE = "best_on_dev.safetensors", "sampler.safetensors"  # a checkpoint's own files
 HEAD_INIT_LABELS = {"uniform": "uniform head (paper)", "names": "head imprinted from names"}  # appended to model labels
 
@@ -273,16 +272,18 @@ def main(argv: list[str] | None = None) -> None:
     pairs = training_pairs(task, config, model.config.label2id)
     log.info("%s: %d concepts, %d training pairs", args.corpus, len(task.vocabulary), len(pairs))
 
-    made_of = {
-        "config": asdict(config),
-        "corpus": args.corpus,
-        "seed": args.seed,
-        "init": checkpoints.digest(resolve_model(args.model_path)),
-        "data": {k: checkpoints.digest(v) for k, v in sorted(vars(args).items()) if k in TRAINING_DATA and v},
-        "processes": accelerator.num_processes,
-        "mixed_precision": accelerator.mixed_precision,
-    }
-    fingerprint = checkpoints.fingerprint(made_of)
+    fingerprint = ""  # what a checkpoint must have been made of to be resumed (only with --checkpoint-dir)
+    if args.checkpoint_dir:
+        made_of = {
+            "config": asdict(config),
+            "corpus": args.corpus,
+            "seed": args.seed,
+            "init": checkpoints.digest(resolve_model(args.model_path)),
+            "data": {str(path): checkpoints.digest(path) for path in task_inputs(args.corpus, args)},
+            "processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+        }
+        fingerprint = checkpoints.fingerprint(made_of)
     started = time.perf_counter()
     history = train(
         model,

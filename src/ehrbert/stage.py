@@ -7,6 +7,7 @@
   names the params key and the unknown or missing fields (a typo in params.yaml never silently falls back to
   a default).
 - `write_json`: a small JSON file (metrics, settings), written whole or not at all.
+- `folder_written_whole`: a folder written whole or not at all.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,3 +83,20 @@ def write_json(path: str | Path, data: Any) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(partial, path)
+
+
+@contextmanager
+def folder_written_whole(folder: str | Path) -> Iterator[Path]:
+    """A new temporary folder beside `folder` to write into: it replaces `folder` when the block ends, and is
+    deleted instead when the block raises, so that `folder` is never left half-written."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        partial.chmod(0o755)
+        yield partial
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)

@@ -1,22 +1,27 @@
 """A user's own annotated mentions, in the formats such users already have, read into `Document`s.
 
-- ``pubtator``: `ehrbert.corpora.pubtator.read_pubtator` (IDs normalized as MEDIC's).
+- ``pubtator``: `ehrbert.corpora.pubtator.read_pubtator` (IDs normalized as MEDIC's), the mentions of
+  `entity_types` only when given.
 - ``bioc``: BioC XML (``.xml``) or JSON (``.json``), through the `bioc` package. A document's passages, placed at
   their offsets (gaps filled with spaces), make its text; an annotation's locations are offsets into it (several:
   a discontinuous mention), its concept IDs the infon ``identifier`` (another key with `id_key`), ``|`` or ``,``
-  between the IDs of a composite mention; no infon, an empty one or ``-1``: no concept.
+  between the IDs of a composite mention, ``+`` between those of a combined one; no infon, an empty one or
+  ``-1``: no concept; an infon ``relation`` (single, composite, combined, no_concept) overrides what the IDs imply
+  (a composite mention whose parts share one concept). Mentions keep the file's order. `write_bioc` writes BioC
+  XML.
 - ``brat``: a folder of ``<doc>.txt`` and ``<doc>.ann``: text-bound annotations
   ``T<n><TAB><type> <start> <end>[;<start> <end>...]<TAB><text>`` and normalizations
   ``N<n><TAB>Reference T<n> <ID><TAB><name>`` (several for one mention: a composite; none: no concept). Relations,
   events, attributes and notes are skipped.
-- ``tsv``: ``doc_id<TAB>start<TAB>end<TAB>text<TAB>concept_id`` with that header; ``A|B``: a composite, empty or
-  ``-1``: no concept. With `texts` (a TSV ``doc_id<TAB>text`` with that header) each mention's text is checked
-  against the document and the documents carry their text; without it they carry none, which allows
-  mention-level scoring only.
+- ``tsv``: ``doc_id<TAB>start<TAB>end<TAB>text<TAB>concept_id`` with that header; ``A|B``: a composite, ``A+B``: a
+  combined mention, empty or ``-1``: no concept. With `texts` (a TSV ``doc_id<TAB>text`` with that header) each
+  mention's text is checked against the document and the documents carry their text; without it they carry
+  none, which allows mention-level scoring only.
 
-Wherever the document text is known, a mention whose text is not the text at its offsets is an error, as are
-offsets outside the text, an unknown annotation in a normalization, and a malformed line: `FormatError` naming
-the file and line (BioC, whose records are not lines: the document and annotation IDs).
+Wherever the document text is known, a mention whose text is not the text at its offsets (surrounding spaces
+aside) is an error, as are offsets outside the text, an unknown annotation in a normalization, and a malformed
+line: `FormatError` naming the file and line (BioC, whose records are not lines: the document and annotation
+IDs).
 """
 
 from __future__ import annotations
@@ -28,31 +33,47 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ehrbert.corpora.pubtator import read_pubtator
-from ehrbert.corpora.records import COMPOSITE, NO_CONCEPT, SINGLE, Document, FormatError, Mention
+from ehrbert.corpora.records import (
+    ALTERNATIVE,
+    COMBINED,
+    COMPOSITE,
+    NO_CONCEPT,
+    SINGLE,
+    Document,
+    FormatError,
+    Mention,
+)
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("pubtator", "bioc", "brat", "tsv")
-UNKNOWN_ID_POLICIES = ("fail", "drop")  # what to do with gold IDs the vocabulary does not have
+# What to do with mentions whose gold IDs the vocabulary does not have: fail (the default), drop them, or keep
+# them as they are, scored and never answerable (what published evaluations of NCBI disease and BC5CDR do).
+UNKNOWN_ID_POLICIES = ("fail", "drop", "keep")
 NO_CONCEPT_IDS = {"", "-1"}
+RELATIONS = (SINGLE, COMPOSITE, COMBINED, ALTERNATIVE, NO_CONCEPT)
 TSV_COLUMNS = ["doc_id", "start", "end", "text", "concept_id"]
 
 
-def _ids(raw: str, separators: str = "|") -> tuple[str, ...]:
-    parts = (part.strip() for part in re.split(f"[{re.escape(separators)}]", raw))
-    return tuple(dict.fromkeys(part for part in parts if part not in NO_CONCEPT_IDS))
+def _ids(raw: str, separators: str = "|") -> tuple[str, tuple[str, ...]]:
+    """(relation, IDs) of an ID field: `separators` between a composite's IDs, ``+`` between a combined one's."""
+    combined = "+" in raw
+    parts = (part.strip() for part in re.split("[+]" if combined else f"[{re.escape(separators)}]", raw))
+    ids = tuple(dict.fromkeys(part for part in parts if part not in NO_CONCEPT_IDS))
+    relation = NO_CONCEPT if not ids else COMBINED if combined else COMPOSITE if len(ids) > 1 else SINGLE
+    return relation, ids
 
 
-def _mention(doc_id: str, spans, text: str, ids: tuple[str, ...], kind: str = "") -> Mention:
-    relation = NO_CONCEPT if not ids else COMPOSITE if len(ids) > 1 else SINGLE
-    return Mention(doc_id, tuple(sorted(spans)), text, ids, relation, kind)
+def _mention(doc_id: str, spans, text: str, ids: tuple[str, tuple[str, ...]], kind: str = "") -> Mention:
+    relation, concept_ids = ids
+    return Mention(doc_id, tuple(sorted(spans)), text, concept_ids, relation, kind)
 
 
 def _check_text(path, line: int | None, document: str, spans, text: str, where: str = "") -> None:
     if any(not 0 <= start < end <= len(document) for start, end in spans):
         raise FormatError(path, line, f"{where}offsets {spans} are outside the text ({len(document)} characters)")
     found = " ".join(document[start:end] for start, end in spans)
-    if found != text:
+    if found.strip() != text.strip():  # surrounding spaces aside (NCBI train annotates `" plus "  `)
         raise FormatError(path, line, f"{where}the text at {spans} is {found[:60]!r}, the mention says {text[:60]!r}")
 
 
@@ -78,10 +99,53 @@ def read_bioc(path: Path, id_key: str = "identifier") -> list[Document]:
                     raise FormatError(path, None, f"{where}no location")
                 spans = [(loc.offset, loc.offset + loc.length) for loc in annotation.locations]
                 _check_text(path, None, text, spans, annotation.text, where)
-                ids = _ids(annotation.infons.get(id_key, ""), "|,")
-                mentions.append(_mention(document.id, spans, annotation.text, ids, annotation.infons.get("type", "")))
-        documents.append(Document(document.id, text, sorted(mentions, key=lambda m: m.spans)))
+                relation, ids = _ids(annotation.infons.get(id_key, ""), "|,")
+                relation = annotation.infons.get("relation", relation)
+                if relation not in RELATIONS or (relation == NO_CONCEPT) != (not ids):
+                    raise FormatError(path, None, f"{where}relation {relation!r} does not fit the IDs {ids}")
+                kind = annotation.infons.get("type") or ""
+                mentions.append(_mention(document.id, spans, annotation.text, (relation, ids), kind))
+        title = next((p.text for p in document.passages if p.infons.get("type") == "title" and p.offset == 0), "")
+        documents.append(Document(document.id, text, mentions, title or ""))
     return documents
+
+
+def write_bioc(documents: list[Document], path: Path, source: str = "", date: str = "") -> None:
+    """`documents` as BioC XML (the ``bioc`` format above), through a temporary file: whole or not at all. A
+    document with a title gets a title passage and one for the rest of its text; IDs are joined by ``|`` (``+``
+    for a combined mention), ``-1`` for no concept."""
+    from bioc import BioCAnnotation, BioCCollection, BioCDocument, BioCLocation, BioCPassage, biocxml
+
+    collection = BioCCollection()
+    collection.source, collection.date = source, date  # no date by default: the same documents, the same bytes
+    for document in documents:
+        out = BioCDocument()
+        out.id = document.doc_id
+        title = document.title if document.title and document.text.startswith(document.title + " ") else ""
+        pieces = [("title", 0, title), ("abstract", len(title) + 1, document.text[len(title) + 1 :])] if title else []
+        for kind, offset, text in pieces or [("text", 0, document.text)]:
+            passage = BioCPassage()
+            passage.offset, passage.text, passage.infons["type"] = offset, text, kind
+            out.add_passage(passage)
+        for number, mention in enumerate(document.mentions, start=1):
+            annotation = BioCAnnotation()
+            annotation.id = str(number)
+            annotation.text = mention.text
+            annotation.infons["type"] = mention.type
+            joiner = "+" if mention.relation == COMBINED else "|"
+            annotation.infons["identifier"] = joiner.join(mention.concept_ids) or "-1"
+            if _ids(annotation.infons["identifier"])[0] != mention.relation:  # e.g. a composite left with one ID
+                annotation.infons["relation"] = mention.relation
+            for start, end in mention.spans:
+                annotation.add_location(BioCLocation(start, end - start))
+            out.passages[-1 if title and mention.start > len(title) else 0].add_annotation(annotation)
+        collection.add_document(out)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        biocxml.dump(collection, handle)
+    partial.replace(path)
 
 
 def _brat_document(ann: Path, text: str) -> Document:
@@ -113,7 +177,7 @@ def _brat_document(ann: Path, text: str) -> Document:
                 if parts[1] not in entities:
                     raise FormatError(ann, number, f"normalization of {parts[1]}, which is not an annotation above")
     mentions = [
-        _mention(ann.stem, spans, mention, tuple(dict.fromkeys(ids.get(key, []))), kind)
+        _mention(ann.stem, spans, mention, _ids("|".join(ids.get(key, []))), kind)
         for key, (_, spans, mention, kind) in entities.items()
     ]
     return Document(ann.stem, text, sorted(mentions, key=lambda m: m.spans))
@@ -166,8 +230,9 @@ def read_tsv(path: Path, texts: Path | None = None) -> list[Document]:
 
 def check_gold_ids(documents: list[Document], vocabulary, source, policy: str = "fail") -> list[Document]:
     """The documents with every gold ID known to `vocabulary` (primary or alternative ID). Mentions with an unknown
-    ID are an error naming `source`, their count and the first of them (`policy` "fail"), or are dropped with
-    that count logged ("drop"); a composite mention is dropped whole, since its answer would be incomplete."""
+    ID are an error naming `source`, their count and the first of them (`policy` "fail"), are dropped with that
+    count logged ("drop"; a composite mention is dropped whole, since its answer would be incomplete), or are kept
+    with that count logged ("keep")."""
     if policy not in UNKNOWN_ID_POLICIES:
         raise ValueError(f"unknown-ID policy {policy!r}: expected one of {', '.join(UNKNOWN_ID_POLICIES)}")
     unknown = [
@@ -179,26 +244,36 @@ def check_gold_ids(documents: list[Document], vocabulary, source, policy: str = 
     if not unknown:
         return documents
     total = sum(len(d.mentions) for d in documents)
-    shown = "; ".join(f"{doc} {m.start}-{m.end} {m.text[:40]!r}: {', '.join(ids)}" for doc, m, ids in unknown[:5])
+    # document, offsets and IDs, not the mention's text: annotations of clinical notes may carry identifying text
+    shown = "; ".join(f"{doc} {m.start}-{m.end}: {', '.join(ids)}" for doc, m, ids in unknown[:5])
     message = f"{len(unknown)} of {total} mentions have gold IDs not in the vocabulary (first: {shown})"
     if policy == "fail":
         raise FormatError(source, None, message + "; fix the IDs, or drop these mentions (unknown-ID policy 'drop')")
-    log.warning("%s: %s; dropped", source, message)
+    log.warning("%s: %s; %s", source, message, "kept, never answerable" if policy == "keep" else "dropped")
+    if policy == "keep":
+        return documents
     dropped = {id(m) for _, m, _ in unknown}
     return [
         Document(d.doc_id, d.text, [m for m in d.mentions if id(m) not in dropped], d.title, d.meta) for d in documents
     ]
 
 
-def read_annotations(path: str | Path, fmt: str, texts: str | Path | None = None, id_key: str = "identifier"):
-    """The documents of `path` (a file, or a folder for brat) in format `fmt`, one of FORMATS."""
+def read_annotations(
+    path: str | Path,
+    fmt: str,
+    texts: str | Path | None = None,
+    id_key: str = "identifier",
+    entity_types: Iterable[str] | None = None,
+):
+    """The documents of `path` (a file, or a folder for brat) in format `fmt`, one of FORMATS; `texts`: the tsv
+    format's document texts, `id_key`: the BioC infon of the IDs, `entity_types`: the PubTator types kept."""
     path = Path(path)
     if fmt not in FORMATS:
         raise ValueError(f"{path}: unknown annotation format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if fmt != "brat" and not path.is_file():
         raise FileNotFoundError(f"annotation file {path} not found")
     if fmt == "pubtator":
-        documents = read_pubtator(path)
+        documents = read_pubtator(path, entity_types=set(entity_types) if entity_types else None)
     elif fmt == "bioc":
         documents = read_bioc(path, id_key)
     elif fmt == "brat":

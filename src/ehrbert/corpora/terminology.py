@@ -1,7 +1,9 @@
 """A user's own vocabulary, in the formats such users already have, read into a `Vocabulary`.
 
-- ``tsv``: ``concept_id<TAB>name[<TAB>synonym|synonym...]``, one concept a line; an optional header line
-  starting ``concept_id``; blank lines and lines starting ``#`` are skipped.
+- ``tsv``: ``concept_id<TAB>name[<TAB>synonym|synonym...[<TAB>alt_id|alt_id...]]``, one concept a line; an
+  optional header line starting ``concept_id``; blank lines and lines starting ``#`` are skipped. Alternative IDs
+  (a MeSH concept's OMIM IDs, an OBO ``alt_id``) are IDs that annotations may use for the concept. `write_tsv`
+  writes this format.
 - ``obo``: OBO 1.4 ``[Term]`` stanzas (HPO, MONDO, ...): ``id``, ``name``, ``synonym: "..." SCOPE [...]``,
   ``alt_id``, ``def``; obsolete terms (``is_obsolete: true``) are left out, with their count logged.
 - ``mrconso``: UMLS ``MRCONSO.RRF`` (18 ``|``-separated fields), the rows of the sources `sources` (SAB) and
@@ -10,6 +12,8 @@
 - ``biosyn``: BioSyn's dictionary, ``id||name`` a line (`ehrbert.corpora.medic.read_biosyn_dictionary`, which
   reads the built-in corpora's BioSyn MEDIC too: IDs normalized as MEDIC's, a composite ``A|B`` keyed on its
   first MeSH ID).
+- ``medic``: CTD's MEDIC as it ships (``CTD_diseases.tsv.gz``, `ehrbert.corpora.medic.read_medic`): the built-in
+  disease corpora's vocabulary.
 
 IDs are kept as written: they must be the IDs the annotations use. Malformed input raises `FormatError` naming
 the file and line: a wrong number of fields, an empty ID or name, a concept ID given twice (both lines are
@@ -23,12 +27,12 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ehrbert.corpora.medic import read_biosyn_dictionary
+from ehrbert.corpora.medic import read_biosyn_dictionary, read_medic
 from ehrbert.corpora.records import Concept, FormatError, Vocabulary
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("tsv", "obo", "mrconso", "biosyn")
+FORMATS = ("tsv", "obo", "mrconso", "biosyn", "medic")
 MRCONSO_FIELDS = 18  # CUI|LAT|TS|LUI|STT|SUI|ISPREF|AUI|SAUI|SCUI|SDUI|SAB|TTY|CODE|STR|SRL|SUPPRESS|CVF|
 _OBO_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
@@ -63,11 +67,31 @@ def read_tsv(path: Path) -> list[Concept]:
         if not line.strip() or line.startswith("#") or (number == 1 and line.lower().startswith("concept_id")):
             continue
         fields = line.split("\t")
-        if len(fields) not in (2, 3):
-            raise FormatError(path, number, f"expected concept_id<TAB>name[<TAB>synonyms], got {len(fields)} fields")
-        synonyms = tuple(fields[2].split("|")) if len(fields) == 3 else ()
-        entries.append((number, fields[0], fields[1], synonyms, (), ""))
+        if len(fields) not in (2, 3, 4):
+            raise FormatError(
+                path, number, f"expected concept_id<TAB>name[<TAB>synonyms[<TAB>alt_ids]], got {len(fields)} fields"
+            )
+        synonyms = tuple(fields[2].split("|")) if len(fields) >= 3 else ()
+        alt_ids = tuple(a.strip() for a in fields[3].split("|") if a.strip()) if len(fields) == 4 else ()
+        entries.append((number, fields[0], fields[1], synonyms, alt_ids, ""))
     return _concepts(path, entries)
+
+
+def write_tsv(vocabulary: Vocabulary, path: Path) -> None:
+    """`vocabulary` as the ``tsv`` format (with its header), through a temporary file: whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("w", encoding="utf-8") as out:
+        out.write("concept_id\tname\tsynonyms\talt_ids\n")
+        for concept in vocabulary.concepts:
+            fields = (concept.concept_id, concept.name, "|".join(concept.synonyms), "|".join(concept.alt_ids))
+            if any(c in field for field in fields[:2] for c in "\t\n") or any(
+                c in name for name in (*concept.synonyms, *concept.alt_ids) for c in "\t\n|"
+            ):
+                raise ValueError(f"concept {concept.concept_id}: a tab, newline or '|' inside a name or ID")
+            out.write("\t".join(fields) + "\n")
+    partial.replace(path)
 
 
 def read_obo(path: Path) -> list[Concept]:
@@ -165,7 +189,13 @@ def read_mrconso(path: Path, sources: Iterable[str] = (), language: str = "ENG")
 def read_vocabulary(path: str | Path, fmt: str, name: str = "", **options) -> Vocabulary:
     """The vocabulary in `path` (format `fmt`, one of FORMATS); `options`: mrconso's `sources` and `language`."""
     path = Path(path)
-    readers = {"tsv": read_tsv, "obo": read_obo, "mrconso": read_mrconso, "biosyn": read_biosyn_dictionary}
+    readers = {
+        "tsv": read_tsv,
+        "obo": read_obo,
+        "mrconso": read_mrconso,
+        "biosyn": read_biosyn_dictionary,
+        "medic": read_medic,
+    }
     if fmt not in readers:
         raise ValueError(f"{path}: unknown vocabulary format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if not path.is_file():
