@@ -75,6 +75,8 @@ def _tiny_params(tiny_bert: Path) -> dict:
     params["hybrid"]["config"].update(encoder=str(tiny_bert), classifier_weights=[0.0, 0.5])
     params["hybrid"]["config"]["retrieval"].update(steps=2, batch_size=8, embed_batch_size=256)
     params["compare"].update(corpora=["ncbi", "ncbi_bioc"])
+    params["vocabulary_only"]["encoder"] = str(tiny_bert)
+    params["vocabulary_only"]["retrieval"].update(steps=2, batch_size=8, embed_batch_size=256)
     params["case_study"].update(
         models=["base"],
         compare=["base", "base_uniform_head"],

@@ -203,7 +203,9 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", choices=["ncbi", "cdr", "cadec"], required=True)
+    parser.add_argument(
+        "--corpus", required=True, help="a built-in task (ncbi, cdr, cadec) or one declared in params.yaml `tasks`"
+    )
     parser.add_argument("--model", required=True, help="model name for tables and MLflow tags")
     parser.add_argument("--model-path", required=True, help="encoder: a folder, hub ID or package:<module>")
     parser.add_argument("--seed", type=int, required=True)

@@ -177,7 +177,9 @@ def predictions_frame(task: Task, split: str, queries: list[str], answers: list[
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", choices=["ncbi", "cdr", "cadec"], required=True)
+    parser.add_argument(
+        "--corpus", required=True, help="a built-in task (ncbi, cdr, cadec) or one declared in params.yaml `tasks`"
+    )
     parser.add_argument("--seed", type=int, required=True)
     add_data_arguments(parser)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
