@@ -190,6 +190,20 @@ def test_served_model_equals_in_process_model(tmp_path, tracking_store, tiny_nor
         run.info.run_id, "ehrbert-test", model_dir, lambda: tiny_concepts, max_length=16
     )
     assert created and version.aliases == ["champion"] and version.run_id == run.info.run_id
+    # the same run and the same code: the version is reused; new code: the run is packaged and registered again
+    register = lambda: registry.register_champion(  # noqa: E731
+        run.info.run_id, "ehrbert-test", model_dir, lambda: tiny_concepts, max_length=16
+    )
+    again, created = register()
+    assert not created and again.version == version.version
+    assert again.tags[registry.CODE_TAG] == registry.code_digest()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(registry, "code_digest", lambda: "0123456789abcdef")
+        repackaged, created = register()
+    assert created and int(repackaged.version) == int(version.version) + 1
+    assert repackaged.tags[registry.CODE_TAG] == "0123456789abcdef" and repackaged.aliases == ["champion"]
+    back, created = register()  # today's code again: its version is the champion again
+    assert not created and back.version == version.version and back.aliases == ["champion"]
 
     in_process = mlflow.pyfunc.load_model("models:/ehrbert-test@champion")
     assert in_process.metadata.signature == serving.SIGNATURE

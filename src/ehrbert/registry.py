@@ -4,11 +4,15 @@
 stage that trained it) with its concept names as an MLflow pyfunc model (`ehrbert.serving.NormalizerModel`).
 `register_champion` registers the model of one run under a name with an alias (MLflow 3 aliases, not
 stages); the folder comes from the pipeline's outputs, the version is linked to the run that made it, and no
-version is added when one from the same run is already registered.
+version is added when one from the same run, packaged with the same code, is already registered. A version
+carries the code that serves it (the `ehrbert` package, `code_paths`), tagged with its digest (`code_digest`):
+when the serving code changes, the next `compare` registers the same run again, so the champion is served by
+the code of the commit that registered it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
@@ -79,9 +83,24 @@ def log_normalizer(
         )
 
 
-def find_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
-    """The newest version of registered model `name` made from run `run_id`, if any."""
-    versions = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
+CODE_TAG = "code_digest"
+
+
+def code_digest() -> str:
+    """sha256 (16 hex digits) of the package's source files, as a version packages them."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def find_version(client: MlflowClient, name: str, run_id: str, code: str | None = None) -> ModelVersion | None:
+    """The newest version of registered model `name` made from run `run_id` (with code digest `code`), if any."""
+    versions = [
+        v
+        for v in client.search_model_versions(f"name = '{name}'")
+        if v.run_id == run_id and (code is None or v.tags.get(CODE_TAG) == code)
+    ]
     return max(versions, key=lambda v: int(v.version), default=None)
 
 
@@ -98,14 +117,16 @@ def register_champion(
 ) -> tuple[ModelVersion, bool]:
     """Point `name@alias` at `model_dir`, the normalizer that run `run_id` made; (version, whether it is new).
 
-    When a version of `name` from `run_id` exists, it is reused (alias moved, tags updated) and nothing
-    is logged. Otherwise `model_dir` (the stage's DVC output; `variant` for a hybrid folder) is packaged as
-    a pyfunc logged model whose source is that run (in its experiment, with its parameters, listed among its
-    outputs), and registered, so the version links to the run's metrics. The finished run is not reopened.
+    When a version of `name` from `run_id` packaged with today's code (`code_digest`) exists, it is reused (alias
+    moved, tags updated) and nothing is logged. Otherwise `model_dir` (the stage's DVC output; `variant` for a
+    hybrid folder) is packaged as a pyfunc logged model whose source is that run (in its experiment, with its
+    parameters, listed among its outputs), and registered, so the version links to the run's metrics. The
+    finished run is not reopened.
     `concept_names` is called only for a new version, so an unchanged champion costs no vocabulary loading.
     """
     client = MlflowClient()
-    existing = find_version(client, name, run_id)
+    code = code_digest()
+    existing = find_version(client, name, run_id, code)
     created = existing is None
     if created:
         run = client.get_run(run_id)
@@ -122,7 +143,7 @@ def register_champion(
         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
         existing = mlflow.register_model(info.model_uri, name)
         log.info("registered %s version %s from run %s", name, existing.version, run_id)
-    for key, value in (tags or {}).items():
+    for key, value in {**(tags or {}), CODE_TAG: code}.items():
         client.set_model_version_tag(name, existing.version, key, str(value))
     if description:
         client.update_model_version(name, existing.version, description=description)
