@@ -57,16 +57,25 @@ class VocabularyOnlyConfig:
         self.retrieval.synonym_fraction, self.retrieval.index_training_mentions = 1.0, False
 
 
-def build(vocabulary, config: VocabularyOnlyConfig, accelerator=None) -> tuple[HybridNormalizer, list[dict]]:
-    """The normalizer of `vocabulary` alone, and the encoder's training history."""
+def train(vocabulary, config: VocabularyOnlyConfig, accelerator=None):
+    """The retrieval encoder trained on `vocabulary`'s (name, synonym) pairs: (encoder, tokenizer, history). Under
+    `accelerate launch` every process takes part."""
     set_seed(config.seed)
     encoder, tokenizer = retrieval.load_encoder(resolve_model(config.encoder))
     names = retrieval.concept_names(vocabulary)
     history = retrieval.train_encoder(encoder, tokenizer, names, [], config.retrieval, config.seed, accelerator)
+    return encoder, tokenizer, history
+
+
+def build(vocabulary, encoder, tokenizer, config: VocabularyOnlyConfig) -> HybridNormalizer:
+    """The normalizer of `vocabulary` alone around a trained encoder: its names and synonyms indexed, and the
+    lexicon detector of those names."""
     index = NameIndex.build(vocabulary)
     index.embed(encoder, tokenizer, config.retrieval)
-    detector = LexiconDetector.fit([name for concept_names in names.values() for name in concept_names], [])
-    return HybridNormalizer(encoder, tokenizer, index, config.retrieval, detector=detector), history
+    detector = LexiconDetector.fit([name for concept in vocabulary.concepts for name in concept.names], [])
+    model = HybridNormalizer(encoder, tokenizer, index, config.retrieval, detector=detector)
+    model.variants = {VARIANT: model.settings}
+    return model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,14 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     vocabulary = read_vocabulary(args.vocabulary, args.format, **options)
 
     started = time.perf_counter()
-    model, history = build(vocabulary, config, accelerator)
-    if not accelerator.is_main_process:
+    encoder, tokenizer, history = train(vocabulary, config, accelerator)
+    if not accelerator.is_main_process:  # the rest (index, test, logging) runs once
         return
+    model = build(vocabulary, encoder, tokenizer, config)
     log.info(
         "%d concepts, %d index entries in %.0f s", len(vocabulary), len(model.index), time.perf_counter() - started
     )
     model_dir = args.out_dir / MODEL_DIR
-    model.variants = {VARIANT: model.settings}
     with folder_written_whole(model_dir) as partial:
         model.save(partial)
 
