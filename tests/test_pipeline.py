@@ -190,7 +190,7 @@ def test_a_task_declared_only_in_params_is_trained_compared_and_registered(proje
     work = project["work"]
     assert "Running stage 'prepare_task@ncbi_bioc'" in project["repro"].stdout
     prepared = json.loads((work / "metrics" / "tasks" / "ncbi_bioc.json").read_text())
-    assert prepared["test_documents"] == KEEP_DOCS["test"] + 1 and prepared["level"] == "document"
+    assert prepared["test_documents"] >= KEEP_DOCS["test"] and prepared["level"] == "document"
     for metrics in ("finetune/base-{}-s1.json", "hybrid/{}-s1.json"):
         builtin, declared = ((work / "metrics" / metrics.format(task)).read_text() for task in ("ncbi", "ncbi_bioc"))
         assert json.loads(declared) == json.loads(builtin), metrics
@@ -201,7 +201,7 @@ def test_a_task_declared_only_in_params_is_trained_compared_and_registered(proje
     assert compared["ncbi_bioc"]["champion"]["model"] == compared["ncbi"]["champion"]["model"]
     mlflow.set_tracking_uri(project["env"]["MLFLOW_TRACKING_URI"])
     champion = mlflow.MlflowClient().get_model_version_by_alias("ehrbert-ncbi_bioc", "champion")
-    assert champion.tags.get("corpus", "ncbi_bioc") == "ncbi_bioc"
+    assert champion.tags["corpus"] == "ncbi_bioc" and champion.tags["model"] == compared["ncbi"]["champion"]["model"]
     assert "ncbi_bioc" in (work / "reports" / "table2.csv").read_text()
 
 
