@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from ehrbert import export, prepare_task
 from ehrbert.baseline import DictionaryNormalizer, main
 from ehrbert.tasks import TASKS, load_task
 
@@ -58,24 +59,35 @@ def test_empty_names_are_ignored_and_batches_agree():
 
 def test_main_runs_the_dvc_stage_on_a_slice_of_every_corpus(tiny_raw_data, tmp_path, monkeypatch):
     """The baseline stage as dvc.yaml runs it (its command, with params.yaml's data paths moved to conftest's tiny
-    slice of the real files, and the repository's params): metrics for every corpus and variant, in range and
-    agreeing with the predictions files, which hold one row per test mention, answered with vocabulary IDs."""
+    slice of the real files, and the repository's params, after the stages that write and prepare the declared
+    task ncbi_bioc): metrics for every task and variant, in range and agreeing with the predictions files, which
+    hold one row per test mention, answered with vocabulary IDs."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     data = {key: tiny_raw_data / Path(value).relative_to("data") for key, value in params["data"].items()}
-    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["baseline"]
-    command = shlex.split(re.sub(r"\$\{data\.(\w+)\}", lambda m: str(data[m[1]]), stage["cmd"]))
-    assert command[:3] == ["python", "-m", "ehrbert.baseline"]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+    def command(cmd: str, key: str = "") -> list[str]:
+        cmd = re.sub(r"\$\{data\.(\w+)\}", lambda m: str(data[m[1]]), cmd.replace("${key}", key))
+        return [*shlex.split(cmd)[3:], "--params", str(ROOT / "params.yaml")]
+
     monkeypatch.chdir(tmp_path)
-    main([*command[3:], "--params", str(ROOT / "params.yaml")])
+    export.main(command(stages["example_task"]["cmd"]))
+    for name in params["tasks"]:
+        prepare_task.main(command(stages["prepare_task"]["do"]["cmd"], name))
+    main(command(stages["baseline"]["cmd"]))
+    tasks = (*TASKS, *params["tasks"])
+    assert "ncbi_bioc" in tasks
 
     config = params["baseline"]
     k = config["top_k"]
     metrics = json.loads((tmp_path / "metrics" / "baseline.json").read_text())
-    assert list(metrics) == list(TASKS)
+    assert list(metrics) == list(tasks)
+    assert metrics["ncbi_bioc"] == metrics["ncbi"]  # the worked example: the ncbi task in exchange formats
     written = sorted(p.name for p in (tmp_path / "outputs" / "baseline").iterdir())
-    assert written == sorted(f"{corpus}_{variant}_test.tsv" for corpus in TASKS for variant in config["variants"])
-    for corpus in TASKS:
-        task = load_task(corpus, argparse.Namespace(**data), params["cadec_split"])
+    assert written == sorted(f"{corpus}_{variant}_test.tsv" for corpus in tasks for variant in config["variants"])
+    for corpus in tasks:
+        args = argparse.Namespace(**data, tasks_dir=tmp_path / "outputs" / "tasks")
+        task = load_task(corpus, args, params["cadec_split"])
         mentions = task.mentions("test")
         vocabulary = {c.concept_id for c in task.vocabulary.concepts}
         assert list(metrics[corpus]) == config["variants"]
