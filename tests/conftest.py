@@ -222,22 +222,29 @@ def tiny_normalizer(tmp_path_factory, tiny_concepts) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_hybrid(tmp_path_factory, tiny_concepts) -> Path:
+def tiny_hybrid(tmp_path_factory, tiny_concepts, tiny_normalizer) -> Path:
     """A saved hybrid normalizer over tiny_concepts (a folder as the hybrid stage leaves it): a tiny random encoder,
-    the concepts' names as its index, and a lexicon detector of those names, so that it also takes raw text."""
+    the concepts' names as its index, the tiny classifier (tiny_normalizer) weighted in, and a lexicon detector of
+    those names, so that it also takes raw text."""
     from ehrbert.corpora.records import Concept, Vocabulary
+    from ehrbert.models import classifier as classifier_model
     from ehrbert.models import retrieval
     from ehrbert.models.detector import LexiconDetector
-    from ehrbert.models.hybrid import HybridNormalizer
+    from ehrbert.models.hybrid import HybridNormalizer, Settings
+    from ehrbert.models.name_index import NameIndex
 
     root = tmp_path_factory.mktemp("tiny-hybrid")
     encoder, tokenizer = retrieval.load_encoder(write_tiny_bert(root / "encoder", words=TINY_NORMALIZER_WORDS, seed=1))
     vocabulary = Vocabulary([Concept(cid, name.lower()) for cid, name in tiny_concepts.items()])
     config = retrieval.RetrievalConfig()
-    index = retrieval.NameIndex.build(vocabulary)
+    index = NameIndex.build(vocabulary)
     index.embed(encoder, tokenizer, config)
     detector = LexiconDetector({name.lower(): (1, 1) for name in tiny_concepts.values()})
-    HybridNormalizer(encoder, tokenizer, index, config, detector=detector).save(root / "model")
+    classifier, classifier_tokenizer = classifier_model.load(tiny_normalizer)
+    settings = Settings(classifier_weight=0.5)
+    HybridNormalizer(
+        encoder, tokenizer, index, config, classifier, classifier_tokenizer, settings=settings, detector=detector
+    ).save(root / "model")
     return root / "model"
 
 

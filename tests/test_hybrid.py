@@ -17,7 +17,8 @@ from ehrbert.composite import split_coordination
 from ehrbert.corpora.records import COMPOSITE, Concept, Mention, Vocabulary
 from ehrbert.models import retrieval
 from ehrbert.models.hybrid import VARIANTS, Answer, Candidates, HybridNormalizer, Settings, decide
-from ehrbert.models.retrieval import NameIndex, RetrievalConfig
+from ehrbert.models.name_index import NameIndex
+from ehrbert.models.retrieval import RetrievalConfig
 
 ROOT_PARAMS = hybrid.__file__.replace("src/ehrbert/hybrid.py", "params.yaml")
 

@@ -15,7 +15,7 @@ import yaml
 from ehrbert import vocabulary_only
 from ehrbert.corpora.medic import read_medic
 from ehrbert.models.hybrid import HybridNormalizer
-from ehrbert.models.retrieval import NameIndex
+from ehrbert.models.name_index import NameIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 

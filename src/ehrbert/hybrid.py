@@ -50,7 +50,8 @@ from ehrbert.models import classifier as classifier_model
 from ehrbert.models import retrieval
 from ehrbert.models.detector import LexiconDetector, choose_min_precision
 from ehrbert.models.hybrid import VARIANTS, Answer, Candidates, HybridNormalizer, Settings, decide
-from ehrbert.models.retrieval import NameIndex, RetrievalConfig
+from ehrbert.models.name_index import NameIndex
+from ehrbert.models.retrieval import RetrievalConfig
 from ehrbert.predictions import predictions_table
 from ehrbert.stage import config_from, read_params, setup_logging, write_json
 from ehrbert.tasks import Task, add_data_arguments, load_task, score_detected

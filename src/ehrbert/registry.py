@@ -16,6 +16,7 @@ import hashlib
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models.model import ModelInfo
 from transformers import AutoConfig
 
+from ehrbert.models import fast
 from ehrbert.models.hybrid import HybridNormalizer, is_hybrid
 from ehrbert.serving import (
     CONCEPTS_FILE,
@@ -38,6 +40,10 @@ from ehrbert.serving import (
 )
 
 log = logging.getLogger(__name__)
+
+# How a registered hybrid version is served: the fast form's options that `make bench` chose (reports/benchmark.md:
+# the fastest that keeps acc@1 within 0.2 of the torch form on the NCBI and BC5CDR champions).
+SERVED_OPTIONS = fast.FastOptions()
 
 
 def log_normalizer(
@@ -68,15 +74,21 @@ def log_normalizer(
     with tempfile.TemporaryDirectory() as folder:
         concepts = Path(folder) / CONCEPTS_FILE
         write_concepts({c: concept_names.get(c, "") for c in sorted(labels)}, concepts)
+        artifacts = {"normalizer": str(model_dir), "concepts": str(concepts)}
+        # named apart from the fine-tuning run's `batch_size`: MLflow logs these as an active run's params
+        config = {"max_length": max_length, "predict_batch_size": batch_size, "variant": variant or ""}
+        if is_hybrid(model_dir):  # its fast form, served unless EHRBERT_RUNTIME=torch (ehrbert.models.fast)
+            fast.build(model_dir, Path(folder) / "fast")
+            artifacts["fast"] = str(Path(folder) / "fast")
+            config |= {"runtime": "onnx", **asdict(SERVED_OPTIONS)}
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=NormalizerModel(),
-            artifacts={"normalizer": str(model_dir), "concepts": str(concepts)},
+            artifacts=artifacts,
             code_paths=[str(PACKAGE_DIR)],
             signature=SIGNATURE,
             input_example=INPUT_EXAMPLE,
-            # named apart from the fine-tuning run's `batch_size`: MLflow logs these as an active run's params
-            model_config={"max_length": max_length, "predict_batch_size": batch_size, "variant": variant or ""},
+            model_config=config,
             # pinned from this environment; saves MLflow from loading the model to guess them
             pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
             model_id=model_id,

@@ -36,7 +36,6 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
 from ehrbert.microbatch import MicroBatcher
-from ehrbert.models import classifier
 from ehrbert.models.hybrid import HybridNormalizer, is_hybrid
 from ehrbert.text import find_abbreviations, normalize, preprocess_mention
 
@@ -79,6 +78,9 @@ REQUIREMENTS = (
     "numpy",
     "pyab3p",
     "scikit-learn",
+    "onnxruntime",
+    "faiss-cpu",
+    "tokenizers",
 )  # what the model imports at load time
 
 
@@ -99,6 +101,36 @@ SHOWN_ROWS = 5  # rows named in one message
 # waits for company after its first request, in ms: EHRBERT_BATCH_WAIT_MS, else the model config's batch_wait_ms
 # (default 0: no added wait, a batch is what queued while the previous one ran).
 MICROBATCH_ENV, BATCH_WAIT_ENV = "EHRBERT_MICROBATCH", "EHRBERT_BATCH_WAIT_MS"
+
+# How a hybrid version runs (docs/serving.md, "Speed"): "onnx", its fast form (`ehrbert.models.fast`, packaged with
+# every hybrid version), or "torch"; and the fast form's options. Each is the model config's value (set when the
+# version was registered) unless its environment variable says otherwise.
+RUNTIMES = ("onnx", "torch")
+RUNTIME_ENV = "EHRBERT_RUNTIME"
+FAST_OPTION_ENVS = {
+    "weights": "EHRBERT_WEIGHTS",
+    "index": "EHRBERT_INDEX",
+    "threads": "EHRBERT_THREADS",
+    "ef_search": "EHRBERT_EF_SEARCH",
+}
+
+
+def fast_options(config: Mapping, environ: Mapping[str, str]):
+    """The fast form's `FastOptions`: each from its environment variable, else the model config, else the default."""
+    from ehrbert.models.fast import FastOptions
+
+    values = {}
+    for field, variable in FAST_OPTION_ENVS.items():
+        value = environ.get(variable) or config.get(field)
+        if value not in (None, ""):
+            default = getattr(FastOptions, field)
+            try:
+                values[field] = type(default)(value)
+            except ValueError as error:
+                raise ValueError(
+                    f"{variable} or model config {field!r}: {value!r} is not {type(default).__name__}"
+                ) from error
+    return FastOptions(**values)
 
 
 def _rows(rows: list[int]) -> str:
@@ -200,6 +232,8 @@ def answer_queries(
         return []
     if isinstance(model, HybridNormalizer):
         return [(a.concept_ids, a.score) for a in model.predict(queries)]
+    from ehrbert.models import classifier  # torch: only for the paper's classifier
+
     ranked, scores = classifier.predict(model, tokenizer, queries, k=1, max_length=max_length, batch_size=batch_size)
     return [(tuple(r[:1]), s[0]) for r, s in zip(ranked, scores)]
 
@@ -295,9 +329,22 @@ class NormalizerModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         folder = context.artifacts["normalizer"]
         config = context.model_config or {}
-        if is_hybrid(folder):
+        runtime = os.environ.get(RUNTIME_ENV) or config.get("runtime") or "torch"
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime {runtime!r} ({RUNTIME_ENV} or the model config): expected one of {RUNTIMES}")
+        if is_hybrid(folder) and runtime == "onnx" and "fast" in context.artifacts:
+            from ehrbert.models.fast import FastNormalizer
+
+            options, variant = fast_options(config, os.environ), config.get("variant") or None
+            self.model, self.tokenizer = (
+                FastNormalizer.load_fast(folder, context.artifacts["fast"], variant, options),
+                None,
+            )
+        elif is_hybrid(folder):
             self.model, self.tokenizer = HybridNormalizer.load(folder, config.get("variant") or None), None
         else:
+            from ehrbert.models import classifier  # torch: the paper's classifier has no fast form
+
             self.model, self.tokenizer = classifier.load(folder)
         self.concept_names = read_concepts(context.artifacts["concepts"])
         self.max_length = int(config.get("max_length", 32))

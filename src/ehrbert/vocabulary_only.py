@@ -33,7 +33,8 @@ from ehrbert.metrics import seen_concepts
 from ehrbert.models import retrieval
 from ehrbert.models.detector import LexiconDetector
 from ehrbert.models.hybrid import HybridNormalizer
-from ehrbert.models.retrieval import NameIndex, RetrievalConfig
+from ehrbert.models.name_index import NameIndex
+from ehrbert.models.retrieval import RetrievalConfig
 from ehrbert.registry import register_champion
 from ehrbert.stage import config_from, folder_written_whole, read_params, setup_logging, write_json
 from ehrbert.tasks import add_data_arguments, load_task

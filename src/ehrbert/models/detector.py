@@ -27,9 +27,8 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from ehrbert.corpora.records import Document, Mention
 from ehrbert.metrics import span_scores
@@ -40,7 +39,6 @@ log = logging.getLogger(__name__)
 Span = tuple[int, int]  # character offsets into the raw text, end exclusive
 
 FORMAT = "ehrbert-lexicon-detector/1"
-STOP_WORDS = frozenset(ENGLISH_STOP_WORDS)
 DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(20))  # 0.0, 0.05, ..., 0.95
 
 # Letters and digits (`\w` without `_`) and the apostrophes `ehrbert.text.normalize` deletes: the characters
@@ -70,8 +68,16 @@ def normalized_tokens(text: str) -> list[Token]:
     return tokens
 
 
+@cache
+def stop_words() -> frozenset[str]:
+    """scikit-learn's English stop words, imported when a detector is fitted: detecting needs none of it."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
 def _is_stop_entry(entry: str) -> bool:
-    return all(word in STOP_WORDS for word in entry.split())
+    return all(word in stop_words() for word in entry.split())
 
 
 def _close_bracket(text: str, start: int, end: int) -> int:

@@ -14,7 +14,8 @@ chosen on dev (`Settings`). `candidates` computes, once per list of queries, eve
 
 A saved normalizer is one folder that loads by itself: retriever/, classifier/ (if any), detector.json (if
 any) and hybrid.json, the settings of every variant (`VARIANTS`) the stage chose; `load` answers as one of
-them. The stage that trains it and chooses the settings is `ehrbert.hybrid`.
+them. The stage that trains it and chooses the settings is `ehrbert.hybrid`. The encoders' work is two methods,
+`search` and `classify`; the served fast form (`ehrbert.models.fast`) does the same work another way.
 """
 
 from __future__ import annotations
@@ -22,13 +23,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ehrbert.composite import split_coordination
-from ehrbert.models import classifier as classifier_model
-from ehrbert.models import retrieval
 from ehrbert.models.detector import LexiconDetector
-from ehrbert.models.retrieval import NameIndex, RetrievalConfig
+from ehrbert.models.name_index import NameIndex
 from ehrbert.text import find_abbreviations, preprocess_mention
+
+if TYPE_CHECKING:
+    from ehrbert.models.retrieval import RetrievalConfig
+
+# The encoders run in torch (`ehrbert.models.retrieval`, `ehrbert.models.classifier`), imported where they run: the
+# served fast form (`ehrbert.models.fast`) answers through this class's decisions without importing torch at all.
 
 SETTINGS_FILE = "hybrid.json"
 FORMAT = "ehrbert-hybrid/2"  # /2: the settings of every variant, one of them the default
@@ -119,10 +125,31 @@ class HybridNormalizer:
         """The concept IDs a saved normalizer can answer with (read from its index, no weights loaded)."""
         return NameIndex.load(Path(folder) / "retriever").concept_ids()
 
+    def search(self, texts: list[str]) -> list[list[tuple[int, float]]]:
+        """Per text, the `top_k` best (index position, cosine) pairs, best first (`retrieval.search`)."""
+        from ehrbert.models import retrieval
+
+        return retrieval.search(self.encoder, self.tokenizer, self.index, texts, self.config)
+
+    def classify(self, queries: list[str]) -> list[dict[str, float]]:
+        """Per query, the classifier's `classifier_top_k` concepts and probabilities; [] without a classifier."""
+        if self.classifier is None:
+            return []
+        from ehrbert.models import classifier as classifier_model
+
+        ranked, probs = classifier_model.predict(
+            self.classifier,
+            self.classifier_tokenizer,
+            queries,
+            k=self.classifier_top_k,
+            max_length=self.classifier_max_length,
+        )
+        return [dict(zip(r, p)) for r, p in zip(ranked, probs)]
+
     def candidates(self, queries: list[str]) -> Candidates:
         parts = [split_coordination(q) for q in queries]
         flat = list(dict.fromkeys(p for ps in parts for p in ps))
-        hits = retrieval.search(self.encoder, self.tokenizer, self.index, list(queries) + flat, self.config)
+        hits = self.search(list(queries) + flat)
         part_best = {}
         for part, found in zip(flat, hits[len(queries) :]):
             position, cosine = found[0]
@@ -135,17 +162,7 @@ class HybridNormalizer:
                     concept_scores.setdefault(c, cosine)  # hits come best first
             scores.append(concept_scores)
             best.append(self.index.concepts[found[0][0]][0] if found else ())
-        probabilities = []
-        if self.classifier is not None:
-            ranked, probs = classifier_model.predict(
-                self.classifier,
-                self.classifier_tokenizer,
-                queries,
-                k=self.classifier_top_k,
-                max_length=self.classifier_max_length,
-            )
-            probabilities = [dict(zip(r, p)) for r, p in zip(ranked, probs)]
-        return Candidates(scores, best, probabilities, [[part_best[p] for p in ps] for ps in parts])
+        return Candidates(scores, best, self.classify(queries), [[part_best[p] for p in ps] for ps in parts])
 
     def predict(self, queries: list[str]) -> list[Answer]:
         return decide(self.candidates(queries), self.settings)
@@ -168,6 +185,8 @@ class HybridNormalizer:
     def save(self, folder: str | Path, default_variant: str | None = None) -> None:
         """One folder that loads by itself: retriever/, classifier/ (if any), detector.json (if any), hybrid.json
         (the settings of every variant in `self.variants`; `default_variant` is the one `load` picks unasked)."""
+        from ehrbert.models import retrieval
+
         folder = Path(folder)
         retrieval.save_retriever(self.encoder, self.tokenizer, self.index, folder / "retriever")
         if self.classifier is not None:
@@ -190,30 +209,26 @@ class HybridNormalizer:
     @classmethod
     def load(cls, folder: str | Path, variant: str | None = None) -> HybridNormalizer:
         """The normalizer saved in `folder`, answering with `variant`'s settings (default: the folder's default)."""
+        from ehrbert.models import classifier as classifier_model
+        from ehrbert.models import retrieval
+
         folder = Path(folder)
-        data = json.loads((folder / SETTINGS_FILE).read_text())
-        if data.get("format") != FORMAT:
-            raise ValueError(f"{folder / SETTINGS_FILE}: not a {FORMAT} file (format {data.get('format')!r})")
-        variants = {name: Settings(**values) for name, values in data["variants"].items()}
-        variant = variant or data["default_variant"]
-        if variant not in variants:
-            raise ValueError(f"{folder / SETTINGS_FILE}: no variant {variant!r}; it has {', '.join(variants)}")
+        data, variants, variant = read_settings(folder, variant)
         encoder, tokenizer, index = retrieval.load_retriever(folder / "retriever")
         classifier = classifier_tokenizer = None
         if (folder / "classifier").is_dir():
             classifier, classifier_tokenizer = classifier_model.load(folder / "classifier")
-        detector = LexiconDetector.load(folder / "detector.json") if (folder / "detector.json").exists() else None
         return cls(
             encoder,
             tokenizer,
             index,
-            RetrievalConfig(**data["retrieval"]),
+            retrieval.RetrievalConfig(**data["retrieval"]),
             classifier,
             classifier_tokenizer,
             data["classifier_max_length"],
             data["classifier_top_k"],
             variants[variant],
-            detector,
+            load_detector(folder),
             variants,
         )
 
@@ -225,3 +240,21 @@ class HybridNormalizer:
 
 def is_hybrid(folder: str | Path) -> bool:
     return (Path(folder) / SETTINGS_FILE).exists()
+
+
+def read_settings(folder: str | Path, variant: str | None = None) -> tuple[dict, dict[str, Settings], str]:
+    """(hybrid.json's data, every variant's settings, the variant to answer as) of a saved normalizer."""
+    path = Path(folder) / SETTINGS_FILE
+    data = json.loads(path.read_text())
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} file (format {data.get('format')!r})")
+    variants = {name: Settings(**values) for name, values in data["variants"].items()}
+    variant = variant or data["default_variant"]
+    if variant not in variants:
+        raise ValueError(f"{path}: no variant {variant!r}; it has {', '.join(variants)}")
+    return data, variants, variant
+
+
+def load_detector(folder: str | Path) -> LexiconDetector | None:
+    path = Path(folder) / "detector.json"
+    return LexiconDetector.load(path) if path.exists() else None

@@ -7,10 +7,9 @@ it, embeds every vocabulary name and synonym once and answers with the concept o
    in-batch contrastive (InfoNCE) loss on pairs that should meet: a training mention and a name of its
    concept, and two names of one concept (vocabulary synonyms). Pairs of the same concept in one batch are
    not counted as negatives. Sized for CPU: a few hundred steps.
-2. **Index** (`NameIndex`): the `normalize`d vocabulary names and synonyms, plus (if asked) the preprocessed
-   training mentions, each entry pointing to the concept-ID tuples it stands for (a composite training
-   mention such as "breast and ovarian cancer" points to both concepts at once). Entries are embedded once
-   per encoder and saved beside it.
+2. **Index** (`ehrbert.models.name_index.NameIndex`): the `normalize`d vocabulary names and synonyms, plus (if
+   asked) the preprocessed training mentions, each pointing to the concept-ID tuples it stands for. Entries are
+   embedded once per encoder and saved beside it.
 3. **Search** (`search`): cosine similarity of each query to every entry; per query, the best entries.
 
 A saved retriever is one folder: the encoder and tokenizer (`save_pretrained`) and `index.json` +
@@ -19,11 +18,9 @@ A saved retriever is one folder: the encoder and tokenizer (`save_pretrained`) a
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +33,10 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from ehrbert.corpora.records import Mention, Vocabulary
 from ehrbert.launch import make_accelerator
 from ehrbert.models.encoding import encode_by_length
+from ehrbert.models.name_index import NameIndex
 from ehrbert.text import normalize
 
 log = logging.getLogger(__name__)
-
-INDEX_FORMAT = "ehrbert-name-index/1"
 
 
 @dataclass
@@ -196,72 +192,7 @@ def gather_with_grad(local: torch.Tensor, n: int, world: int) -> torch.Tensor:
     return torch.cat([block[: len(shard(n, world, rank))] for rank, block in enumerate(blocks)])
 
 
-# --- index -------------------------------------------------------------------------------------------
-
-
-class NameIndex:
-    """Entries (normalized names and training mentions) -> the concept-ID tuples each stands for."""
-
-    def __init__(self, entries: dict[str, list[tuple[str, ...]]], embeddings: np.ndarray | None = None):
-        self.texts = list(entries)
-        self.position = {text: i for i, text in enumerate(self.texts)}
-        self.concepts = [list(entries[t]) for t in self.texts]
-        self.embeddings = embeddings
-        if embeddings is not None and len(embeddings) != len(self.texts):
-            raise ValueError(f"{len(self.texts)} entries but {len(embeddings)} embeddings")
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def concept_ids(self) -> set[str]:
-        return {c for tuples in self.concepts for ids in tuples for c in ids}
-
-    @classmethod
-    def build(cls, vocabulary: Vocabulary, mentions: Sequence[Mention] = (), queries: Sequence[str] = ()) -> NameIndex:
-        """Every vocabulary name, then every training mention's query with its concept tuple.
-
-        An entry that stands for several tuples (a name two concepts share, a mention annotated two ways)
-        lists them most frequent in training first, then the concept whose preferred name it is, so its
-        first tuple is the one to answer with.
-        """
-        counts: dict[str, Counter] = {}
-        preferred: set[tuple[str, tuple[str, ...]]] = set()
-        for concept in vocabulary.concepts:
-            for name in concept.names:
-                text = normalize(name)
-                if text:
-                    counts.setdefault(text, Counter())[(concept.concept_id,)] += 0
-            preferred.add((normalize(concept.name), (concept.concept_id,)))
-        for mention, query in zip(mentions, queries):
-            ids = tuple(c for c in mention.concept_ids if c in vocabulary.index)
-            if query and ids:
-                counts.setdefault(query, Counter())[ids] += 1
-        order = lambda text, counter: sorted(counter, key=lambda ids: (-counter[ids], (text, ids) not in preferred))
-        return cls({text: order(text, counter) for text, counter in counts.items()})
-
-    def embed(self, model, tokenizer, config: RetrievalConfig) -> None:
-        started = time.perf_counter()
-        self.embeddings = embed(model, tokenizer, self.texts, config.max_length, config.embed_batch_size)
-        log.info("embedded %d index entries in %.0f s", len(self), time.perf_counter() - started)
-
-    def save(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        data = {
-            "format": INDEX_FORMAT,
-            "entries": [[t, [list(ids) for ids in c]] for t, c in zip(self.texts, self.concepts)],
-        }
-        (folder / "index.json").write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
-        np.save(folder / "index.npy", self.embeddings.astype(np.float16))  # half the bytes; cosine ranks unchanged
-
-    @classmethod
-    def load(cls, folder: str | Path) -> NameIndex:
-        folder = Path(folder)
-        data = json.loads((folder / "index.json").read_text(encoding="utf-8"))
-        if data.get("format") != INDEX_FORMAT:
-            raise ValueError(f"{folder / 'index.json'}: not a {INDEX_FORMAT} file (format {data.get('format')!r})")
-        entries = {text: [tuple(ids) for ids in concepts] for text, concepts in data["entries"]}
-        return cls(entries, np.load(folder / "index.npy").astype(np.float32))
+# --- search ------------------------------------------------------------------------------------------
 
 
 def search(
