@@ -48,3 +48,14 @@ def test_write_json_leaves_no_partial_file(tmp_path):
     with pytest.raises(TypeError):
         write_json(path, {"bad": object()})  # not JSON: the old file stays whole
     assert json.loads(path.read_text()) == {"f1": 0.5}
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # and no partial file is left beside it
+
+
+def test_a_vocabulary_that_cannot_be_written_leaves_nothing_behind(tmp_path):
+    from ehrbert.corpora.records import Concept, Vocabulary
+    from ehrbert.corpora.terminology import write_tsv
+
+    vocabulary = Vocabulary([Concept("C1", "fine"), Concept("C2", "a\tname with a tab")])
+    with pytest.raises(ValueError, match="concept C2"):  # found after C1 was written to the partial file
+        write_tsv(vocabulary, tmp_path / "vocabulary.tsv")
+    assert list(tmp_path.iterdir()) == []

@@ -78,11 +78,22 @@ def config_from(cls: type[Config], values: dict, key: str, source: str | Path = 
 
 def write_json(path: str | Path, data: Any) -> None:
     """`data` as indented JSON at `path` (folders made), through a temporary file: whole or not at all."""
+    with file_written_whole(path) as partial:
+        partial.write_text(json.dumps(data, indent=2) + "\n")
+
+
+@contextmanager
+def file_written_whole(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside `path` (folders made) to write into: it replaces `path` when the block ends, and is
+    deleted instead when the block raises, so that `path` is never left half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(partial, path)
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -43,6 +43,12 @@ from ehrbert.stage import config_from, folder_written_whole, section
 from ehrbert.text import find_abbreviations, preprocess_mention
 
 TASKS = ("ncbi", "cdr", "cadec")  # built in
+# the `add_data_arguments` flags each built-in task is read from (see load_task and task_inputs)
+BUILTIN_INPUTS = {
+    "ncbi": ("ncbi_dir", "ncbi_vocabulary"),
+    "cdr": ("cdr_dir", "cdr_vocabulary"),
+    "cadec": ("cadec_dir",),
+}
 SPLITS = ("train", "dev", "test")
 LEVELS = ("document", "mention")
 PREPARED_FILE = "task.json.gz"
@@ -240,8 +246,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def task_inputs(name: str, args: argparse.Namespace) -> list[Path]:
     """The files and folders task `name` is read from (see load_task)."""
     if name in TASKS:
-        keys = {"ncbi": ("ncbi_dir", "ncbi_vocabulary"), "cdr": ("cdr_dir", "cdr_vocabulary"), "cadec": ("cadec_dir",)}
-        return [getattr(args, key) for key in keys[name]]
+        return [getattr(args, key) for key in BUILTIN_INPUTS[name]]
     return [args.tasks_dir / name]
 
 
@@ -256,8 +261,7 @@ def load_task(name: str, args: argparse.Namespace, cadec_split: dict) -> Task:
                 f"in params.yaml under `tasks` and run `dvc repro prepare_task@{name}`"
             )
         return load_prepared(folder)
-    needed = {"ncbi": ("ncbi_dir", "ncbi_vocabulary"), "cdr": ("cdr_dir", "cdr_vocabulary"), "cadec": ("cadec_dir",)}
-    missing = [f"--{a.replace('_', '-')}" for a in needed[name] if getattr(args, a) is None]
+    missing = [f"--{a.replace('_', '-')}" for a in BUILTIN_INPUTS[name] if getattr(args, a) is None]
     if missing:
         raise SystemExit(f"task {name} needs {' and '.join(missing)}")
     if name == "cadec":

@@ -43,6 +43,7 @@ from ehrbert.corpora.records import (
     FormatError,
     Mention,
 )
+from ehrbert.stage import file_written_whole
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +141,8 @@ def write_bioc(documents: list[Document], path: Path, source: str = "", date: st
                 annotation.add_location(BioCLocation(start, end - start))
             out.passages[-1 if title and mention.start > len(title) else 0].add_annotation(annotation)
         collection.add_document(out)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("w", encoding="utf-8") as handle:
+    with file_written_whole(path) as partial, partial.open("w", encoding="utf-8") as handle:
         biocxml.dump(collection, handle)
-    partial.replace(path)
 
 
 def _brat_document(ann: Path, text: str) -> Document:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ehrbert.corpora.medic import read_biosyn_dictionary, read_medic
 from ehrbert.corpora.records import Concept, FormatError, Vocabulary
+from ehrbert.stage import file_written_whole
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,7 @@ def read_tsv(path: Path) -> list[Concept]:
 
 def write_tsv(vocabulary: Vocabulary, path: Path) -> None:
     """`vocabulary` as the ``tsv`` format (with its header), through a temporary file: whole or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("w", encoding="utf-8") as out:
+    with file_written_whole(path) as partial, partial.open("w", encoding="utf-8") as out:
         out.write("concept_id\tname\tsynonyms\talt_ids\n")
         for concept in vocabulary.concepts:
             fields = (concept.concept_id, concept.name, "|".join(concept.synonyms), "|".join(concept.alt_ids))
@@ -91,7 +89,6 @@ def write_tsv(vocabulary: Vocabulary, path: Path) -> None:
             ):
                 raise ValueError(f"concept {concept.concept_id}: a tab, newline or '|' inside a name or ID")
             out.write("\t".join(fields) + "\n")
-    partial.replace(path)
 
 
 def read_obo(path: Path) -> list[Concept]:
