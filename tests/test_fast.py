@@ -89,7 +89,9 @@ def test_options_are_checked():
     assert serving.fast_options({"weights": "int8"}, {"EHRBERT_INDEX": "exact"}) == FastOptions("int8", "exact")
 
 
-def test_a_registered_hybrid_serves_through_its_fast_form(tracking_store, tiny_hybrid, tiny_concepts, fast_folder):
+def test_a_registered_hybrid_serves_through_its_fast_form(
+    tracking_store, tiny_hybrid, tiny_normalizer, tiny_concepts, fast_folder
+):
     mlflow.set_experiment("fast")
     with mlflow.start_run() as run:
         mlflow.log_param("max_length", 24)
@@ -111,6 +113,11 @@ def test_a_registered_hybrid_serves_through_its_fast_form(tracking_store, tiny_h
     assert torch_model.predict(mentions).columns.tolist() == answers.columns.tolist()
     with pytest.raises(ValueError, match="runtime 'tensorflow'"):
         mlflow.pyfunc.load_model(uri, model_config={"runtime": "tensorflow"})
+    with mlflow.start_run():  # a version without the fast form runs in torch, and says so when asked for onnx
+        info = registry.log_normalizer(tiny_normalizer, tiny_concepts, max_length=16)
+    assert mlflow.pyfunc.load_model(info.model_uri).model_config["runtime"] == "torch"
+    with pytest.raises(ValueError, match="no fast form"):
+        mlflow.pyfunc.load_model(info.model_uri, model_config={"runtime": "onnx"})
 
     # the fast form loads without torch or transformers: that is what makes a server start in seconds
     code = (

@@ -1,6 +1,7 @@
 """The README's Layout section names every module of the package, and names no file that does not exist."""
 
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,3 +27,16 @@ def test_layout_top_level_entries_exist():
         entry = line.split(maxsplit=1)[0] if line and not line.startswith(" ") else None
         if entry:
             assert (ROOT / entry.rstrip("/")).exists(), f"README Layout names {entry}, which is not in the tree"
+
+
+def test_readme_shows_the_last_benchmark():
+    """`make bench` writes reports/benchmark.md and the same tables into the README's Speed section."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+    text = (ROOT / "README.md").read_text()
+    start, end = (text.index(marker) for marker in bench.README_MARKERS)
+    shown = text[start + len(bench.README_MARKERS[0]) : end]
+    assert shown == bench.readme_body((ROOT / "reports" / "benchmark.md").read_text())

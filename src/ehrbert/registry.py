@@ -77,6 +77,7 @@ def log_normalizer(
         artifacts = {"normalizer": str(model_dir), "concepts": str(concepts)}
         # named apart from the fine-tuning run's `batch_size`: MLflow logs these as an active run's params
         config = {"max_length": max_length, "predict_batch_size": batch_size, "variant": variant or ""}
+        config["runtime"] = "torch"  # a key of its own, so that a loader can ask for the other runtime
         if is_hybrid(model_dir):  # its fast form, served unless EHRBERT_RUNTIME=torch (ehrbert.models.fast)
             fast.build(model_dir, Path(folder) / "fast")
             artifacts["fast"] = str(Path(folder) / "fast")

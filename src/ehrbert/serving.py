@@ -332,7 +332,12 @@ class NormalizerModel(mlflow.pyfunc.PythonModel):
         runtime = os.environ.get(RUNTIME_ENV) or config.get("runtime") or "torch"
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime {runtime!r} ({RUNTIME_ENV} or the model config): expected one of {RUNTIMES}")
-        if is_hybrid(folder) and runtime == "onnx" and "fast" in context.artifacts:
+        if runtime == "onnx" and "fast" not in context.artifacts:
+            raise ValueError(
+                "runtime 'onnx': this version has no fast form (a paper classifier, or registered before the fast "
+                f"form existed): serve it with {RUNTIME_ENV}=torch, or register it again"
+            )
+        if runtime == "onnx":
             from ehrbert.models.fast import FastNormalizer
 
             options, variant = fast_options(config, os.environ), config.get("variant") or None

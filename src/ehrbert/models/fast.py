@@ -6,7 +6,8 @@ answers through the same decisions (`HybridNormalizer.candidates` and `decide`) 
 
 - **encoders**: the retrieval encoder (mean-pooled, unit length) and the classifier (softmax and its top k inside
   the graph) exported to ONNX and run by ONNX Runtime; optionally their dynamic int8 quantization (`weights`);
-- **index**: the name vectors in a faiss HNSW graph (inner product), or the exact product (`index: exact`);
+- **index**: the name vectors in a faiss HNSW graph (inner product), memory-mapped, or the exact product
+  (`index: exact`);
 - **tokenizers**: the `tokenizers` library on each encoder's `tokenizer.json`, as transformers' fast tokenizer.
 
 `build` makes the form from a saved hybrid folder (it needs torch; `ehrbert.registry` runs it when it registers
@@ -230,7 +231,8 @@ class FastNormalizer(HybridNormalizer):
             import faiss
 
             faiss.omp_set_num_threads(threads)
-            model.graph = faiss.read_index(str(fast_folder / GRAPH_FILE))
+            # memory-mapped in place: file pages, loaded as touched and shared by every worker on the machine
+            model.graph = faiss.read_index(str(fast_folder / GRAPH_FILE), faiss.IO_FLAG_MMAP_IFC)
             model.graph.hnsw.efSearch = options.ef_search
         return model
 
