@@ -62,7 +62,7 @@ TARGETS = {  # the performance issue's, on 2 cores
     "eight_clients_p99_ms": 50,
     "one_client_p50_ms": 10,
     "batch_mentions_per_s": 1500,
-    "share_of_ceiling": 0.5,
+    "share_of_ceiling_percent": 50,  # of the encoders-alone ceiling
     "rss_mb": 1024,
     "startup_to_ping_s": 5,
     "acc1_within": 0.002,
@@ -274,6 +274,28 @@ class Server:
         self.process.wait(timeout=30)
 
 
+class Echo(mlflow.pyfunc.PythonModel):
+    """A model that does nothing: one fixed answer a row. Served, it measures `mlflow models serve` itself."""
+
+    def predict(self, context, model_input, params=None):
+        return pd.DataFrame({"concept_id": ["D000001"] * len(model_input), "score": [1.0] * len(model_input)})
+
+
+def server_ceiling(mentions: list[str], seconds: float) -> dict:
+    """Start-up, 1 client and 8 clients of the model that does nothing (`Echo`), served the same way: what no served
+    model can beat on this machine."""
+    folder = Path(tempfile.mkdtemp(prefix="ehrbert-bench-echo-")) / "model"
+    mlflow.pyfunc.save_model(str(folder), python_model=Echo(), input_example=pd.DataFrame({"mention": ["a"]}))
+    server = Server(str(folder))
+    try:
+        one = load_clients(server.port, mentions, 1, seconds)
+        eight = load_clients(server.port, mentions, 8, seconds)
+    finally:
+        server.close()
+        shutil.rmtree(folder.parent, ignore_errors=True)
+    return {"startup_to_ping_s": round(server.startup_s, 2), "one_client": one, "eight_clients": eight}
+
+
 def served(model_uri: str, mentions: list[str], seconds: float, soak_seconds: float, window_ms: float) -> dict:
     """As registered: start-up, 1 and 8 clients, memory, soak; then 8 clients on 2 one-thread workers, and 8 with a
     micro-batching window."""
@@ -311,6 +333,7 @@ def served(model_uri: str, mentions: list[str], seconds: float, soak_seconds: fl
             server.close()
     results["two_workers"]["threads_each"] = 1
     results["window"]["window_ms"] = window_ms
+    results["ceiling"] = server_ceiling(mentions, seconds)
     return results
 
 
@@ -349,6 +372,14 @@ def markdown(results: dict) -> str:
         goal = t[key]
         return label, measured, f"{'<=' if at_most else '>='} {goal:,}{unit}", _met(value, goal, at_most)
 
+    c = s["ceiling"]
+    ceilings = {
+        "8 clients, requests/s": f"{c['eight_clients']['requests_per_s']} requests/s",
+        "8 clients, p99": f"{c['eight_clients']['p99_ms']} ms",
+        "1 client, p50": f"{c['one_client']['p50_ms']} ms",
+        "start-up to /ping": f"{c['startup_to_ping_s']} s",
+    }
+
     acc_change = max(abs(chosen["ncbi_acc1"] - base["ncbi_acc1"]), abs(chosen["cdr_acc1"] - base["cdr_acc1"]))
     rows = [
         target(
@@ -382,8 +413,9 @@ def markdown(results: dict) -> str:
         target(
             "share of the encoders-alone ceiling",
             f"{chosen['share_of_ceiling']:.0%} of {chosen['ceiling_mentions_per_s']:,.0f} mentions/s",
-            chosen["share_of_ceiling"],
-            "share_of_ceiling",
+            100 * chosen["share_of_ceiling"],
+            "share_of_ceiling_percent",
+            unit=" %",
         ),
         target(
             "server RSS",
@@ -417,9 +449,12 @@ def markdown(results: dict) -> str:
         f"## Served as registered ({results['served_option']}: `{json.dumps(registered)}`), micro-batching "
         + ("on" if results["microbatch"]["on"] else "off"),
         "",
-        "| what | measured | target | |",
-        "|---|---|---|---|",
-        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows),
+        "The ceiling of a served figure is the same server and clients with a model that does nothing (`Echo`); of "
+        "the batch, the encoders alone.",
+        "",
+        "| what | measured | target | | ceiling |",
+        "|---|---|---|---|---|",
+        *(f"| {a} | {b} | {c_} | {d} | {ceilings.get(a, '')} |" for a, b, c_, d in rows),
         "",
         "| 8 clients, other settings | requests/s | p50 / p99 | errors | RSS |",
         "|---|---|---|---|---|",

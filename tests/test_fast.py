@@ -49,8 +49,9 @@ def test_the_fast_form_computes_what_the_torch_form_computes(tiny_hybrid, fast_f
 
     # tokens: the tokenizers library on tokenizer.json, as transformers' fast tokenizer with the same settings
     expected = torch_form.tokenizer(texts, padding=True, truncation=True, max_length=torch_form.config.max_length)
-    tokens = [e.ids for e in fast.retriever.tokenizer.encode_batch(texts)]
-    assert tokens == expected["input_ids"]
+    tokens = fast.retriever.tokens(texts)
+    assert tokens["input_ids"].tolist() == expected["input_ids"]
+    assert tokens["attention_mask"].tolist() == expected["attention_mask"]
 
     # query vectors: the exported mean pooling, against torch in fp32
     batch = torch_form.tokenizer(texts, padding=True, truncation=True, max_length=24, return_tensors="pt")

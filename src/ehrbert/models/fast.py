@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ class FastOptions:
 
     weights: str = "fp32"  # int8 (both encoders) or int8-classifier: matrix products in int8 (dynamic quantization)
     index: str = "hnsw"  # "exact": the query against every name vector, as in torch
-    threads: int = 0  # ONNX Runtime threads a process; 0: every core (with N workers, cores / N each)
+    threads: int = 0  # ONNX Runtime threads a process (half to each encoder, at least one); 0: every core
     ef_search: int = 128  # HNSW candidates examined a query: recall against time
 
     def __post_init__(self):
@@ -151,8 +152,8 @@ class OnnxEncoder:
 
         self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length)
-        pad = _pad_token(tokenizer_dir)
-        self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id(pad), pad_token=pad)
+        self.tokenizer.no_padding()  # `run` pads each batch to its longest text
+        self.pad_id = self.tokenizer.token_to_id(_pad_token(tokenizer_dir))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -167,17 +168,24 @@ class OnnxEncoder:
         outputs: list[np.ndarray] | None = None
         for start in range(0, len(order), BATCH_SIZE):
             chunk = order[start : start + BATCH_SIZE]
-            encodings = self.tokenizer.encode_batch([texts[i] for i in chunk])
-            feed = {
-                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            }
-            results = self.session.run(None, feed)
+            results = self.session.run(None, self.tokens([texts[i] for i in chunk]))
             if outputs is None:
                 outputs = [np.empty((len(texts), *r.shape[1:]), dtype=r.dtype) for r in results]
             for output, result in zip(outputs, results):
                 output[chunk] = result
         return outputs or []
+
+    def tokens(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """input_ids and attention_mask of `texts`, padded to the longest, as transformers' tokenizer gives them.
+        One text at a time: `encode_batch` wakes a thread pool, which costs more than it saves on a small batch and
+        takes cores from the encoders under load."""
+        encodings = [self.tokenizer.encode(text) for text in texts]
+        ids = np.full((len(texts), max(len(e.ids) for e in encodings)), self.pad_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = encoding.ids
+            mask[row, : len(encoding.ids)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
 
 
 def _pad_token(tokenizer_dir: Path) -> str:
@@ -214,6 +222,8 @@ class FastNormalizer(HybridNormalizer):
         )
         model.options, model.top_k = options, data["retrieval"]["top_k"]
         threads = options.threads or os.cpu_count() or 1
+        # with a classifier, the two encoders run side by side (`encode`), each on half the threads
+        threads = max(1, threads // 2) if manifest["classifier"] else threads
         suffix = "-int8" if options.weights == "int8" else ""
         model.retriever = OnnxEncoder(
             fast_folder / f"retriever{suffix}.onnx", folder / "retriever", data["retrieval"]["max_length"], threads
@@ -226,6 +236,7 @@ class FastNormalizer(HybridNormalizer):
             )
             id2label = json.loads((folder / "classifier" / "config.json").read_text())["id2label"]
             model.labels = [id2label[str(i)] for i in range(len(id2label))]
+            model.side = ThreadPoolExecutor(1, thread_name_prefix="ehrbert-classifier")
         model.graph = None
         if options.index == "hnsw":
             import faiss
@@ -258,6 +269,14 @@ class FastNormalizer(HybridNormalizer):
                 hits = [(own, 1.0), *(hit for hit in hits if hit[0] != own)][:k]
             found[text] = hits
         return [found[t] for t in texts]
+
+    def encode(self, texts: list[str], queries: list[str]) -> tuple[list, list[dict[str, float]]]:
+        """`search` and `classify` side by side: ONNX Runtime leaves the GIL while it runs, so each encoder has
+        its share of the cores, and one mention waits for the slower encoder, not for both."""
+        if self.scorer is None:
+            return self.search(texts), []
+        classified = self.side.submit(self.classify, queries)
+        return self.search(texts), classified.result()
 
     def classify(self, queries: list[str]) -> list[dict[str, float]]:
         if self.scorer is None:

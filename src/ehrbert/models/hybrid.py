@@ -15,7 +15,8 @@ chosen on dev (`Settings`). `candidates` computes, once per list of queries, eve
 A saved normalizer is one folder that loads by itself: retriever/, classifier/ (if any), detector.json (if
 any) and hybrid.json, the settings of every variant (`VARIANTS`) the stage chose; `load` answers as one of
 them. The stage that trains it and chooses the settings is `ehrbert.hybrid`. The encoders' work is two methods,
-`search` and `classify`; the served fast form (`ehrbert.models.fast`) does the same work another way.
+`search` and `classify` (`encode` calls both); the served fast form (`ehrbert.models.fast`) does the same work
+another way.
 """
 
 from __future__ import annotations
@@ -146,10 +147,14 @@ class HybridNormalizer:
         )
         return [dict(zip(r, p)) for r, p in zip(ranked, probs)]
 
+    def encode(self, texts: list[str], queries: list[str]) -> tuple[list, list[dict[str, float]]]:
+        """`search(texts)` and `classify(queries)`: the work of the two encoders, one after the other here."""
+        return self.search(texts), self.classify(queries)
+
     def candidates(self, queries: list[str]) -> Candidates:
         parts = [split_coordination(q) for q in queries]
         flat = list(dict.fromkeys(p for ps in parts for p in ps))
-        hits = self.search(list(queries) + flat)
+        hits, probabilities = self.encode(list(queries) + flat, queries)
         part_best = {}
         for part, found in zip(flat, hits[len(queries) :]):
             position, cosine = found[0]
@@ -162,7 +167,7 @@ class HybridNormalizer:
                     concept_scores.setdefault(c, cosine)  # hits come best first
             scores.append(concept_scores)
             best.append(self.index.concepts[found[0][0]][0] if found else ())
-        return Candidates(scores, best, self.classify(queries), [[part_best[p] for p in ps] for ps in parts])
+        return Candidates(scores, best, probabilities, [[part_best[p] for p in ps] for ps in parts])
 
     def predict(self, queries: list[str]) -> list[Answer]:
         return decide(self.candidates(queries), self.settings)
