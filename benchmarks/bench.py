@@ -11,8 +11,9 @@ What it measures (each timing the median of `--repeats` runs, on this machine's 
 - served as registered (its model config, or the EHRBERT_* environment): `mlflow models serve` on 127.0.0.1,
   start-up to /ping, then one client and 8 concurrent clients, one mention a request, each client on one
   keep-alive connection, for `--seconds` each: requests/s, p50 and p99 latency, errors; server memory (RSS of its
-  process tree) before and after; then 8 clients on 2 server workers of one thread each, and 8 clients with a
-  micro-batching window (`--window-ms`);
+  process tree) before and after; then 8 clients on 2 server workers of one thread each, with a micro-batching
+  window (`--window-ms`) and without micro-batching; and the same for a model that does nothing (`Echo`): the
+  ceiling of every served figure on this machine;
 - soak: 8 clients for `--soak-seconds`: errors and RSS growth.
 
 It writes the JSON and a Markdown table beside it (`reports/benchmark.md`). It is not a test: nothing here
@@ -297,8 +298,8 @@ def server_ceiling(mentions: list[str], seconds: float) -> dict:
 
 
 def served(model_uri: str, mentions: list[str], seconds: float, soak_seconds: float, window_ms: float) -> dict:
-    """As registered: start-up, 1 and 8 clients, memory, soak; then 8 clients on 2 one-thread workers, and 8 with a
-    micro-batching window."""
+    """As registered: start-up, 1 and 8 clients, memory, soak; then 8 clients on 2 one-thread workers, with a
+    micro-batching window and without micro-batching; then the ceiling (`server_ceiling`)."""
     server = Server(model_uri)
     try:
         rss_before = server.rss()
@@ -325,6 +326,7 @@ def served(model_uri: str, mentions: list[str], seconds: float, soak_seconds: fl
     for key, workers, env in (
         ("two_workers", 2, {FAST_OPTION_ENVS["threads"]: "1"}),
         ("window", 1, {BATCH_WAIT_ENV: f"{window_ms:g}"}),
+        ("no_microbatch", 1, {MICROBATCH_ENV: "0"}),
     ):
         server = Server(model_uri, workers, env)
         try:
@@ -443,7 +445,7 @@ def markdown(results: dict) -> str:
             _met(-soak["errors"], 0),
         ),
     ]
-    w, m = s["two_workers"], s["window"]
+    w, m, off = s["two_workers"], s["window"], s["no_microbatch"]
     lines += [
         "",
         f"## Served as registered ({results['served_option']}: `{json.dumps(registered)}`), micro-batching "
@@ -462,6 +464,8 @@ def markdown(results: dict) -> str:
         f"{w['errors']} | {w['rss_mb']} MB |",
         f"| micro-batching window {m['window_ms']:g} ms | {m['requests_per_s']} | {m['p50_ms']} / {m['p99_ms']} ms | "
         f"{m['errors']} | {m['rss_mb']} MB |",
+        f"| micro-batching off | {off['requests_per_s']} | {off['p50_ms']} / {off['p99_ms']} ms | {off['errors']} | "
+        f"{off['rss_mb']} MB |",
     ]
     return "\n".join(lines) + "\n"
 
