@@ -76,8 +76,13 @@ def log_normalizer(
         write_concepts({c: concept_names.get(c, "") for c in sorted(labels)}, concepts)
         artifacts = {"normalizer": str(model_dir), "concepts": str(concepts)}
         # named apart from the fine-tuning run's `batch_size`: MLflow logs these as an active run's params
-        config = {"max_length": max_length, "predict_batch_size": batch_size, "variant": variant or ""}
-        config["runtime"] = "torch"  # a key of its own, so that a loader can ask for the other runtime
+        # `runtime` a key of its own in every version, so that a loader can ask for the other runtime
+        config = {
+            "max_length": max_length,
+            "predict_batch_size": batch_size,
+            "variant": variant or "",
+            "runtime": "torch",
+        }
         if is_hybrid(model_dir):  # its fast form, served unless EHRBERT_RUNTIME=torch (ehrbert.models.fast)
             fast.build(model_dir, Path(folder) / "fast")
             artifacts["fast"] = str(Path(folder) / "fast")

@@ -220,7 +220,7 @@ class FastNormalizer(HybridNormalizer):
             detector=load_detector(folder),
             variants=variants,
         )
-        model.options, model.top_k = options, data["retrieval"]["top_k"]
+        model.top_k = data["retrieval"]["top_k"]
         threads = options.threads or os.cpu_count() or 1
         # with a classifier, the two encoders run side by side (`encode`), each on half the threads
         threads = max(1, threads // 2) if manifest["classifier"] else threads

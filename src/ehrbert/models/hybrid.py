@@ -124,7 +124,7 @@ class HybridNormalizer:
     @staticmethod
     def concept_ids_in(folder: str | Path) -> set[str]:
         """The concept IDs a saved normalizer can answer with (read from its index, no weights loaded)."""
-        return NameIndex.load(Path(folder) / "retriever").concept_ids()
+        return NameIndex.load(Path(folder) / "retriever", vectors=False).concept_ids()
 
     def search(self, texts: list[str]) -> list[list[tuple[int, float]]]:
         """Per text, the `top_k` best (index position, cosine) pairs, best first (`retrieval.search`)."""
