@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ehrbert import finetune, hybrid, registry, serving
+from ehrbert import finetune, hybrid, registry, rerank, serving
 from ehrbert.composite import split_coordination
 from ehrbert.corpora.records import COMPOSITE, Concept, Mention, Vocabulary
 from ehrbert.models import retrieval
@@ -269,6 +269,61 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(
     pd.testing.assert_frame_equal(
         served_retrieval.predict(frame), serving.normalize_mentions(retrieval_only, None, names, frame)
     )
+
+    # the second stage (ehrbert.rerank) on the hybrid's folder: trained on its dev candidates, chosen on dev, one
+    # run; its folder answers as hybrid_rerank by default and as every earlier variant too
+    rerank.main(
+        argv(
+            corpus="ncbi",
+            seed="1",
+            params="params.yaml",
+            hybrid="out",
+            hybrid_run_record="run.json",
+            out_dir="second",
+            metrics="second.json",
+            run_record="second-run.json",
+            **ncbi_data,
+        )
+    )
+    second = json.loads((tmp_path / "second.json").read_text())["hybrid_rerank"]
+    assert second["rerank_used"] and second["dev_fixed"] > second["dev_broken"] and second["dev_p_value"] < 0.05
+    assert second["test"]["acc1"] > final["acc1"]  # a random tiny encoder leaves much to the lexical features
+    runs = mlflow.search_runs(experiment_names=["finetune-ncbi"]).set_index("tags.model")
+    assert runs.loc["hybrid_rerank", "tags.first_stage_run"] == runs.loc["hybrid_no_concept", "run_id"]
+    assert runs.loc["hybrid_rerank", "params.rerank_used"] == "True"
+    assert json.loads((tmp_path / "second-run.json").read_text())["model_dir"] == "second/model"
+    reranked = HybridNormalizer.load(tmp_path / "second" / "model")
+    assert reranked.rerank and HybridNormalizer.variants_in(tmp_path / "second" / "model")[-1] == "hybrid_rerank"
+    assert not HybridNormalizer.load(tmp_path / "second" / "model", "hybrid_no_concept").rerank
+
+    # a test mention the first stage answers wrong and the reranker right, served as each (the first stage as it
+    # answers from the saved folder: its fp16 index may flip a tiny encoder's near-ties against the stage's run)
+    fixed = pd.read_csv(
+        tmp_path / "second" / "hybrid_rerank_test_predictions.tsv", sep="\t", dtype=str, keep_default_na=False
+    )
+    first = HybridNormalizer.load(tmp_path / "second" / "model", "hybrid_no_concept").predict(fixed["query"].tolist())
+    expected = {
+        "hybrid_rerank": fixed["predicted"].tolist(),
+        "hybrid_no_concept": ["|".join(a.concept_ids) for a in first],
+    }
+    gold = fixed["gold"].str.split("|")
+    row = next(
+        i
+        for i in range(len(fixed))
+        if expected["hybrid_no_concept"][i] not in gold[i] and expected["hybrid_rerank"][i] in gold[i]
+    )
+    monkeypatch.setenv("EHRBERT_INDEX", "exact")  # the fast form's exact product: the stage's candidates, not HNSW's
+    for variant in ("hybrid_rerank", "hybrid_no_concept"):
+        registry.register_champion(
+            runs.loc[variant, "run_id"],
+            f"ehrbert-ncbi-{variant}",
+            tmp_path / "second" / "model",
+            lambda: names,
+            variant=variant,
+        )
+        served = mlflow.pyfunc.load_model(f"models:/ehrbert-ncbi-{variant}@champion")  # the fast form
+        answer = served.predict(pd.DataFrame({"mention": [fixed.loc[row, "query"]]}))
+        assert answer.loc[0, "concept_ids"] == expected[variant][row], variant
 
 
 def test_variant_labels_name_only_the_components_switched_on():

@@ -74,6 +74,7 @@ def _tiny_params(tiny_bert: Path) -> dict:
     params["hybrid"].update(corpora=["ncbi", "ncbi_bioc"], seeds=[1])
     params["hybrid"]["config"].update(encoder=str(tiny_bert), classifier_weights=[0.0, 0.5])
     params["hybrid"]["config"]["retrieval"].update(steps=2, batch_size=8, embed_batch_size=256)
+    params["rerank"].update(corpora=["ncbi", "ncbi_bioc"], seeds=[1])
     params["compare"].update(corpora=["ncbi", "ncbi_bioc"])
     params["vocabulary_only"]["encoder"] = str(tiny_bert)
     params["vocabulary_only"]["retrieval"].update(steps=2, batch_size=8, embed_batch_size=256)
@@ -191,7 +192,7 @@ def test_a_task_declared_only_in_params_is_trained_compared_and_registered(proje
     assert "Running stage 'prepare_task@ncbi_bioc'" in project["repro"].stdout
     prepared = json.loads((work / "metrics" / "tasks" / "ncbi_bioc.json").read_text())
     assert prepared["test_documents"] >= KEEP_DOCS["test"] and prepared["level"] == "document"
-    for metrics in ("finetune/base-{}-s1.json", "hybrid/{}-s1.json"):
+    for metrics in ("finetune/base-{}-s1.json", "hybrid/{}-s1.json", "rerank/{}-s1.json"):
         builtin, declared = ((work / "metrics" / metrics.format(task)).read_text() for task in ("ncbi", "ncbi_bioc"))
         assert json.loads(declared) == json.loads(builtin), metrics
     for model in ("base-{}-s1/model/model.safetensors", "base-{}-s1/test_predictions.tsv"):
@@ -296,7 +297,7 @@ def test_a_clone_pulls_every_model_and_reruns_nothing(project):
     served = hybrid.HybridNormalizer.load(clone / "outputs" / "hybrid" / "ncbi-s1" / "model")
     assert served.predict(["copper toxicosis"])[0].ranked
     metrics = json.loads((clone / "metrics" / "compare.json").read_text())
-    assert metrics["ncbi"]["champion"]["model"] in hybrid.VARIANTS
+    assert metrics["ncbi"]["champion"]["model"] in (*hybrid.VARIANTS, "hybrid_rerank")
     assert not re.search(r"seconds", (clone / "metrics" / "finetune" / "base-ncbi-s1.json").read_text())
 
 

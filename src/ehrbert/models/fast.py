@@ -220,6 +220,7 @@ class FastNormalizer(HybridNormalizer):
             detector=load_detector(folder),
             variants=variants,
         )
+        model.load_reranker(folder, data, variant)
         model.top_k = data["retrieval"]["top_k"]
         threads = options.threads or os.cpu_count() or 1
         # with a classifier, the two encoders run side by side (`encode`), each on half the threads

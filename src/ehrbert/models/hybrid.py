@@ -10,18 +10,21 @@ chosen on dev (`Settings`). `candidates` computes, once per list of queries, eve
 - **composite**: the best entry's concept tuple when it has several concepts (a composite training mention),
   else, for a coordinated query, the best concepts of its parts when every part's cosine reaches
   `composite_threshold`;
-- **no concept**: an empty answer when the best score is below `no_concept_threshold`.
+- **no concept**: an empty answer when the best score is below `no_concept_threshold`;
+- **rerank** (variants listed as reranked): the second stage (`ehrbert.models.rerank`) reorders the first
+  candidates and may change a single-concept answer.
 
 A saved normalizer is one folder that loads by itself: retriever/, classifier/ (if any), detector.json (if
-any) and hybrid.json, the settings of every variant (`VARIANTS`) the stage chose; `load` answers as one of
-them. The stage that trains it and chooses the settings is `ehrbert.hybrid`. The encoders' work is two methods,
-`search` and `classify` (`encode` calls both); the served fast form (`ehrbert.models.fast`) does the same work
-another way.
+any), reranker/ (if any) and hybrid.json, the settings of every variant (`VARIANTS`) the stages chose and the
+variants that rerank; `load` answers as one of them. The stage that trains it and chooses the settings is
+`ehrbert.hybrid` (`ehrbert.rerank` adds the reranker). The encoders' work is two methods, `search` and `classify`
+(`encode` calls both); the served fast form (`ehrbert.models.fast`) does the same work another way.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,14 +35,17 @@ from ehrbert.models.name_index import NameIndex
 from ehrbert.text import find_abbreviations, preprocess_mention
 
 if TYPE_CHECKING:
+    from ehrbert.models.rerank import Reranker
     from ehrbert.models.retrieval import RetrievalConfig
 
 # The encoders run in torch (`ehrbert.models.retrieval`, `ehrbert.models.classifier`), imported where they run: the
 # served fast form (`ehrbert.models.fast`) answers through this class's decisions without importing torch at all.
 
 SETTINGS_FILE = "hybrid.json"
+RERANKER_DIR = "reranker"
 FORMAT = "ehrbert-hybrid/2"  # /2: the settings of every variant, one of them the default
-VARIANTS = ("retrieval", "hybrid", "hybrid_composite", "hybrid_no_concept")  # cumulative: each adds a component
+# the first stage's, cumulative: each adds a component (the second stage, `ehrbert.rerank`, adds hybrid_rerank)
+VARIANTS = ("retrieval", "hybrid", "hybrid_composite", "hybrid_no_concept")
 
 
 @dataclass
@@ -113,6 +119,8 @@ class HybridNormalizer:
         settings: Settings | None = None,
         detector: LexiconDetector | None = None,
         variants: dict[str, Settings] | None = None,
+        reranker: Reranker | None = None,
+        reranked: Sequence[str] = (),
     ):
         self.encoder, self.tokenizer, self.index, self.config = encoder, tokenizer, index, config
         self.classifier, self.classifier_tokenizer = classifier, classifier_tokenizer
@@ -120,6 +128,8 @@ class HybridNormalizer:
         self.settings = settings or Settings()
         self.detector = detector
         self.variants = dict(variants or {})  # variant name -> its dev-chosen settings (saved with the model)
+        self.reranker, self.reranked = reranker, list(reranked)  # the second stage; the variants that use it
+        self.rerank = False  # whether `predict` reranks: the loaded variant is one of `reranked`
 
     @staticmethod
     def concept_ids_in(folder: str | Path) -> set[str]:
@@ -170,7 +180,11 @@ class HybridNormalizer:
         return Candidates(scores, best, probabilities, [[part_best[p] for p in ps] for ps in parts])
 
     def predict(self, queries: list[str]) -> list[Answer]:
-        return decide(self.candidates(queries), self.settings)
+        candidates = self.candidates(queries)
+        if not self.rerank:
+            return decide(candidates, self.settings)
+        answers = decide(candidates, self.settings, k=max(5, self.reranker.config.candidates))
+        return self.reranker.rerank(queries, answers, candidates)
 
     def annotate(self, texts: list[str]) -> list[list[tuple[int, int, str, Answer]]]:
         """Per raw text, (start, end, mention text, answer) of each mention the detector finds in it; the
@@ -199,6 +213,12 @@ class HybridNormalizer:
             self.classifier_tokenizer.save_pretrained(str(folder / "classifier"))
         if self.detector is not None:
             self.detector.save(folder / "detector.json")
+        if self.reranker is not None:
+            self.reranker.save(folder / RERANKER_DIR)
+        self.save_settings(folder, default_variant)
+
+    def save_settings(self, folder: str | Path, default_variant: str | None = None) -> None:
+        """hybrid.json alone: the settings of every variant, the default one and the variants that rerank."""
         variants = self.variants or {"default": self.settings}
         default_variant = default_variant or next(reversed(variants))
         settings = {
@@ -209,7 +229,9 @@ class HybridNormalizer:
             "classifier_max_length": self.classifier_max_length,
             "classifier_top_k": self.classifier_top_k,
         }
-        (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        if self.reranked:
+            settings["reranked"] = self.reranked
+        (Path(folder) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path, variant: str | None = None) -> HybridNormalizer:
@@ -223,7 +245,7 @@ class HybridNormalizer:
         classifier = classifier_tokenizer = None
         if (folder / "classifier").is_dir():
             classifier, classifier_tokenizer = classifier_model.load(folder / "classifier")
-        return cls(
+        model = cls(
             encoder,
             tokenizer,
             index,
@@ -236,6 +258,17 @@ class HybridNormalizer:
             load_detector(folder),
             variants,
         )
+        model.load_reranker(folder, data, variant)
+        return model
+
+    def load_reranker(self, folder: str | Path, data: dict, variant: str) -> None:
+        """The saved second stage, if `variant` reranks (hybrid.json's `data` lists it)."""
+        self.reranked = list(data.get("reranked", []))
+        self.rerank = variant in self.reranked
+        if self.rerank:
+            from ehrbert.models.rerank import Reranker
+
+            self.reranker = Reranker.load(Path(folder) / RERANKER_DIR)
 
     @staticmethod
     def variants_in(folder: str | Path) -> list[str]:

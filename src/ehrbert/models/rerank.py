@@ -1,0 +1,318 @@
+"""The second stage: a learned reranker over the hybrid normalizer's top candidates.
+
+The first stage (`ehrbert.models.hybrid`) scores a concept as ``cosine + w * probability``: one weight, the
+same for every mention. It cannot learn the corpus's conventions, for example that a mention whose exact text
+the training split annotates one way should be answered that way, or that a candidate one of whose names is
+inside the mention ("familial *melanoma*" -> Melanoma) is more often right than a longer name that matches
+more words. The reranker reads the mention and each of its first `candidates` candidates together and
+scores the pair with a gradient-boosted tree model (scikit-learn's `HistGradientBoostingClassifier`) over
+`FEATURES`:
+
+- the first stage's view: the combined score, its parts (retrieval cosine, classifier probability), the
+  candidate's ranks, its gap to the best candidate, the mention's top-2 margin;
+- the candidate's training evidence: how many training mentions it has, and what share of the training
+  mentions with exactly this query text it annotates;
+- the mention against the candidate's names and its training mentions: exact name, character 2-4-gram
+  TF-IDF cosine (best name, best training mention), word coverage both ways, a name inside the mention.
+
+It is trained on the first stage's candidates for the dev split: mentions that neither the encoders nor the
+index saw, the candidates the first stage really produces at test time (the training split's candidates are
+no stand-in: every training mention is an index entry and the classifier has learned it). The stage that
+trains it and decides on dev whether to use it is `ehrbert.rerank`.
+
+The reranker changes the order of the candidates and the single-concept answer, not whether a mention gets
+a composite or no-concept answer (those stay the first stage's decisions). A reranked answer's scores are the
+reranker's probabilities that each candidate is right.
+
+Saved as a folder: `reranker.json` (format, config, the training evidence and each concept's names and
+training mentions as rows of the TF-IDF matrix, the scikit-learn version), `tfidf.npz` (that matrix) and
+`model.skops` (the fitted vectorizer and tree model in skops' format, which loads only the types it is told
+to trust, `TRUSTED`: no pickle, no code run at load).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ehrbert.corpora.records import Mention, Vocabulary
+from ehrbert.text import normalize
+
+if TYPE_CHECKING:
+    from ehrbert.models.hybrid import Answer, Candidates
+
+FORMAT = "ehrbert-reranker/1"
+FEATURES = (
+    "score",  # the first stage's combined score
+    "cosine",  # retrieval cosine of the candidate's best entry (-1: not among the retrieval's top-k)
+    "probability",  # classifier probability (0: not among the classifier's top-k)
+    "rank",  # first-stage rank, 0 = best
+    "gap",  # best combined score - this one
+    "margin",  # the mention's top-2 margin
+    "cosine_rank",
+    "probability_rank",
+    "training_mentions",  # log(1 + training mentions annotated with the candidate)
+    "query_share",  # share of the training mentions with this exact query that the candidate annotates; -1: none
+    "exact_name",  # the query is one of the candidate's names
+    "name_similarity",  # best character 2-4-gram TF-IDF cosine with a name
+    "mention_similarity",  # the same with a training mention (0: none)
+    "name_coverage",  # best share of a name's words found in the query
+    "query_coverage",  # best share of the query's words found in a name
+    "name_inside",  # a name occurs in the query as whole words
+    "length",  # words in the query
+)
+ABSENT_RANK = 99
+MODEL_FILE = "model.skops"
+# the one type in model.skops outside skops' default trust (numpy, scipy and scikit-learn estimators)
+TRUSTED = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+
+
+@dataclass
+class RerankConfig:
+    candidates: int = 10  # the first stage's top candidates reranked
+    folds: int = 5  # document-grouped folds of dev for the cross-validated choice
+    significance: float = 0.05  # used only when its dev gain has a McNemar P below this (`ehrbert.rerank`)
+    max_iter: int = 200
+    learning_rate: float = 0.05
+    max_leaf_nodes: int = 15
+    min_samples_leaf: int = 20
+    l2_regularization: float = 1.0
+
+
+class Reranker:
+    """Features of (mention, candidate) pairs and the tree model that scores them."""
+
+    def __init__(
+        self,
+        config: RerankConfig,
+        texts: list[str],
+        names: dict[str, list[int]],
+        mentions: dict[str, list[int]],
+        mention_counts: dict[str, int],
+        query_counts: dict[str, dict[str, int]],
+        vectorizer,
+        vectors,
+        model=None,
+    ):
+        self.config = config
+        self.texts = texts  # every name and training query, once; rows of `vectors`
+        self.names, self.mentions = names, mentions  # concept -> rows of its names / of its training mentions
+        self.mention_counts, self.query_counts = mention_counts, query_counts
+        self.vectorizer, self.vectors, self.model = vectorizer, vectors, model
+        self._words = [set(t.split()) for t in texts]
+
+    @classmethod
+    def build(
+        cls, config: RerankConfig, vocabulary: Vocabulary, mentions: Sequence[Mention], queries: Sequence[str]
+    ) -> Reranker:
+        """The features' evidence from the vocabulary and the training split (no model yet: `fit`)."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        row: dict[str, int] = {}
+        names: dict[str, list[int]] = defaultdict(list)
+        training: dict[str, list[int]] = defaultdict(list)
+        for concept in vocabulary.concepts:
+            for name in dict.fromkeys(normalize(n) for n in concept.names):
+                if name:
+                    names[concept.concept_id].append(row.setdefault(name, len(row)))
+        counts: Counter = Counter()
+        query_counts: dict[str, Counter] = defaultdict(Counter)
+        for mention, query in zip(mentions, queries):
+            for concept in mention.concept_ids:
+                counts[concept] += 1
+                query_counts[query][concept] += 1
+                position = row.setdefault(query, len(row))
+                if position not in training[concept]:
+                    training[concept].append(position)
+        texts = list(row)
+        vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, dtype=np.float32)
+        vectors = vectorizer.fit_transform(texts).tocsr()
+        return cls(
+            config,
+            texts,
+            dict(names),
+            dict(training),
+            dict(counts),
+            {q: dict(c) for q, c in query_counts.items()},
+            vectorizer,
+            vectors,
+        )
+
+    # --- features ------------------------------------------------------------------------------------
+
+    def features(
+        self, queries: Sequence[str], answers: Sequence[Answer], candidates: Candidates
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(one row of FEATURES per (mention, candidate) pair, the mention index of each row); the candidates
+        are each answer's first `config.candidates`, in first-stage order."""
+        rows, owners = [], []
+        query_vectors = self.vectorizer.transform(list(queries)).tocsr()
+        for i, (query, answer) in enumerate(zip(queries, answers)):
+            ranked = answer.ranked[: self.config.candidates]
+            if not ranked:
+                continue
+            cosine = candidates.retrieval[i]
+            probability = candidates.classifier[i] if candidates.classifier else {}
+            cosine_rank = {c: r for r, c in enumerate(sorted(cosine, key=lambda c: -cosine[c]))}
+            probability_rank = {c: r for r, c in enumerate(sorted(probability, key=lambda c: -probability[c]))}
+            scores = answer.scores
+            margin = scores[0] - scores[1] if len(scores) > 1 else 1.0
+            words = set(query.split())
+            padded = f" {query} "
+            shares = self.query_counts.get(query, {})
+            total = sum(shares.values())
+            name_rows = [self.names.get(c, []) for c in ranked]
+            mention_rows = [self.mentions.get(c, []) for c in ranked]
+            similarity = self._similarities(query_vectors[i], name_rows + mention_rows)
+            for r, concept in enumerate(ranked):
+                own_names = [self.texts[j] for j in name_rows[r]]
+                coverage = [len(words & self._words[j]) for j in name_rows[r]]
+                rows.append(
+                    [
+                        scores[r],
+                        cosine.get(concept, -1.0),
+                        probability.get(concept, 0.0),
+                        r,
+                        scores[0] - scores[r],
+                        margin,
+                        cosine_rank.get(concept, ABSENT_RANK),
+                        probability_rank.get(concept, ABSENT_RANK),
+                        math.log1p(self.mention_counts.get(concept, 0)),
+                        shares.get(concept, 0) / total if total else -1.0,
+                        float(query in own_names),
+                        similarity[r],
+                        similarity[len(ranked) + r],
+                        max((n / len(self._words[j]) for n, j in zip(coverage, name_rows[r])), default=0.0),
+                        max(coverage, default=0) / max(1, len(words)),
+                        float(any(f" {name} " in padded for name in own_names)),
+                        len(words),
+                    ]
+                )
+                owners.append(i)
+        return np.asarray(rows, dtype=np.float64).reshape(-1, len(FEATURES)), np.asarray(owners, dtype=np.int64)
+
+    def _similarities(self, query_vector, groups: list[list[int]]) -> list[float]:
+        """The best cosine between the query's TF-IDF vector and the rows of each group (0 for an empty group)."""
+        flat = [j for group in groups for j in group]
+        if not flat:
+            return [0.0] * len(groups)
+        cosines = (self.vectors[flat] @ query_vector.T).toarray().ravel()
+        out, start = [], 0
+        for group in groups:
+            out.append(float(cosines[start : start + len(group)].max()) if group else 0.0)
+            start += len(group)
+        return out
+
+    @staticmethod
+    def labels(answers: Sequence[Answer], owners: np.ndarray, gold: Sequence[Mention], k: int) -> np.ndarray:
+        """1 for a pair whose candidate is one of its mention's gold concepts, else 0."""
+        candidates = [c for i in dict.fromkeys(owners.tolist()) for c in answers[i].ranked[:k]]
+        return np.asarray([int(c in gold[i].concept_ids) for c, i in zip(candidates, owners)], dtype=np.int64)
+
+    # --- the model -----------------------------------------------------------------------------------
+
+    def new_model(self, seed: int):
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        c = self.config
+        return HistGradientBoostingClassifier(
+            max_iter=c.max_iter,
+            learning_rate=c.learning_rate,
+            max_leaf_nodes=c.max_leaf_nodes,
+            min_samples_leaf=c.min_samples_leaf,
+            l2_regularization=c.l2_regularization,
+            random_state=seed,
+        )
+
+    def fit(self, features: np.ndarray, labels: np.ndarray, seed: int) -> Reranker:
+        self.model = self.new_model(seed).fit(features, labels)
+        return self
+
+    def rerank(self, queries: Sequence[str], answers: list[Answer], candidates: Candidates) -> list[Answer]:
+        """The answers with their first `config.candidates` candidates in the reranker's order."""
+        features, owners = self.features(queries, answers, candidates)
+        probabilities = self.model.predict_proba(features)[:, 1] if len(features) else np.zeros(0)
+        return reorder(answers, owners, probabilities, self.config.candidates)
+
+    # --- files ---------------------------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> None:
+        import sklearn
+        import skops.io
+        from scipy import sparse
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {
+            "format": FORMAT,
+            "config": asdict(self.config),
+            "features": list(FEATURES),
+            "sklearn": sklearn.__version__,
+            "texts": self.texts,
+            "names": self.names,
+            "mentions": self.mentions,
+            "mention_counts": self.mention_counts,
+            "query_counts": self.query_counts,
+        }
+        (folder / "reranker.json").write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+        sparse.save_npz(folder / "tfidf.npz", self.vectors)
+        skops.io.dump({"vectorizer": self.vectorizer, "model": self.model}, folder / MODEL_FILE)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Reranker:
+        import sklearn
+        import skops.io
+        from scipy import sparse
+
+        folder = Path(folder)
+        path = folder / "reranker.json"
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a {FORMAT} file (format {data.get('format')!r})")
+        if data["sklearn"] != sklearn.__version__:
+            raise ValueError(
+                f"{path}: written with scikit-learn {data['sklearn']}, this environment has {sklearn.__version__}: "
+                "install the locked version or retrain the reranker (dvc repro rerank)"
+            )
+        try:
+            fitted = skops.io.load(folder / MODEL_FILE, trusted=TRUSTED)
+        except skops.io.exceptions.UntrustedTypesFoundException as error:
+            raise ValueError(f"{folder / MODEL_FILE}: holds types this reranker does not load: {error}") from None
+        return cls(
+            RerankConfig(**data["config"]),
+            data["texts"],
+            data["names"],
+            data["mentions"],
+            data["mention_counts"],
+            data["query_counts"],
+            fitted["vectorizer"],
+            sparse.load_npz(folder / "tfidf.npz").tocsr(),
+            fitted["model"],
+        )
+
+
+def reorder(answers: list[Answer], owners: np.ndarray, probabilities: np.ndarray, k: int) -> list[Answer]:
+    """Each answer with its first `k` candidates sorted by `probabilities` (rows grouped by `owners`, in
+    candidate order); a single-concept answer becomes the new best candidate, a composite or empty one stays."""
+    from ehrbert.models.hybrid import Answer
+
+    out = list(answers)
+    by_mention: dict[int, list[float]] = defaultdict(list)
+    for owner, p in zip(owners.tolist(), probabilities.tolist()):
+        by_mention[owner].append(p)
+    for i, scores in by_mention.items():
+        answer = answers[i]
+        order = sorted(range(len(scores)), key=lambda r: -scores[r])  # stable: ties keep the first stage's order
+        ranked = [answer.ranked[r] for r in order]
+        ids = answer.concept_ids
+        if len(ids) == 1 and ids[0] == answer.ranked[0]:
+            ids = (ranked[0],)
+        out[i] = Answer(ranked, [scores[r] for r in order], ids)
+    return out

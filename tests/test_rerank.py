@@ -1,0 +1,133 @@
+"""The second stage: the reranker's features, what it learns from dev candidates, its files and its rule of use.
+
+The stage itself (`ehrbert.rerank` on NCBI disease with a tiny random encoder, registered and served) runs in
+tests/test_hybrid.py, after the hybrid stage it reads.
+"""
+
+import numpy as np
+import pytest
+
+from ehrbert.corpora.records import COMPOSITE, Concept, Mention, Vocabulary
+from ehrbert.models.hybrid import Answer, Candidates, Settings, decide
+from ehrbert.models.rerank import FEATURES, RerankConfig, Reranker, reorder
+from ehrbert.rerank import flips
+
+CONFIG = RerankConfig(candidates=3, max_iter=50, min_samples_leaf=2)
+N = 40  # conditions; each has a short name and a longer "familial ... syndrome" one
+
+
+def _vocabulary() -> Vocabulary:
+    concepts = []
+    for i in range(N):
+        concepts += [Concept(f"S{i}", f"cond{i}"), Concept(f"L{i}", f"familial cond{i} syndrome")]
+    return Vocabulary(concepts)
+
+
+def _case(i: int, query: str, gold: str, long_first: bool = True):
+    """A mention whose first stage ranks the long name above the short one (or the other way round)."""
+    order = [f"L{i}", f"S{i}"] if long_first else [f"S{i}", f"L{i}"]
+    retrieval = {order[0]: 0.9, order[1]: 0.85, f"S{(i + 1) % N}": 0.5}
+    mention = Mention(f"doc{i % 8}", ((0, len(query)),), query, (gold,))
+    return mention, query, retrieval
+
+
+def _split(cases):
+    mentions, queries, retrieved = zip(*cases)
+    candidates = Candidates(list(retrieved), [(max(r, key=r.get),) for r in retrieved], [], [[] for _ in cases])
+    return list(mentions), list(queries), candidates
+
+
+def _dev_and_test():
+    """The corpus's convention: "familial condN" is annotated as condN, not as the familial syndrome the first
+    stage prefers; the full syndrome name is the syndrome. Dev and test hold different conditions."""
+    dev = [_case(i, f"familial cond{i}", f"S{i}") for i in range(0, 20)]
+    dev += [_case(i, f"familial cond{i} syndrome", f"L{i}") for i in range(0, 20)]
+    test = [_case(i, f"familial cond{i}", f"S{i}") for i in range(20, 30)]
+    test += [_case(i, f"familial cond{i} syndrome", f"L{i}") for i in range(20, 30)]
+    return _split(dev), _split(test)
+
+
+def _trained():
+    (dev_mentions, dev_queries, dev), test = _dev_and_test()
+    train = [Mention("t", ((0, 5),), "cond1", ("S1",)), Mention("t", ((0, 5),), "cond1", ("S1",))]
+    reranker = Reranker.build(CONFIG, _vocabulary(), train, ["cond1", "cond1"])
+    answers = decide(dev, Settings(), k=CONFIG.candidates)
+    features, owners = reranker.features(dev_queries, answers, dev)
+    labels = Reranker.labels(answers, owners, dev_mentions, CONFIG.candidates)
+    return reranker.fit(features, labels, seed=1), (features, owners, labels), test
+
+
+def test_features_describe_each_pair_and_labels_mark_the_gold():
+    reranker, (features, owners, labels), _ = _trained()
+    assert features.shape == (40 * 3, len(FEATURES)) and owners.tolist() == [i for i in range(40) for _ in range(3)]
+    column = {name: features[:, i] for i, name in enumerate(FEATURES)}
+    first = slice(0, 3)  # "familial cond0": L0 (rank 0), S0, S1
+    assert labels[first].tolist() == [0, 1, 0]
+    assert column["name_inside"][first].tolist() == [0.0, 1.0, 0.0]  # "cond0" is inside the query
+    assert column["rank"][first].tolist() == [0, 1, 2]
+    assert column["gap"][first] == pytest.approx([0.0, 0.05, 0.4])
+    assert column["query_share"][first].tolist() == [-1.0] * 3  # the query never occurs in training
+    assert column["training_mentions"][2] == pytest.approx(np.log1p(2))  # S1: two training mentions
+    exact = slice(20 * 3, 20 * 3 + 3)  # "familial cond0 syndrome": its own name
+    assert column["exact_name"][exact].tolist() == [1.0, 0.0, 0.0]
+    assert column["name_similarity"][exact][0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_reranker_learns_a_convention_on_dev_and_fixes_unseen_test_mentions(tmp_path):
+    reranker, _, (test_mentions, test_queries, test) = _trained()
+    first = decide(test, Settings(), k=CONFIG.candidates)
+    assert [a.concept_ids[0] for a in first[:10]] == [f"L{i}" for i in range(20, 30)]  # the first stage's error
+    reranked = reranker.rerank(test_queries, first, test)
+    assert [a.concept_ids for a in reranked] == [m.concept_ids for m in test_mentions]  # all 20 right
+    fixed, broken, p_value = flips(test_mentions, first, reranked)
+    assert (fixed, broken) == (10, 0) and p_value == pytest.approx(0.5**10)
+    assert all(a.scores == sorted(a.scores, reverse=True) for a in reranked)  # the reranker's probabilities
+
+    reranker.save(tmp_path / "reranker")
+    loaded = Reranker.load(tmp_path / "reranker")
+    again = loaded.rerank(test_queries, first, test)
+    assert [(a.ranked, a.scores) for a in again] == [(a.ranked, a.scores) for a in reranked]
+
+
+def test_a_reranker_from_another_scikit_learn_is_refused(tmp_path):
+    reranker, _, _ = _trained()
+    reranker.save(tmp_path / "reranker")
+    path = tmp_path / "reranker" / "reranker.json"
+    path.write_text(path.read_text().replace('"sklearn": "', '"sklearn": "0.0-'))
+    with pytest.raises(ValueError, match="reranker.json: written with scikit-learn 0.0-"):
+        Reranker.load(tmp_path / "reranker")
+    path.write_text(path.read_text().replace("ehrbert-reranker/1", "other/1"))
+    with pytest.raises(ValueError, match="not a ehrbert-reranker/1 file"):
+        Reranker.load(tmp_path / "reranker")
+
+
+def test_reorder_changes_single_answers_only():
+    answers = [
+        Answer(["A", "B"], [0.9, 0.8], ("A",)),
+        Answer(["A", "B"], [0.9, 0.8], ("A", "B")),  # composite: stays
+        Answer(["A", "B"], [0.5, 0.4], ()),  # no concept: stays
+        Answer([], [], ()),
+    ]
+    owners = np.array([0, 0, 1, 1, 2, 2])
+    out = reorder(answers, owners, np.array([0.2, 0.7, 0.2, 0.7, 0.2, 0.7]), k=2)
+    assert [(a.ranked, a.concept_ids) for a in out] == [
+        (["B", "A"], ("B",)),
+        (["B", "A"], ("A", "B")),
+        (["B", "A"], ()),
+        ([], ()),
+    ]
+    assert out[0].scores == [0.7, 0.2]
+
+
+def test_flips_count_only_mentions_with_a_concept():
+    gold = [
+        Mention("d", ((0, 1),), "a", ("A",)),
+        Mention("d", ((0, 1),), "b", ("B",)),
+        Mention("d", ((0, 1),), "c", (), "no_concept"),
+        Mention("d", ((0, 1),), "x", ("X", "Y"), COMPOSITE),
+    ]
+    first = [Answer(["B"], [1], ("B",)), Answer(["B"], [1], ("B",)), Answer(["C"], [1], ()), Answer(["Y"], [1], ())]
+    second = [Answer(["A"], [1], ("A",)), Answer(["A"], [1], ("A",)), Answer(["A"], [1], ()), Answer(["X"], [1], ())]
+    fixed, broken, p_value = flips(gold, first, second)
+    assert (fixed, broken) == (1, 1) and p_value == pytest.approx(0.75)
+    assert flips(gold, first, first) == (0, 0, 1.0)
