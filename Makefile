@@ -76,6 +76,7 @@ test: install lint
 # notes through it on Spark local[2] beside one process (reports/benchmark_spark.json and .md).
 bench: install
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/rerank_cost.py
 	$(BIN)/python benchmarks/spark_batch.py
 
 lint: install

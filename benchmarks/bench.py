@@ -23,6 +23,7 @@ asserts a number; the issue's targets (`TARGETS`) are printed beside the measure
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import http.client
 import json
@@ -74,6 +75,7 @@ TARGETS = {  # the performance issue's, on 2 cores
 def with_current_code(model_uri: str) -> str:
     """A local copy of the model whose packaged `ehrbert` code is this checkout's; returns its path."""
     folder = Path(tempfile.mkdtemp(prefix="ehrbert-bench-")) / "model"
+    atexit.register(shutil.rmtree, folder.parent, True)  # a copy of the model: gone when the benchmark ends
     mlflow.artifacts.download_artifacts(model_uri, dst_path=str(folder))
     code = folder / "code" / "ehrbert"
     shutil.rmtree(code)
