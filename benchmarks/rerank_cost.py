@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import time
 from pathlib import Path
 
 import mlflow
+from bench import median_time  # benchmarks/ (this script's folder) is on the path
 
 from ehrbert.metrics import accuracy_at_k
 from ehrbert.models.hybrid import Candidates, decide
@@ -31,15 +30,6 @@ from ehrbert.tasks import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 GATES = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2, math.inf]
-
-
-def median_time(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def subset(candidates: Candidates, rows: list[int]) -> Candidates:
