@@ -9,7 +9,7 @@ import pytest
 
 from ehrbert.corpora.records import COMPOSITE, Concept, Mention, Vocabulary
 from ehrbert.models.hybrid import Answer, Candidates, Settings, decide
-from ehrbert.models.rerank import FEATURES, RerankConfig, Reranker, reorder
+from ehrbert.models.rerank import FEATURES, RerankConfig, Reranker, Trees, reorder
 from ehrbert.rerank import flips
 
 CONFIG = RerankConfig(candidates=3, max_iter=50, min_samples_leaf=2)
@@ -89,12 +89,34 @@ def test_the_reranker_learns_a_convention_on_dev_and_fixes_unseen_test_mentions(
     assert [(a.ranked, a.scores) for a in again] == [(a.ranked, a.scores) for a in reranked]
 
 
-def test_a_reranker_from_another_scikit_learn_is_refused(tmp_path):
+def test_the_saved_trees_answer_as_scikit_learn_does(tmp_path):
+    """`Trees` (the served form of the fitted model: arrays, evaluated with NumPy) against predict_proba."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(0)
+    features = rng.random((600, 6))
+    features[rng.random(features.shape) < 0.05] = np.nan  # missing values take each node's learned side
+    labels = ((np.nan_to_num(features[:, 0]) + np.nan_to_num(features[:, 3]) > 1) ^ (rng.random(600) < 0.1)).astype(int)
+    model = HistGradientBoostingClassifier(max_iter=60, max_leaf_nodes=9, random_state=0).fit(features, labels)
+    Trees.from_sklearn(model).save(tmp_path / "trees.npz")
+    held_out = rng.random((300, 6))
+    held_out[rng.random(held_out.shape) < 0.05] = np.nan
+    trees = Trees.load(tmp_path / "trees.npz")
+    assert trees.probability(held_out) == pytest.approx(model.predict_proba(held_out)[:, 1], abs=1e-9)
+
+
+def test_a_saved_reranker_is_checked_when_loaded(tmp_path):
     reranker, _, _ = _trained()
     reranker.save(tmp_path / "reranker")
+    assert sorted(p.name for p in (tmp_path / "reranker").iterdir()) == [
+        "idf.npy",
+        "reranker.json",
+        "tfidf.npz",
+        "trees.npz",
+    ]  # arrays and JSON: nothing that runs code when loaded
     path = tmp_path / "reranker" / "reranker.json"
-    path.write_text(path.read_text().replace('"sklearn": "', '"sklearn": "0.0-'))
-    with pytest.raises(ValueError, match="reranker.json: written with scikit-learn 0.0-"):
+    path.write_text(path.read_text().replace('"features": ["score"', '"features": ["other"'))
+    with pytest.raises(ValueError, match="reranker.json: its trees read other features"):
         Reranker.load(tmp_path / "reranker")
     path.write_text(path.read_text().replace("ehrbert-reranker/1", "other/1"))
     with pytest.raises(ValueError, match="not a ehrbert-reranker/1 file"):
