@@ -10,7 +10,7 @@ import pytest
 from ehrbert.corpora.records import COMPOSITE, Concept, Mention, Vocabulary
 from ehrbert.models.hybrid import Answer, Candidates, Settings, decide
 from ehrbert.models.rerank import FEATURES, RerankConfig, Reranker, Trees, reorder
-from ehrbert.rerank import flips
+from ehrbert.rerank import cross_validated, flips
 
 CONFIG = RerankConfig(candidates=3, max_iter=50, min_samples_leaf=2)
 N = 40  # conditions; each has a short name and a longer "familial ... syndrome" one
@@ -153,3 +153,18 @@ def test_flips_count_only_mentions_with_a_concept():
     fixed, broken, p_value = flips(gold, first, second)
     assert (fixed, broken) == (1, 1) and p_value == pytest.approx(0.75)
     assert flips(gold, first, first) == (0, 0, 1.0)
+
+
+def test_cross_validation_needs_two_documents_and_both_labels():
+    """Too little dev to learn from leaves the first stage's order (the stage then keeps the first stage)."""
+    reranker, (features, owners, labels), _ = _trained()
+    one_document = cross_validated(reranker, features, labels, owners, ["d"] * 40, seed=1)
+    assert one_document.tolist() == (-features[:, 3]).tolist()
+    no_positive = cross_validated(
+        reranker, features, np.zeros_like(labels), owners, [f"d{i % 4}" for i in range(40)], 1
+    )
+    assert no_positive.tolist() == (-features[:, 3]).tolist()
+    empty = np.zeros((0, len(FEATURES)))
+    assert cross_validated(reranker, empty, np.zeros(0, int), np.zeros(0, int), [], seed=1).tolist() == []
+    learned = cross_validated(reranker, features, labels, owners, [f"d{i % 4}" for i in range(40)], seed=1)
+    assert learned.min() >= 0 and learned.max() <= 1

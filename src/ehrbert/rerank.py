@@ -50,10 +50,12 @@ def cross_validated(reranker: Reranker, features, labels, owners, documents: lis
     """Each dev pair's probability from a reranker fitted without its document (GroupKFold over documents)."""
     groups = np.asarray([documents[i] for i in owners])
     folds = min(reranker.config.folds, len(set(groups.tolist())))
-    out = np.zeros(len(labels))
+    out = -features[:, 3] if len(features) else np.zeros(0)  # the first stage's order, where nothing is learned
+    if folds < 2:
+        log.warning("dev has %d document(s) with candidates: too few to cross-validate a reranker", folds)
+        return out
     for train, held_out in GroupKFold(folds).split(features, labels, groups):
         if labels[train].min() == labels[train].max():  # one class only: nothing to learn, first-stage order
-            out[held_out] = -features[held_out, 3]
             continue
         model = reranker.new_model(seed).fit(features[train], labels[train])
         out[held_out] = model.predict_proba(features[held_out])[:, 1]
