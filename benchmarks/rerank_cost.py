@@ -51,7 +51,7 @@ def measure(uri: str, params: dict, repeats: int, single_calls: int) -> dict:
     if not model.rerank:
         out["first_stage_acc1"] = accuracy_at_k(mentions, [a.ranked for a in model.predict(queries)], 1)
         return out
-    reranker, k = model.reranker, max(5, model.reranker.config.candidates)
+    reranker, k = model.reranker, model.reranker.config.depth
     candidates = model.candidates(queries)
     first = decide(candidates, model.settings, k=k)
     margins = [a.scores[0] - a.scores[1] if len(a.scores) > 1 else math.inf for a in first]

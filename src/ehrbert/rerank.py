@@ -36,6 +36,7 @@ from ehrbert.hybrid import HybridConfig, predictions_frame, score, variant_label
 from ehrbert.metrics import accuracy_at_k, seen_concepts
 from ehrbert.models.hybrid import RERANKER_DIR, Answer, HybridNormalizer, decide, read_settings
 from ehrbert.models.rerank import RerankConfig, Reranker, reorder
+from ehrbert.predictions import write_predictions
 from ehrbert.stage import config_from, folder_written_whole, read_params, setup_logging, write_json
 from ehrbert.tasks import add_data_arguments, load_task, score_detected
 from ehrbert.tracking import log_detected_run, read_run_record, start_run, write_run_record
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     reranker = Reranker.build(config, task.vocabulary, task.mentions("train"), task.queries("train"))
     dev_mentions = task.mentions("dev")
-    dev_answers = decide(dev, model.settings, k=max(5, config.candidates))
+    dev_answers = decide(dev, model.settings, k=config.depth)
     features, owners = reranker.features(dev_queries, dev_answers, dev)
     labels = Reranker.labels(dev_answers, owners, dev_mentions, config.candidates)
     held_out = reorder(
@@ -144,9 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     model.rerank = used
 
     started = time.perf_counter()
-    answers = decide(test, model.settings, k=max(5, config.candidates))
-    if used:
-        answers = reranker.rerank(test_queries, answers, test)
+    answers = model.answer(test_queries, test)
     rerank_seconds = time.perf_counter() - started
     result = score(task, "test", answers, seen)
     result["dev_f1"] = score(task, "dev", held_out if used else dev_answers, seen)["f1"]
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     detected = score_detected(task, model.detector, lambda queries: [a.concept_ids for a in model.predict(queries)])
     result.update({f"text_{k}": v for k, v in detected.items()})
     predictions = args.out_dir / f"{VARIANT}_test_predictions.tsv"
-    predictions_frame(task, "test", test_queries, answers).to_csv(predictions, sep="\t", index=False)
+    write_predictions(predictions_frame(task, "test", test_queries, answers), predictions)
 
     label = variant_label(first_stage, params["hybrid"]["retrieval_label"], hybrid_config) + " + reranker"
     tags = {

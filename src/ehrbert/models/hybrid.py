@@ -24,7 +24,6 @@ variants that rerank; `load` answers as one of them. The stage that trains it an
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -119,8 +118,6 @@ class HybridNormalizer:
         settings: Settings | None = None,
         detector: LexiconDetector | None = None,
         variants: dict[str, Settings] | None = None,
-        reranker: Reranker | None = None,
-        reranked: Sequence[str] = (),
     ):
         self.encoder, self.tokenizer, self.index, self.config = encoder, tokenizer, index, config
         self.classifier, self.classifier_tokenizer = classifier, classifier_tokenizer
@@ -128,8 +125,9 @@ class HybridNormalizer:
         self.settings = settings or Settings()
         self.detector = detector
         self.variants = dict(variants or {})  # variant name -> its dev-chosen settings (saved with the model)
-        self.reranker, self.reranked = reranker, list(reranked)  # the second stage; the variants that use it
-        self.rerank = False  # whether `predict` reranks: the loaded variant is one of `reranked`
+        self.reranker: Reranker | None = None  # the second stage (`load_reranker`)
+        self.reranked: list[str] = []  # the variants that use it
+        self.rerank = False  # whether `answer` reranks: the loaded variant is one of `reranked`
 
     @staticmethod
     def concept_ids_in(folder: str | Path) -> set[str]:
@@ -180,10 +178,13 @@ class HybridNormalizer:
         return Candidates(scores, best, probabilities, [[part_best[p] for p in ps] for ps in parts])
 
     def predict(self, queries: list[str]) -> list[Answer]:
-        candidates = self.candidates(queries)
+        return self.answer(queries, self.candidates(queries))
+
+    def answer(self, queries: list[str], candidates: Candidates) -> list[Answer]:
+        """The answers to `queries` from their `candidates`: `decide`, then the reranker if this variant reranks."""
         if not self.rerank:
             return decide(candidates, self.settings)
-        answers = decide(candidates, self.settings, k=max(5, self.reranker.config.candidates))
+        answers = decide(candidates, self.settings, k=self.reranker.config.depth)
         return self.reranker.rerank(queries, answers, candidates)
 
     def annotate(self, texts: list[str]) -> list[list[tuple[int, int, str, Answer]]]:

@@ -147,6 +147,12 @@ class RerankConfig:
     min_samples_leaf: int = 20
     l2_regularization: float = 1.0
 
+    @property
+    def depth(self) -> int:
+        """How many candidates an answer keeps for the reranker: those it reranks, and at least the 5 every
+        answer lists."""
+        return max(5, self.candidates)
+
 
 class Reranker:
     """Features of (mention, candidate) pairs and the tree model that scores them."""
@@ -168,7 +174,6 @@ class Reranker:
         self.names, self.mentions = names, mentions  # concept -> rows of its names / of its training mentions
         self.mention_counts, self.query_counts = mention_counts, query_counts
         self.vectorizer, self.vectors, self.model = vectorizer, vectors, model
-        self._words = [set(t.split()) for t in texts]
 
     @classmethod
     def build(
@@ -233,7 +238,8 @@ class Reranker:
             similarity = self._similarities(query_vectors[i], name_rows + mention_rows)
             for r, concept in enumerate(ranked):
                 own_names = [self.texts[j] for j in name_rows[r]]
-                coverage = [len(words & self._words[j]) for j in name_rows[r]]
+                name_words = [set(name.split()) for name in own_names]
+                coverage = [len(words & w) for w in name_words]
                 rows.append(
                     [
                         scores[r],
@@ -249,7 +255,7 @@ class Reranker:
                         float(query in own_names),
                         similarity[r],
                         similarity[len(ranked) + r],
-                        max((n / len(self._words[j]) for n, j in zip(coverage, name_rows[r])), default=0.0),
+                        max((n / len(w) for n, w in zip(coverage, name_words)), default=0.0),
                         max(coverage, default=0) / max(1, len(words)),
                         float(any(f" {name} " in padded for name in own_names)),
                         len(words),
