@@ -29,7 +29,7 @@ config, the training evidence, each concept's names and training mentions as row
 vectorizer's n-grams), `tfidf.npz` (that matrix), `idf.npy` and `trees.npz` (`Trees`: the fitted trees as
 arrays). The served model evaluates the trees with NumPy (`Trees.probability`, checked against scikit-learn's
 `predict_proba` by the tests): skops, scikit-learn's pickle-free format, imports every scikit-learn estimator
-and, through them, torch, which took the served model's start-up from about 11 s to 17 s.
+and, through them, torch; loading a reranker took 5.9 s with it, 1.7 s without.
 """
 
 from __future__ import annotations
