@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
 import torch
 from mlflow import MlflowClient
 
@@ -37,6 +38,8 @@ NAMES = {
 }
 PAIRS = [("breast ca", "D1"), ("ovarian ca", "D2"), ("wilsons", "D3"), ("fabry", "D4"), ("crc", "D5"), ("chf", "D6")]
 CONFIG = RetrievalConfig(steps=5, batch_size=8, learning_rate=1e-3, synonym_fraction=0.5, max_length=16)
+# with hard negatives, re-mined once on the way: every process must draw the same ones
+HARD = RetrievalConfig(**{**asdict(CONFIG), "hard_negatives": 2, "refresh_steps": 3})
 
 # each process's script; test_retrieval_training_on_two_processes_matches_one writes NAMES, PAIRS and CONFIG's fields
 # above it as literals, so that nothing is imported from the tests
@@ -56,9 +59,10 @@ if accelerator.is_main_process:
 """
 
 
-def test_retrieval_training_on_two_processes_matches_one(tiny_bert, tmp_path):
+@pytest.mark.parametrize("config", [CONFIG, HARD], ids=["in-batch", "hard-negatives"])
+def test_retrieval_training_on_two_processes_matches_one(tiny_bert, tmp_path, config):
     script = tmp_path / "train.py"
-    script.write_text(f"NAMES, PAIRS, CONFIG_FIELDS = {NAMES!r}, {PAIRS!r}, {asdict(CONFIG)!r}\n{SCRIPT}")
+    script.write_text(f"NAMES, PAIRS, CONFIG_FIELDS = {NAMES!r}, {PAIRS!r}, {asdict(config)!r}\n{SCRIPT}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
         [
@@ -87,7 +91,7 @@ def test_retrieval_training_on_two_processes_matches_one(tiny_bert, tmp_path):
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0  # dropout draws other masks for other shapes; without it the arithmetic is comparable
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    retrieval.train_encoder(model, tokenizer, NAMES, PAIRS, CONFIG, seed=5)
+    retrieval.train_encoder(model, tokenizer, NAMES, PAIRS, config, seed=5)
     # the pooler is not trained (mean pooling) and is newly initialized at each load of this checkpoint
     one = {k: v for k, v in model.state_dict().items() if not k.startswith("pooler.")}
     moved = max((one[k] - before[k]).abs().max().item() for k in one)

@@ -10,9 +10,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from ehrbert import finetune, hybrid, registry, rerank, serving
+from ehrbert import finetune, hybrid, peers, registry, rerank, serving
 from ehrbert.composite import split_coordination
 from ehrbert.corpora.records import COMPOSITE, Concept, Mention, Vocabulary
 from ehrbert.models import retrieval
@@ -130,6 +131,37 @@ def test_contrastive_training_lowers_the_loss_and_search_finds_exact_names(tiny_
     assert found[0][0][1] == 1.0 and all(a[1] >= b[1] for a, b in zip(found[0], found[0][1:]))
 
 
+def test_hard_negatives_are_the_nearest_texts_of_other_concepts(tiny_bert):
+    names = {"D1": ["breast cancer", "mammary cancer"], "D2": ["ovarian cancer"], "D3": ["wilson disease"]}
+    pairs = [("breast ca", "D1"), ("ovarian ca", "D2")]
+    config = RetrievalConfig(hard_negatives=1, batch_size=4, steps=6, refresh_steps=3, learning_rate=1e-3)
+    negatives = retrieval.Negatives(names, pairs, config)
+    assert negatives.texts == [
+        "breast cancer",
+        "mammary cancer",
+        "ovarian cancer",
+        "wilson disease",
+        "breast ca",
+        "ovarian ca",
+    ]
+    # hand-made vectors: "breast ca" is nearest to "ovarian ca" (another concept), then to its own names
+    negatives.vectors = torch.nn.functional.normalize(
+        torch.tensor(
+            [[1.0, 0.1, 0.0], [1.0, 0.2, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.9, 1.1, 0.0]]
+        ),
+        dim=-1,
+    )
+    assert negatives.mine(["breast ca"], ["D1"]) == ["ovarian ca"]  # its own concept's names are never negatives
+    assert negatives.mine(["breast ca", "ovarian cancer"], ["D1", "D2"]) == ["ovarian ca", "breast ca"]
+    assert negatives.concepts_of("ovarian ca") == {"D2"}
+    # training with them: the loss goes down, the table is re-mined every `refresh_steps`
+    model, tokenizer = retrieval.load_encoder(tiny_bert)
+    config = RetrievalConfig(hard_negatives=2, refresh_steps=25, steps=50, batch_size=4, learning_rate=1e-3)
+    pairs = [("breast and ovarian cancer", "D1"), ("wilsons", "D3")]
+    history = retrieval.train_encoder(model, tokenizer, retrieval.concept_names(VOCABULARY), pairs, config, seed=0)
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
 def test_score_reports_seen_unseen_and_no_concept():
     from ehrbert.corpora.records import NO_CONCEPT, Document
     from ehrbert.tasks import Task
@@ -149,6 +181,37 @@ def test_score_reports_seen_unseen_and_no_concept():
     assert scores["acc1_seen"] == 1.0 and scores["acc1_unseen"] == 0.0 and scores["mentions_unseen"] == 1
     assert (scores["no_concept_precision"], scores["no_concept_recall"]) == (0.5, 1.0)
     assert (scores["tp"], scores["fp"], scores["fn"]) == (1, 0, 1)
+
+
+def test_peers_protocol_splits_composite_mentions_and_drops_the_concept_less():
+    from ehrbert.corpora.records import NO_CONCEPT, Document
+    from ehrbert.tasks import Task
+
+    text = "breast and ovarian cancer; Wilson's; hand and foot syndrome; nothing"
+    mentions = [
+        Mention("1", ((0, 25),), "breast and ovarian cancer", ("D1", "D2"), COMPOSITE),  # two parts, two concepts
+        Mention("1", ((27, 35),), "Wilson's", ("D3",)),
+        Mention("1", ((37, 59),), "hand and foot syndrome", ("D4", "D5"), COMPOSITE),
+        Mention("1", ((61, 68),), "nothing", (), NO_CONCEPT),
+    ]
+    task = Task("toy", VOCABULARY, {"test": [Document("1", text, mentions)]}, level="mention")
+    queries, gold, counts = peers.protocol_queries(task, "test")
+    assert queries[:3] == ["breast cancer", "ovarian cancer", "wilsons"]
+    assert gold[:3] == [{"D1"}, {"D2"}, {"D3"}]
+    # "hand and foot syndrome" -> "hand syndrome", "foot syndrome": as many parts as concepts, so split too
+    assert queries[3:] == ["hand syndrome", "foot syndrome"] and gold[3:] == [{"D4"}, {"D5"}]
+    assert counts == {
+        "mentions": 4,
+        "no_concept": 1,
+        "composite_split": 2,
+        "composite_whole": 0,
+        "queries": 5,
+    }
+    three = Mention("1", ((0, 25),), "breast and ovarian cancer", ("D1", "D2", "D4"), COMPOSITE)
+    task = Task("toy", VOCABULARY, {"test": [Document("1", text, [three])]}, level="mention")
+    queries, gold, counts = peers.protocol_queries(task, "test")
+    assert queries == ["breast and ovarian cancer"] and gold == [{"D1", "D2", "D4"}]  # kept whole: any is right
+    assert counts["composite_whole"] == 1
 
 
 def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(
@@ -324,6 +387,25 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(
         served = mlflow.pyfunc.load_model(f"models:/ehrbert-ncbi-{variant}@champion")  # the fast form
         answer = served.predict(pd.DataFrame({"mention": [fixed.loc[row, "query"]]}))
         assert answer.loc[0, "concept_ids"] == expected[variant][row], variant
+
+    # the peers' protocol: the encoder retrained on train + dev, both readings on the same test queries
+    peers.main(
+        argv(corpus="ncbi", seed="1", params="params.yaml", hybrid="out", hybrid_run_record="run.json",
+             metrics="peers/ncbi-s1.json", **ncbi_data)
+    )  # fmt: skip
+    reading = json.loads((tmp_path / "peers" / "ncbi-s1.json").read_text())
+    assert reading["mentions"] == 960 and reading["no_concept"] == 0
+    assert reading["queries"] >= 960 + reading["composite_split"]  # each split composite: a query a part
+    assert reading["classifier_weight"] == metrics["hybrid"]["settings"]["classifier_weight"]
+    assert 0 < reading["train_only_acc1"] < 1 and 0 < reading["train_dev_acc1"] < 1
+    run = mlflow.search_runs(experiment_names=["peers-ncbi"]).iloc[0]
+    assert run["tags.first_stage_run"] == record["runs"]["hybrid"]
+    assert run["metrics.test_train_dev_acc1"] == pytest.approx(reading["train_dev_acc1"])
+    params["peers"] = {"corpora": ["ncbi"], "seeds": [1]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    peers.report(["--metrics", "peers", "--params", "params.yaml", "--out", "peers.md"])
+    table = (tmp_path / "peers.md").read_text()
+    assert f"| ncbi | {reading['queries']} |" in table and f"{100 * reading['train_dev_acc1']:.2f} (0.00)" in table
 
 
 def test_variant_labels_name_only_the_components_switched_on():

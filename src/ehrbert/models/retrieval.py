@@ -6,7 +6,9 @@ it, embeds every vocabulary name and synonym once and answers with the concept o
 1. **Encoder** (`train_encoder`): a BERT encoder, mean-pooled and L2-normalized, trained SapBERT-style with an
    in-batch contrastive (InfoNCE) loss on pairs that should meet: a training mention and a name of its
    concept, and two names of one concept (vocabulary synonyms). Pairs of the same concept in one batch are
-   not counted as negatives. Sized for CPU: a few hundred steps.
+   not counted as negatives. Sized for CPU: a few hundred steps. With `hard_negatives`, each anchor also
+   meets its nearest texts of other concepts (BioSyn's candidates: every vocabulary name and training
+   mention, embedded by the encoder as it was when last mined, `Negatives`).
 2. **Index** (`ehrbert.models.name_index.NameIndex`): the `normalize`d vocabulary names and synonyms, plus (if
    asked) the preprocessed training mentions, each pointing to the concept-ID tuples it stands for. Entries are
    embedded once per encoder and saved beside it.
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ehrbert.corpora.records import Mention, Vocabulary
@@ -50,6 +53,8 @@ class RetrievalConfig:
     index_training_mentions: bool = True  # training mentions become index entries too (a DNorm-like use)
     embed_batch_size: int = 512
     top_k: int = 20  # entries kept per query
+    hard_negatives: int = 0  # per anchor, the nearest texts of other concepts as extra negatives; 0: in-batch only
+    refresh_steps: int = 0  # re-embed the texts negatives are mined from every this many steps; 0: mined once
 
 
 # --- encoder ---------------------------------------------------------------------------------------
@@ -133,24 +138,34 @@ def train_encoder(
             accelerator.device
         )
 
+    negatives = Negatives(names, pairs, config) if config.hard_negatives > 0 else None
     trained.train()
     for step in range(1, config.steps + 1):
+        if negatives is not None and (step == 1 or config.refresh_steps and (step - 1) % config.refresh_steps == 0):
+            negatives.refresh(model, tokenizer)
         batch = [rng.choice(pairs) for _ in range(n_mentions)]
         for cid in rng.sample(synonym_concepts, min(n_synonyms, len(synonym_concepts))):
             batch.append((rng.choice(names[cid]), cid))
         anchors = [a for a, _ in batch]
         positives = [rng.choice([n for n in names[c] if n != a] or names[c]) for a, c in batch]
         concepts = [c for _, c in batch]
-        share = shard(len(batch), world, rank)
-        mine = [anchors[i] for i in share] + [positives[i] for i in share]
+        hard = negatives.mine(anchors, concepts) if negatives is not None else []
+        if world > 1 and hard:  # one list for every process, whatever the rounding of each one's table
+            hard = broadcast_object_list([hard])[0]
+        share, hard_share = shard(len(batch), world, rank), shard(len(hard), world, rank)
+        texts = [anchors[i] for i in share] + [positives[i] for i in share] + [hard[i] for i in hard_share]
         with accelerator.autocast():  # the encoder under the launch's mixed precision, the loss in fp32
-            vectors = mean_pool(trained, encode(mine)).float()  # one forward a step: anchors, then positives
-        left, right = vectors[: len(share)], vectors[len(share) :]
+            vectors = mean_pool(trained, encode(texts)).float()  # one forward a step: anchors, positives, negatives
+        left, right, extra = vectors[: len(share)], vectors[len(share) : 2 * len(share)], vectors[2 * len(share) :]
         if world > 1:
             left, right = gather_with_grad(left, len(batch), world), gather_with_grad(right, len(batch), world)
-        similarity = left @ right.T / config.temperature
-        same = torch.tensor([[a == b for b in concepts] for a in concepts], device=similarity.device)
-        same.fill_diagonal_(False)
+            extra = gather_with_grad(extra, len(hard), world) if hard else extra
+        similarity = torch.cat([left @ right.T, left @ extra.T], dim=1) / config.temperature
+        same = torch.tensor(
+            [[a == b for b in concepts] + [a in negatives.concepts_of(t) for t in hard] for a in concepts],
+            device=similarity.device,
+        )
+        same.fill_diagonal_(False)  # the first len(batch) columns: each anchor's own positive
         loss = torch.nn.functional.cross_entropy(
             similarity.masked_fill(same, -1e4), torch.arange(len(batch), device=similarity.device)
         )
@@ -172,6 +187,51 @@ def train_encoder(
             total = 0.0
     model.eval()
     return history
+
+
+class Negatives:
+    """Hard negatives: per anchor, the texts of other concepts nearest to it.
+
+    Every vocabulary name and training mention is embedded once (`refresh`, about a minute for MEDIC's 74k names
+    on 2 CPU cores); an anchor's neighbours are then one product with that table, so a step costs no extra
+    encoding beyond the negatives themselves. The table is as stale as the last refresh, as BioSyn's per-epoch
+    candidates are.
+    """
+
+    def __init__(self, names: dict[str, list[str]], pairs: Sequence[tuple[str, str]], config: RetrievalConfig):
+        concepts: dict[str, set[str]] = {}
+        for cid, texts in names.items():
+            for text in texts:
+                concepts.setdefault(text, set()).add(cid)
+        for query, cid in pairs:
+            concepts.setdefault(query, set()).add(cid)
+        self.texts = list(concepts)
+        self.concepts = [concepts[t] for t in self.texts]
+        self.position = {t: i for i, t in enumerate(self.texts)}
+        self.config = config
+        self.vectors: torch.Tensor | None = None
+
+    def refresh(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        started = time.perf_counter()
+        self.vectors = torch.from_numpy(
+            embed(model, tokenizer, self.texts, self.config.max_length, self.config.embed_batch_size)
+        )
+        log.info("hard negatives: embedded %d texts in %.0f s", len(self.texts), time.perf_counter() - started)
+
+    def mine(self, anchors: Sequence[str], concepts: Sequence[str]) -> list[str]:
+        """The distinct texts that are, for some anchor, among its `hard_negatives` nearest texts of which its
+        concept is not one, in order of first appearance."""
+        wanted = self.config.hard_negatives
+        rows = self.vectors[[self.position[a] for a in anchors]]
+        nearest = (rows @ self.vectors.T).topk(min(len(self.texts), wanted + 32), dim=-1).indices.tolist()
+        found: dict[str, None] = {}
+        for anchor, concept, row in zip(anchors, concepts, nearest):
+            others = [self.texts[j] for j in row if concept not in self.concepts[j] and self.texts[j] != anchor]
+            found.update(dict.fromkeys(others[:wanted]))
+        return list(found)
+
+    def concepts_of(self, text: str) -> set[str]:
+        return self.concepts[self.position[text]]
 
 
 def shard(n: int, world: int, rank: int) -> list[int]:

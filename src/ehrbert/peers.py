@@ -1,0 +1,214 @@
+"""The peers' protocol as a second reading: the first stage retrained on train + dev, acc@1 as BioSyn and SapBERT count it.
+
+The main tables train on the training split, choose every setting on dev and score test. BioSyn and SapBERT,
+whose acc@1 the accuracy goals quote, instead train on train + dev and score test queries prepared their way.
+This stage reads the same test split both ways, for one corpus and seed (`main`):
+
+- **train only**: the hybrid stage's own model (outputs/hybrid/<corpus>-s<seed>/model), unchanged;
+- **train + dev**: its retrieval encoder trained again from the same start, with the same params and seed, on
+  the training and dev mentions, and the dev mentions indexed too. The classifier weight is the train-only
+  run's dev choice (dev is now training data: nothing is chosen again). The classifier itself is the
+  train-only one: retraining it on train + dev (a fine-tuning run per seed) is not done here.
+
+Both are scored on the same queries, prepared as the peers prepare theirs (`protocol_queries`): lowercase,
+punctuation removed, abbreviations expanded with Ab3P (the project's own query preprocessing does all three);
+mentions without a concept dropped; a composite mention split into its parts when it splits into as many
+parts as it has concepts, each part a query with its own concept, and otherwise kept whole, counted right when
+the top answer is one of its concepts. Only the ranking counts (acc@1): no composite or no-concept answer, no
+second stage (the reranker is trained on dev candidates, which train + dev has seen).
+
+`report` gathers the corpora's and seeds' metrics into one table (mean and SD over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+from transformers import set_seed
+
+from ehrbert.composite import split_coordination
+from ehrbert.corpora.records import NO_CONCEPT
+from ehrbert.hub import resolve_model
+from ehrbert.hybrid import HybridConfig
+from ehrbert.launch import make_accelerator
+from ehrbert.models import retrieval
+from ehrbert.models.hybrid import HybridNormalizer, Settings, decide, read_settings
+from ehrbert.models.name_index import NameIndex
+from ehrbert.stage import config_from, read_params, setup_logging, write_json
+from ehrbert.tasks import Task, add_data_arguments, load_task
+from ehrbert.tracking import read_run_record, start_run
+
+log = logging.getLogger(__name__)
+
+FIRST_STAGE = "hybrid"  # the variant whose classifier weight ranks: composite and no-concept settings do not
+
+
+def protocol_queries(task: Task, split: str) -> tuple[list[str], list[set[str]], dict[str, int]]:
+    """The peers' queries of `split` (see the module docstring), each with its gold concepts, and counts."""
+    queries, gold = [], []
+    counts = {"mentions": 0, "no_concept": 0, "composite_split": 0, "composite_whole": 0}
+    for mention, query in zip(task.mentions(split), task.queries(split)):
+        counts["mentions"] += 1
+        if mention.relation == NO_CONCEPT or not mention.concept_ids:
+            counts["no_concept"] += 1
+            continue
+        ids = list(dict.fromkeys(mention.concept_ids))
+        parts = split_coordination(query) if len(ids) > 1 else []
+        if len(ids) > 1 and len(parts) == len(ids):
+            counts["composite_split"] += 1
+            queries += parts
+            gold += [{c} for c in ids]
+        else:
+            counts["composite_whole"] += len(ids) > 1
+            queries.append(query)
+            gold.append(set(ids))
+    counts["queries"] = len(queries)
+    return queries, gold, counts
+
+
+def acc_at_1(model: HybridNormalizer, settings: Settings, queries: list[str], gold: list[set[str]]) -> float:
+    answers = decide(model.candidates(queries), settings)
+    return sum(bool(a.ranked) and a.ranked[0] in g for a, g in zip(answers, gold)) / len(gold)
+
+
+def retrain_on_train_and_dev(task: Task, config: HybridConfig, seed: int, accelerator) -> tuple:
+    """The retrieval encoder and index of the hybrid stage, with the dev mentions added to the training ones."""
+    mentions = task.mentions("train") + task.mentions("dev")
+    queries = task.queries("train") + task.queries("dev")
+    encoder, tokenizer = retrieval.load_encoder(resolve_model(config.encoder))
+    names = retrieval.concept_names(task.vocabulary)
+    pairs = retrieval.mention_pairs(mentions, queries, names)
+    retrieval.train_encoder(encoder, tokenizer, names, pairs, config.retrieval, seed, accelerator)
+    index = (
+        NameIndex.build(task.vocabulary, mentions, queries)
+        if config.retrieval.index_training_mentions
+        else NameIndex.build(task.vocabulary)
+    )
+    return encoder, tokenizer, index
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", required=True, help="a built-in task (ncbi, cdr, cadec) or a declared one")
+    parser.add_argument("--seed", type=int, required=True)
+    add_data_arguments(parser)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--hybrid", type=Path, required=True, help="the hybrid stage's output folder (train only)")
+    parser.add_argument("--hybrid-run-record", type=Path, help="its run record (the first stage's MLflow run)")
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args(argv)
+    accelerator = make_accelerator()  # the encoder's training may run on several processes (accelerate launch)
+    setup_logging(accelerator.is_main_process)
+    params = read_params(args.params)
+    config = config_from(HybridConfig, params["hybrid"]["config"], "hybrid.config", args.params)
+    set_seed(args.seed)
+    task = load_task(args.corpus, args, params["cadec_split"])
+    model_dir = args.hybrid / "model"
+    _, variants, _ = read_settings(model_dir)
+    if FIRST_STAGE not in variants:
+        raise ValueError(f"{model_dir}: no {FIRST_STAGE!r} variant (hybrid.config.classifier is off?)")
+    settings = Settings(classifier_weight=variants[FIRST_STAGE].classifier_weight)
+
+    started = time.perf_counter()
+    encoder, tokenizer, index = retrain_on_train_and_dev(task, config, args.seed, accelerator)
+    if not accelerator.is_main_process:
+        return
+    index.embed(encoder, tokenizer, config.retrieval)
+    seconds = time.perf_counter() - started
+    train_only = HybridNormalizer.load(model_dir, FIRST_STAGE)
+    train_dev = HybridNormalizer(
+        encoder,
+        tokenizer,
+        index,
+        config.retrieval,
+        train_only.classifier,
+        train_only.classifier_tokenizer,
+        train_only.classifier_max_length,
+        train_only.classifier_top_k,
+    )
+    queries, gold, counts = protocol_queries(task, "test")
+    result = {
+        "train_only_acc1": acc_at_1(train_only, settings, queries, gold),
+        "train_dev_acc1": acc_at_1(train_dev, settings, queries, gold),
+        **counts,
+        "classifier_weight": settings.classifier_weight,
+    }
+    tags = {"corpus": args.corpus, "seed": str(args.seed), "protocol": "peers", "first_stage_path": str(model_dir)}
+    if args.hybrid_run_record is not None:
+        tags["first_stage_run"] = read_run_record(args.hybrid_run_record)["runs"][FIRST_STAGE]
+    with start_run(
+        experiment=f"peers-{args.corpus}",
+        run_name=f"peers-{args.corpus}-s{args.seed}",
+        tags=tags,
+        params={"hybrid.config": params["hybrid"]["config"]},
+    ):
+        mlflow.log_params({"corpus": args.corpus, "seed": args.seed, "classifier_weight": settings.classifier_weight})
+        mlflow.log_metrics({f"test_{k}": v for k, v in result.items() if k != "classifier_weight"})
+        mlflow.log_metric("retrain_seconds", round(seconds, 1))  # wall clock: MLflow only, not the DVC metrics
+    write_json(args.metrics, result)
+    log.info(
+        "%s seed %d, peers' protocol (%d queries): acc@1 train only %.4f, train + dev %.4f",
+        args.corpus,
+        args.seed,
+        len(queries),
+        result["train_only_acc1"],
+        result["train_dev_acc1"],
+    )
+
+
+# --- the table ------------------------------------------------------------------------------------------
+
+
+def mean_sd(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    return f"{statistics.mean(values):.2f} ({statistics.stdev(values) if len(values) > 1 else 0.0:.2f})"
+
+
+def report(argv: list[str] | None = None) -> None:
+    """reports/peers.md: per corpus of params.yaml `peers`, mean (SD) over its seeds of both readings
+    (metrics/peers/<corpus>-s<seed>.json)."""
+    parser = argparse.ArgumentParser(description="the peers' protocol table")
+    parser.add_argument("--metrics", type=Path, required=True, help="the folder of the stage's metrics files")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="its `peers` corpora and seeds")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    wanted = read_params(args.params)["peers"]
+    corpora, seeds = wanted["corpora"], wanted["seeds"]
+    lines = [
+        "# acc@1 under the peers' protocol (test)",
+        "",
+        "Written by `python -m ehrbert.peers report` (stage `peers_report`) from metrics/peers; what the two "
+        "readings are: `ehrbert.peers`. Mean (SD) over seeds "
+        f"{', '.join(map(str, seeds))}; the first stage (retrieval + classifier), no second stage.",
+        "",
+        "| corpus | queries | composite split / kept whole | no-concept dropped | train only | train + dev |",
+        "|---|---|---|---|---|---|",
+    ]
+    for corpus in corpora:
+        rows = []
+        for seed in seeds:
+            path = args.metrics / f"{corpus}-s{seed}.json"
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no metrics for {corpus} seed {seed} (stage peers)")
+            rows.append(json.loads(path.read_text()))
+        lines.append(
+            f"| {corpus} | {rows[0]['queries']} | {rows[0]['composite_split']} / {rows[0]['composite_whole']} | "
+            f"{rows[0]['no_concept']} | {mean_sd([r['train_only_acc1'] for r in rows])} | "
+            f"{mean_sd([r['train_dev_acc1'] for r in rows])} |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["report"]:
+        report(sys.argv[2:])
+    else:
+        main()
