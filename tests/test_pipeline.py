@@ -75,6 +75,7 @@ def _tiny_params(tiny_bert: Path) -> dict:
     params["hybrid"]["config"].update(encoder=str(tiny_bert), classifier_weights=[0.0, 0.5])
     params["hybrid"]["config"]["retrieval"].update(steps=2, batch_size=8, embed_batch_size=256)
     params["rerank"].update(corpora=["ncbi", "ncbi_bioc"], seeds=[1])
+    params["peers"].update(corpora=["ncbi"], seeds=[1])
     params["compare"].update(corpora=["ncbi", "ncbi_bioc"])
     params["vocabulary_only"]["encoder"] = str(tiny_bert)
     params["vocabulary_only"]["retrieval"].update(steps=2, batch_size=8, embed_batch_size=256)
@@ -204,6 +205,9 @@ def test_a_task_declared_only_in_params_is_trained_compared_and_registered(proje
     champion = mlflow.MlflowClient().get_model_version_by_alias("ehrbert-ncbi_bioc", "champion")
     assert champion.tags["corpus"] == "ncbi_bioc" and champion.tags["model"] == compared["ncbi"]["champion"]["model"]
     assert "ncbi_bioc" in (work / "reports" / "table2.csv").read_text()
+    # the peers' protocol reads the hybrid's model of the same seed
+    reading = json.loads((work / "metrics" / "peers" / "ncbi-s1.json").read_text())
+    assert f"| ncbi | {reading['queries']} |" in (work / "reports" / "peers.md").read_text()
 
 
 def _database_text(uri: str) -> list[tuple[str, str]]:
