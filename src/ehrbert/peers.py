@@ -1,4 +1,4 @@
-"""The peers' protocol as a second reading: the first stage retrained on train + dev, acc@1 as BioSyn and SapBERT count it.
+"""The peers' protocol as a second reading: retrained on train + dev, acc@1 as BioSyn and SapBERT count it.
 
 The main tables train on the training split, choose every setting on dev and score test. BioSyn and SapBERT,
 whose acc@1 the accuracy goals quote, instead train on train + dev and score test queries prepared their way.
