@@ -150,7 +150,7 @@ def train_encoder(
         positives = [rng.choice([n for n in names[c] if n != a] or names[c]) for a, c in batch]
         concepts = [c for _, c in batch]
         hard = negatives.mine(anchors, concepts) if negatives is not None else []
-        if world > 1 and hard:  # one list for every process, whatever the rounding of each one's table
+        if world > 1 and negatives is not None:  # one list for every process, whatever each one's table rounds to
             hard = broadcast_object_list([hard])[0]
         share, hard_share = shard(len(batch), world, rank), shard(len(hard), world, rank)
         texts = [anchors[i] for i in share] + [positives[i] for i in share] + [hard[i] for i in hard_share]
