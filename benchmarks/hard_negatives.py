@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from ehrbert.stage import read_params
+from ehrbert.stats import percent
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("retrieval", "hybrid_no_concept")  # the encoder alone, and the full first stage (dev's choice)
@@ -87,9 +88,7 @@ def seconds(rows: list[dict], key: str) -> str:
 
 
 def mean_sd(values: list[float]) -> str:
-    values = [100 * v for v in values]
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ({sd:.2f})"
+    return percent(statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def report(results: dict, corpora: list[str], seeds: list[int], settings: list[str]) -> str:

@@ -42,6 +42,7 @@ from ehrbert.models import retrieval
 from ehrbert.models.hybrid import HybridNormalizer, Settings, decide, read_settings
 from ehrbert.models.name_index import NameIndex
 from ehrbert.stage import config_from, read_params, setup_logging, write_json
+from ehrbert.stats import percent
 from ehrbert.tasks import Task, add_data_arguments, load_task
 from ehrbert.tracking import read_run_record, start_run
 
@@ -167,8 +168,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def mean_sd(values: list[float]) -> str:
-    values = [100 * v for v in values]
-    return f"{statistics.mean(values):.2f} ({statistics.stdev(values) if len(values) > 1 else 0.0:.2f})"
+    """`stats.percent` of the seeds' mean and SD (0 for one seed)."""
+    return percent(statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def report(argv: list[str] | None = None) -> None:
