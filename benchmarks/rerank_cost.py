@@ -35,7 +35,11 @@ GATES = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2, math.inf]
 def subset(candidates: Candidates, rows: list[int]) -> Candidates:
     pick = lambda values: [values[i] for i in rows] if values else values
     return Candidates(
-        pick(candidates.retrieval), pick(candidates.best_tuple), pick(candidates.classifier), pick(candidates.parts)
+        pick(candidates.retrieval),
+        pick(candidates.best_tuple),
+        pick(candidates.classifier),
+        pick(candidates.parts),
+        pick(candidates.floor),
     )
 
 

@@ -89,7 +89,20 @@ def _candidates():
         best_tuple=[("D1",), ("D1", "D2"), ("D3",), ("D5",)],
         classifier=[{"D2": 0.9, "D1": 0.1}, {}, {}, {}],
         parts=[[], [], [("D3", 0.95), ("D4", 0.92)], []],
+        floor=[0.85, 0.97, 0.70, 0.40],
     )
+
+
+def test_a_concept_the_hits_lack_gets_the_kth_hits_cosine():
+    # every top-k entry names D1 (an exact name at 1.0, the k-th entry at 0.8): the classifier's D9 may have at
+    # most 0.8, so it never ties with D1 at w = 0, and at w > 0 outranks it only by a larger probability margin
+    candidates = Candidates(
+        retrieval=[{"D1": 1.0}], best_tuple=[("D1",)], classifier=[{"D9": 0.6, "D1": 0.3}], parts=[[]], floor=[0.8]
+    )
+    assert decide(candidates, Settings())[0].ranked == ["D1", "D9"]
+    assert decide(candidates, Settings())[0].scores == pytest.approx([1.0, 0.8])
+    assert decide(candidates, Settings(classifier_weight=0.5))[0].ranked == ["D1", "D9"]  # 1.15 > 1.1
+    assert decide(candidates, Settings(classifier_weight=1.0))[0].ranked == ["D9", "D1"]  # 1.4 > 1.3
 
 
 def test_decide_interpolates_the_classifier():
@@ -438,6 +451,7 @@ def test_switched_off_components_are_left_out_of_the_variants():
         best_tuple=[("D1", "D2"), ("D3",), ("D4",)],
         classifier=[{}, {}, {}],
         parts=[[("D1", 0.9), ("D2", 0.9)], [], []],
+        floor=[0.9, 0.95, 0.59],
     )
     config = hybrid.HybridConfig(classifier=False, composite=True, no_concept=True, composite_thresholds=[0.8])
     variants = hybrid.choose_settings(task, dev, config, seen={"D1", "D3"})

@@ -33,7 +33,8 @@ def _case(i: int, query: str, gold: str, long_first: bool = True):
 
 def _split(cases):
     mentions, queries, retrieved = zip(*cases)
-    candidates = Candidates(list(retrieved), [(max(r, key=r.get),) for r in retrieved], [], [[] for _ in cases])
+    best = [(max(r, key=r.get),) for r in retrieved]
+    candidates = Candidates(list(retrieved), best, [], [[] for _ in cases], [min(r.values()) for r in retrieved])
     return list(mentions), list(queries), candidates
 
 

@@ -75,15 +75,18 @@ class Candidates:
     best_tuple: list[tuple[str, ...]]  # concept tuple of the best entry
     classifier: list[dict[str, float]]  # concept -> probability (top-k); empty without a classifier
     parts: list[list[tuple[str, float]]]  # a coordinated query's parts: (best concept, cosine); [] if none
+    # the cosine of the query's k-th best entry: the most that a concept with no entry among the top k can have.
+    # Not the least cosine in `retrieval`: when the top k entries name one concept, that is its own cosine, and
+    # every concept the classifier adds would tie with it.
+    floor: list[float]
 
 
 def decide(candidates: Candidates, settings: Settings, k: int = 5) -> list[Answer]:
     answers = []
     for i, retrieved in enumerate(candidates.retrieval):
         probabilities = candidates.classifier[i] if candidates.classifier else {}
-        floor = min(retrieved.values(), default=0.0)
         combined = {
-            c: retrieved.get(c, floor) + settings.classifier_weight * probabilities.get(c, 0.0)
+            c: retrieved.get(c, candidates.floor[i]) + settings.classifier_weight * probabilities.get(c, 0.0)
             for c in retrieved.keys() | probabilities.keys()
         }
         ranked = sorted(combined, key=lambda c: (-combined[c], c))[:k]
@@ -167,7 +170,7 @@ class HybridNormalizer:
         for part, found in zip(flat, hits[len(queries) :]):
             position, cosine = found[0]
             part_best[part] = (self.index.concepts[position][0][0], cosine)
-        scores, best = [], []
+        scores, best, floors = [], [], []
         for found in hits[: len(queries)]:
             concept_scores: dict[str, float] = {}
             for position, cosine in found:
@@ -175,7 +178,8 @@ class HybridNormalizer:
                     concept_scores.setdefault(c, cosine)  # hits come best first
             scores.append(concept_scores)
             best.append(self.index.concepts[found[0][0]][0] if found else ())
-        return Candidates(scores, best, probabilities, [[part_best[p] for p in ps] for ps in parts])
+            floors.append(found[-1][1] if found else 0.0)
+        return Candidates(scores, best, probabilities, [[part_best[p] for p in ps] for ps in parts], floors)
 
     def predict(self, queries: list[str]) -> list[Answer]:
         return self.answer(queries, self.candidates(queries))
