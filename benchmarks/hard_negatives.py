@@ -27,8 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from ehrbert.peers import mean_sd
 from ehrbert.stage import read_params
-from ehrbert.stats import percent
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("retrieval", "hybrid_no_concept")  # the encoder alone, and the full first stage (dev's choice)
@@ -85,10 +85,6 @@ def seconds(rows: list[dict], key: str) -> str:
     """Mean of the rows' `key` (seconds), or a dash when a row lacks it."""
     values = [r.get(key) for r in rows]
     return f"{statistics.mean(values):.0f}" if all(v is not None for v in values) else "–"
-
-
-def mean_sd(values: list[float]) -> str:
-    return percent(statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def report(results: dict, corpora: list[str], seeds: list[int], settings: list[str]) -> str:

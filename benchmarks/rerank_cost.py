@@ -16,6 +16,7 @@ Writes reports/rerank_cost.json and reports/rerank_cost.md. It asserts nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -34,13 +35,7 @@ GATES = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2, math.inf]
 
 def subset(candidates: Candidates, rows: list[int]) -> Candidates:
     pick = lambda values: [values[i] for i in rows] if values else values
-    return Candidates(
-        pick(candidates.retrieval),
-        pick(candidates.best_tuple),
-        pick(candidates.classifier),
-        pick(candidates.parts),
-        pick(candidates.floor),
-    )
+    return Candidates(*(pick(getattr(candidates, f.name)) for f in dataclasses.fields(Candidates)))
 
 
 def measure(uri: str, params: dict, repeats: int, single_calls: int) -> dict:
