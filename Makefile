@@ -10,10 +10,13 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 # Accelerate's configuration for every training stage (processes, devices, mixed precision): a runtime choice,
-# never science. Default: accelerate/cpu.yaml (one CPU process, bf16) where no GPU is found; elsewhere empty, so
-# that `accelerate config`'s file or Accelerate's defaults (every GPU found) apply. Any file works:
+# never science. Default where no GPU is found: one CPU process, in bf16 (accelerate/cpu.yaml) where the CPU has
+# bf16 in hardware (AVX512-BF16 or AMX), else in fp32 (accelerate/cpu-fp32.yaml), since an emulated bf16 is
+# several times slower than fp32. Where a GPU is found: empty, so that `accelerate config`'s file or
+# Accelerate's defaults (every GPU found) apply. Any file works:
 #   make run PROFILE=paper ACCELERATE_CONFIG=accelerate/4gpu.yaml
-ACCELERATE_CONFIG ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,accelerate/cpu.yaml)
+CPU_BF16 := $(shell grep -qswE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo yes)
+ACCELERATE_CONFIG ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,accelerate/cpu$(if $(CPU_BF16),,-fp32).yaml)
 export ACCELERATE_ARGS ?= $(if $(ACCELERATE_CONFIG),--config_file $(ACCELERATE_CONFIG))
 
 .PHONY: install data run test lint bench checkpoints lock server

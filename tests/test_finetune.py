@@ -327,9 +327,11 @@ def test_two_processes_under_accelerate_launch_train_as_one(
     two, _, _ = classifier.load_finetuned(tmp_path / "two")
     two_weights = two.state_dict()
     differ = max((v - two_weights[k]).abs().max().item() for k, v in one.state_dict().items())
+    # the float noise of summing gradients over two processes, as Adam amplifies it where gradients are near 0;
+    # a run with another seed differs by orders of magnitude more. Test F1 is not compared:
+    # a tiny random BERT after one epoch answers at chance (F1 under 0.1), where noise of this size already
+    # changes most answers.
     assert differ < 1e-2, f"1 vs 2 processes: weights differ by {differ:.2e}"
-    f1 = [json.loads((tmp_path / f"{n}.json").read_text())["f1"] for n in ("one", "two")]
-    assert f1[0] == pytest.approx(f1[1], abs=0.01), f1
 
 
 def test_two_runs_with_one_seed_give_identical_files(

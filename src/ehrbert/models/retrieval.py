@@ -78,7 +78,8 @@ def embed(
     max_length: int = 24,
     batch_size: int = 512,
 ) -> np.ndarray:
-    """(len(texts), hidden) float32 unit vectors (mean pooling); texts batched in order of length, bf16 autocast."""
+    """(len(texts), hidden) float32 unit vectors (mean pooling); texts batched in order of length, bf16 autocast
+    where the device has bf16 in hardware (`encoding.native_bf16`)."""
     return encode_by_length(model, tokenizer, texts, mean_pool, max_length, batch_size).numpy()
 
 
