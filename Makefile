@@ -10,14 +10,16 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 # Accelerate's configuration for every training stage (processes, devices, mixed precision): a runtime choice,
-# never science. Default where no GPU is found: one CPU process, in bf16 (accelerate/cpu.yaml) where the CPU has
-# bf16 in hardware (AVX512-BF16 or AMX), else in fp32 (accelerate/cpu-fp32.yaml), since an emulated bf16 is
-# several times slower than fp32. Where a GPU is found: empty, so that `accelerate config`'s file or
-# Accelerate's defaults (every GPU found) apply. Any file works:
+# never science. Default where no GPU is found: accelerate/cpu.yaml (one CPU process, bf16); elsewhere empty, so
+# that `accelerate config`'s file or Accelerate's defaults (every GPU found) apply. Any file works:
 #   make run PROFILE=paper ACCELERATE_CONFIG=accelerate/4gpu.yaml
+# Where no GPU is found and the CPU lacks bf16 in hardware (neither AVX512-BF16 nor AMX in /proc/cpuinfo), every
+# file's training runs in fp32 (--mixed_precision no): an emulated bf16 is several times slower than fp32.
+GPU := $(shell command -v nvidia-smi 2>/dev/null)
 CPU_BF16 := $(shell grep -qswE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo yes)
-ACCELERATE_CONFIG ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,accelerate/cpu$(if $(CPU_BF16),,-fp32).yaml)
-export ACCELERATE_ARGS ?= $(if $(ACCELERATE_CONFIG),--config_file $(ACCELERATE_CONFIG))
+ACCELERATE_CONFIG ?= $(if $(GPU),,accelerate/cpu.yaml)
+export ACCELERATE_ARGS ?= $(strip $(if $(ACCELERATE_CONFIG),--config_file $(ACCELERATE_CONFIG)) \
+	$(if $(GPU)$(CPU_BF16),,--mixed_precision no))
 
 .PHONY: install data run test lint bench checkpoints lock server
 

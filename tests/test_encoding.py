@@ -14,8 +14,8 @@ TEXTS = ["breast cancer", "colon cancer syndrome", "disease", "deficiency of the
 
 
 def test_the_cpu_s_bf16_is_read_as_the_makefile_reads_it():
-    """The Makefile picks accelerate/cpu.yaml (bf16) or cpu-fp32.yaml from /proc/cpuinfo's flags; the encoding
-    must make the same choice on the same machine."""
+    """The Makefile trains in bf16 or fp32 by /proc/cpuinfo's flags; the encoding must make the same choice on the
+    same machine."""
     cpuinfo = Path("/proc/cpuinfo")
     flags = set(re.findall(r"\w+", cpuinfo.read_text())) if cpuinfo.exists() else set()
     assert encoding.native_bf16(torch.device("cpu")) == bool(flags & {"avx512_bf16", "amx_bf16"})

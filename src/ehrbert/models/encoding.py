@@ -8,7 +8,7 @@ vectors are pooled.
 bf16 is only fast where the hardware has it (`native_bf16`): a GPU that supports it, or a CPU with
 AVX512-BF16 or AMX, where it halves the time of fp32. A CPU without them (AVX2 only) emulates it, and bf16 is
 then several times *slower* than fp32, so there the encoding stays in fp32. The same choice for training is
-the Accelerate configuration's (the Makefile picks `accelerate/cpu.yaml` or `accelerate/cpu-fp32.yaml`).
+Accelerate's (the Makefile adds `--mixed_precision no` on such a CPU).
 """
 
 from __future__ import annotations
