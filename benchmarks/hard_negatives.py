@@ -27,8 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from ehrbert.peers import mean_sd
 from ehrbert.stage import read_params
+from ehrbert.stats import mean_sd
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("retrieval", "hybrid_no_concept")  # the encoder alone, and the full first stage (dev's choice)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from ehrbert.models import retrieval
 from ehrbert.models.hybrid import HybridNormalizer, Settings, decide, read_settings
 from ehrbert.models.name_index import NameIndex
 from ehrbert.stage import config_from, read_params, setup_logging, write_json
-from ehrbert.stats import percent
+from ehrbert.stats import mean_sd
 from ehrbert.tasks import Task, add_data_arguments, load_task
 from ehrbert.tracking import read_run_record, start_run
 
@@ -165,11 +164,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # --- the table ------------------------------------------------------------------------------------------
-
-
-def mean_sd(values: list[float]) -> str:
-    """`stats.percent` of the seeds' mean and SD (0 for one seed)."""
-    return percent(statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def report(argv: list[str] | None = None) -> None:

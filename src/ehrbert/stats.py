@@ -8,6 +8,7 @@ independent samples of unequal spread).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,6 +45,11 @@ def percent(value: float, sd: float = math.nan, digits: int = 2, sd_style: str =
     if not pd.isna(sd):
         text += (" " if sd_style.startswith("(") else "") + sd_style.format(f"{100 * sd:.{digits}f}")
     return text
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    """`percent` of the seeds' mean and sample SD (0 for one seed)."""
+    return percent(statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def p_text(value: float, alpha: float) -> str:
