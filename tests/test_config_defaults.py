@@ -16,6 +16,7 @@ from ehrbert.analysis.errors import ErrorAnalysisConfig
 from ehrbert.compare import CompareConfig
 from ehrbert.finetune import FinetuneConfig
 from ehrbert.hybrid import HybridConfig
+from ehrbert.models.consistency import ConsistencyConfig
 from ehrbert.models.retrieval import RetrievalConfig
 from ehrbert.notes_prep import NotesConfig
 from ehrbert.pretrain import PretrainConfig
@@ -32,6 +33,7 @@ CONFIGS = [
     (PretrainConfig, "pretrain"),
     (PairConfig, "pretrain"),
     (CompareConfig, "compare"),
+    (ConsistencyConfig, "consistency"),
     (CaseStudyConfig, "case_study"),
     (ErrorAnalysisConfig, "error_analysis"),
 ]

@@ -1,0 +1,202 @@
+"""Document consistency over the pipeline's normalizers: what it adds to each variant, chosen on dev.
+
+    python benchmarks/document_consistency.py [--corpora ncbi cdr] [--seeds 1 2 3]
+
+For each corpus and seed it loads the second stage's saved normalizer (outputs/rerank/<corpus>-s<seed>/model,
+which holds every first-stage variant too; `dvc repro rerank@<corpus>-<seed>` makes it), computes the dev and
+test candidates once, and answers as each variant: `retrieval`, `hybrid`, `hybrid_composite`,
+`hybrid_no_concept` and, where the stage chose its reranker, `hybrid_rerank`. For each variant the rule of
+`ehrbert.models.consistency` is chosen on dev (params.yaml `consistency`: the grid, by acc@1; used where dev's
+one-sided exact McNemar P is below `significance`) and applied to test. Test acc@1 (seen / unseen concepts) and
+the task's F1 are set beside the variant's own, with the mentions it fixed and broke on test.
+
+Writes reports/document_consistency.json (one entry per corpus, seed and variant) and .md. It asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from argparse import Namespace
+from dataclasses import asdict
+from pathlib import Path
+
+from scipy.stats import ttest_rel
+
+from ehrbert.hybrid import score
+from ehrbert.metrics import accuracy_at_k, seen_concepts
+from ehrbert.models.consistency import Consistency, ConsistencyConfig, apply, choose
+from ehrbert.models.hybrid import HybridNormalizer, decide
+from ehrbert.rerank import VARIANT as RERANKED
+from ehrbert.rerank import flips
+from ehrbert.stage import config_from, read_params
+from ehrbert.stats import mean_sd
+from ehrbert.tasks import load_task
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = ("acc1", "acc1_seen", "acc1_unseen", "f1")
+
+
+def variant_answers(model: HybridNormalizer, variant: str, queries: list[str], candidates, depth: int) -> list:
+    """The variant's answers, each with at least `depth` ranked candidates."""
+    depth = max(depth, model.reranker.config.depth if model.reranker else 0)
+    answers = decide(candidates, model.variants[variant], k=depth)
+    if variant in model.reranked:
+        answers = model.reranker.rerank(queries, answers, candidates)
+    return answers
+
+
+def measure(corpus: str, seed: int, params: dict, config: ConsistencyConfig) -> dict[str, dict]:
+    """Per variant: the rule chosen on dev, dev and test scores without and with it, and the test flips."""
+    data = params["data"]
+    paths = Namespace(
+        ncbi_dir=Path(data["ncbi_dir"]),
+        ncbi_vocabulary=Path(data["ncbi_vocabulary"]),
+        cdr_dir=Path(data["cdr_dir"]),
+        cdr_vocabulary=Path(data["cdr_vocabulary"]),
+        cadec_dir=Path(data["cadec_dir"]),
+        tasks_dir=Path("outputs/tasks"),
+    )
+    task = load_task(corpus, paths, params["cadec_split"])
+    seen = seen_concepts(task.mentions("train"))
+    folder = ROOT / f"outputs/rerank/{corpus}-s{seed}/model"
+    if not folder.is_dir():
+        raise SystemExit(f"{folder}: no saved normalizer; run `dvc repro rerank@{corpus}-{seed}` first")
+    model = HybridNormalizer.load(folder)
+    splits = {}
+    for split in ("dev", "test"):
+        queries = task.queries(split)
+        documents = [m.doc_id for m in task.mentions(split)]
+        splits[split] = (queries, documents, model.candidates(queries))
+    variants = [v for v in model.variants if v != RERANKED or RERANKED in model.reranked]
+    out = {}
+    for variant in variants:
+        answers = {s: variant_answers(model, variant, q, c, config.depth) for s, (q, _, c) in splits.items()}
+        out[variant] = measure_variant(task, seen, splits, answers, config)
+    return out
+
+
+def measure_variant(task, seen: set[str], splits: dict, answers: dict, config: ConsistencyConfig) -> dict:
+    """One variant's answers without and with the rule dev chooses for it."""
+    dev_queries, dev_documents, _ = splits["dev"]
+    dev_mentions = task.mentions("dev")
+
+    def dev_acc1(rule: Consistency) -> float:
+        ranked = [a.ranked for a in apply(answers["dev"], dev_documents, dev_queries, rule)]
+        return accuracy_at_k(dev_mentions, ranked, 1)
+
+    started = time.perf_counter()
+    rule, tried = choose(config.weights, config.margins, dev_acc1, config.depth)
+    dev_with = apply(answers["dev"], dev_documents, dev_queries, rule)
+    dev_fixed, dev_broken, dev_p = flips(dev_mentions, answers["dev"], dev_with)
+    used = dev_fixed > dev_broken and dev_p < config.significance
+    test_queries, test_documents, _ = splits["test"]
+    test_with = apply(answers["test"], test_documents, test_queries, rule)
+    seconds = time.perf_counter() - started
+    test_fixed, test_broken, test_p = flips(task.mentions("test"), answers["test"], test_with)
+    without, best = score(task, "test", answers["test"], seen), score(task, "test", test_with, seen)
+    return {
+        "rule": asdict(rule),
+        "dev_acc1": {"without": tried["0.0/0.0"], "with": dev_acc1(rule)},
+        "dev_fixed": dev_fixed,
+        "dev_broken": dev_broken,
+        "dev_p_value": dev_p,
+        "used": used,
+        "test_without": {k: without[k] for k in KEYS},
+        "test_dev_best": {k: best[k] for k in KEYS},
+        "test_used": {k: (best if used else without)[k] for k in KEYS},
+        "test_fixed": test_fixed,
+        "test_broken": test_broken,
+        "test_p_value": test_p,
+        "choose_and_apply_seconds": round(seconds, 2),
+    }
+
+
+def p_paired(before: list[float], after: list[float]) -> str:
+    if before == after:
+        return "–"
+    p = ttest_rel(after, before).pvalue
+    return "–" if p != p else f"{p:.3f}"
+
+
+def report(results: dict, corpora: list[str], seeds: list[int], config: ConsistencyConfig) -> str:
+    lines = [
+        "# Document consistency",
+        "",
+        "`python benchmarks/document_consistency.py` (see its docstring; the rule: `ehrbert.models.consistency`). "
+        f"Mean (SD) over seeds {', '.join(map(str, seeds))} of the pipeline's normalizers. For each variant, "
+        "(weight, margin) is chosen on dev by acc@1 from the grid of params.yaml `consistency` "
+        f"(weights {config.weights}, margins {config.margins}, depth {config.depth}) and used where dev's "
+        f"one-sided exact McNemar P < {config.significance}. *Without*: the variant as the pipeline serves it; "
+        "*dev's best*: with the rule dev chose, whatever its P; *used*: with it only where dev's P says so. "
+        "P: paired t-test over seeds against *without*. Flips: test mentions the dev-best rule made right / "
+        "wrong at rank 1, summed over seeds.",
+        "",
+        "| corpus | variant | used (seeds) | dev acc@1 without → dev's best | test acc@1 without | dev's best | P "
+        "| used | seen / unseen, used | test F1 without | dev's best | P | used | test flips + / − |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for corpus in corpora:
+        rows = [results.get(f"{corpus}-s{s}") for s in seeds]
+        if not all(rows):
+            continue
+        for variant in rows[0]:
+            if not all(variant in r for r in rows):
+                continue
+            cells = [r[variant] for r in rows]
+
+            def get(part: str, key: str, cells: list[dict] = cells) -> list[float]:
+                return [c[part][key] for c in cells]
+
+            dev = f"{mean_sd(get('dev_acc1', 'without'))} → {mean_sd(get('dev_acc1', 'with'))}"
+            lines.append(
+                f"| {corpus} | {variant} | {sum(c['used'] for c in cells)} of {len(cells)} | {dev} "
+                f"| {mean_sd(get('test_without', 'acc1'))} | {mean_sd(get('test_dev_best', 'acc1'))} "
+                f"| {p_paired(get('test_without', 'acc1'), get('test_dev_best', 'acc1'))} "
+                f"| {mean_sd(get('test_used', 'acc1'))} "
+                f"| {mean_sd(get('test_used', 'acc1_seen'))} / {mean_sd(get('test_used', 'acc1_unseen'))} "
+                f"| {mean_sd(get('test_without', 'f1'))} | {mean_sd(get('test_dev_best', 'f1'))} "
+                f"| {p_paired(get('test_without', 'f1'), get('test_dev_best', 'f1'))} "
+                f"| {mean_sd(get('test_used', 'f1'))} "
+                f"| {sum(c['test_fixed'] for c in cells)} / {sum(c['test_broken'] for c in cells)} |"
+            )
+    lines += ["", "Rules dev chose (weight / margin), by seed:", ""]
+    for corpus in corpora:
+        for seed in seeds:
+            row = results.get(f"{corpus}-s{seed}") or {}
+            chosen = ", ".join(
+                f"{v} {c['rule']['weight']} / {c['rule']['margin']} (dev {c['dev_fixed']}+ {c['dev_broken']}−, "
+                f"P {c['dev_p_value']:.3g})"
+                for v, c in row.items()
+            )
+            if chosen:
+                lines.append(f"- {corpus} seed {seed}: {chosen}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpora", nargs="+", default=["ncbi", "cdr"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--out", type=Path, default=ROOT / "reports/document_consistency")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    params = read_params(ROOT / "params.yaml")
+    config = config_from(ConsistencyConfig, params["consistency"], "consistency", ROOT / "params.yaml")
+    store = args.out.with_suffix(".json")
+    results = json.loads(store.read_text()) if store.exists() else {}
+    for corpus in args.corpora:
+        for seed in args.seeds:
+            key = f"{corpus}-s{seed}"
+            results[key] = measure(corpus, seed, params, config)
+            store.write_text(json.dumps(results, indent=1) + "\n")
+            print(key, {v: (r["rule"], r["used"], r["test_used"]["acc1"]) for v, r in results[key].items()},
+                  file=sys.stderr, flush=True)  # fmt: skip
+    args.out.with_suffix(".md").write_text(report(results, args.corpora, args.seeds, config))
+
+
+if __name__ == "__main__":
+    main()
