@@ -6,11 +6,12 @@ For each corpus and seed it loads the second stage's saved normalizer (outputs/r
 which holds every first-stage variant too; `dvc repro rerank@<corpus>-<seed>` makes it), computes the dev and
 test candidates once, and answers as each variant: `retrieval`, `hybrid`, `hybrid_composite`,
 `hybrid_no_concept` and, where the stage chose its reranker, `hybrid_rerank`. For each variant the rule of
-`ehrbert.models.consistency` is chosen on dev (params.yaml `consistency`: the grid, by acc@1; used where dev's
-one-sided exact McNemar P is below `significance`) and applied to test. Test acc@1 (seen / unseen concepts) and
-the task's F1 are set beside the variant's own, with the mentions it fixed and broke on test.
+`ehrbert.models.consistency` is chosen on dev (params.yaml `consistency`: the grid; used where dev's one-sided
+exact McNemar P is below `significance`), once by each objective (the task's F1, acc@1; params.yaml names the
+one a stage would use), and applied to test. Test acc@1 (seen / unseen concepts) and the task's F1 are set
+beside the variant's own, with the mentions it fixed and broke on test.
 
-Writes reports/document_consistency.json (one entry per corpus, seed and variant) and .md. It asserts nothing.
+Writes reports/document_consistency.json (per corpus and seed, objective and variant) and .md. It asserts nothing.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from pathlib import Path
 from scipy.stats import ttest_rel
 
 from ehrbert.hybrid import score
-from ehrbert.metrics import accuracy_at_k, seen_concepts
-from ehrbert.models.consistency import Consistency, ConsistencyConfig, apply, choose
+from ehrbert.metrics import seen_concepts
+from ehrbert.models.consistency import OBJECTIVES, Consistency, ConsistencyConfig, apply, choose
 from ehrbert.models.hybrid import HybridNormalizer, decide
 from ehrbert.rerank import VARIANT as RERANKED
 from ehrbert.rerank import flips
@@ -38,6 +39,7 @@ from ehrbert.tasks import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("acc1", "acc1_seen", "acc1_unseen", "f1")
+OBJECTIVE_NAMES = {"f1": "F1", "acc1": "acc@1"}
 
 
 def variant_answers(model: HybridNormalizer, variant: str, queries: list[str], candidates, depth: int) -> list:
@@ -75,21 +77,21 @@ def measure(corpus: str, seed: int, params: dict, config: ConsistencyConfig) -> 
     out = {}
     for variant in variants:
         answers = {s: variant_answers(model, variant, q, c, config.depth) for s, (q, _, c) in splits.items()}
-        out[variant] = measure_variant(task, seen, splits, answers, config)
+        for objective in OBJECTIVES:
+            out.setdefault(objective, {})[variant] = measure_variant(task, seen, splits, answers, config, objective)
     return out
 
 
-def measure_variant(task, seen: set[str], splits: dict, answers: dict, config: ConsistencyConfig) -> dict:
-    """One variant's answers without and with the rule dev chooses for it."""
+def measure_variant(task, seen: set[str], splits: dict, answers: dict, config: ConsistencyConfig, objective: str):
+    """One variant's answers without and with the rule dev chooses for it by `objective`."""
     dev_queries, dev_documents, _ = splits["dev"]
+
+    def on_dev(rule: Consistency) -> float:
+        return score(task, "dev", apply(answers["dev"], dev_documents, dev_queries, rule), seen)[objective]
+
     dev_mentions = task.mentions("dev")
-
-    def dev_acc1(rule: Consistency) -> float:
-        ranked = [a.ranked for a in apply(answers["dev"], dev_documents, dev_queries, rule)]
-        return accuracy_at_k(dev_mentions, ranked, 1)
-
     started = time.perf_counter()
-    rule, tried = choose(config.weights, config.margins, dev_acc1, config.depth)
+    rule, tried = choose(config.weights, config.margins, on_dev, config.depth)
     dev_with = apply(answers["dev"], dev_documents, dev_queries, rule)
     dev_fixed, dev_broken, dev_p = flips(dev_mentions, answers["dev"], dev_with)
     used = dev_fixed > dev_broken and dev_p < config.significance
@@ -100,7 +102,7 @@ def measure_variant(task, seen: set[str], splits: dict, answers: dict, config: C
     without, best = score(task, "test", answers["test"], seen), score(task, "test", test_with, seen)
     return {
         "rule": asdict(rule),
-        "dev_acc1": {"without": tried["0.0/0.0"], "with": dev_acc1(rule)},
+        "dev": {"without": tried["0.0/0.0"], "with": on_dev(rule)},
         "dev_fixed": dev_fixed,
         "dev_broken": dev_broken,
         "dev_p_value": dev_p,
@@ -116,10 +118,11 @@ def measure_variant(task, seen: set[str], splits: dict, answers: dict, config: C
 
 
 def p_paired(before: list[float], after: list[float]) -> str:
-    if before == after:
+    """Paired t-test P over seeds; a dash where it is undefined (one seed, or the same change on every seed)."""
+    differences = {round(b - a, 12) for a, b in zip(before, after)}
+    if len(before) < 2 or len(differences) < 2:
         return "–"
-    p = ttest_rel(after, before).pvalue
-    return "–" if p != p else f"{p:.3f}"
+    return f"{ttest_rel(after, before).pvalue:.3f}"
 
 
 def report(results: dict, corpora: list[str], seeds: list[int], config: ConsistencyConfig) -> str:
@@ -128,53 +131,58 @@ def report(results: dict, corpora: list[str], seeds: list[int], config: Consiste
         "",
         "`python benchmarks/document_consistency.py` (see its docstring; the rule: `ehrbert.models.consistency`). "
         f"Mean (SD) over seeds {', '.join(map(str, seeds))} of the pipeline's normalizers. For each variant, "
-        "(weight, margin) is chosen on dev by acc@1 from the grid of params.yaml `consistency` "
+        "(weight, margin) is chosen on dev from the grid of params.yaml `consistency` "
         f"(weights {config.weights}, margins {config.margins}, depth {config.depth}) and used where dev's "
         f"one-sided exact McNemar P < {config.significance}. *Without*: the variant as the pipeline serves it; "
         "*dev's best*: with the rule dev chose, whatever its P; *used*: with it only where dev's P says so. "
         "P: paired t-test over seeds against *without*. Flips: test mentions the dev-best rule made right / "
         "wrong at rank 1, summed over seeds.",
-        "",
-        "| corpus | variant | used (seeds) | dev acc@1 without → dev's best | test acc@1 without | dev's best | P "
-        "| used | seen / unseen, used | test F1 without | dev's best | P | used | test flips + / − |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for corpus in corpora:
-        rows = [results.get(f"{corpus}-s{s}") for s in seeds]
-        if not all(rows):
-            continue
-        for variant in rows[0]:
-            if not all(variant in r for r in rows):
-                continue
-            cells = [r[variant] for r in rows]
-
-            def get(part: str, key: str, cells: list[dict] = cells) -> list[float]:
-                return [c[part][key] for c in cells]
-
-            dev = f"{mean_sd(get('dev_acc1', 'without'))} → {mean_sd(get('dev_acc1', 'with'))}"
-            lines.append(
-                f"| {corpus} | {variant} | {sum(c['used'] for c in cells)} of {len(cells)} | {dev} "
-                f"| {mean_sd(get('test_without', 'acc1'))} | {mean_sd(get('test_dev_best', 'acc1'))} "
-                f"| {p_paired(get('test_without', 'acc1'), get('test_dev_best', 'acc1'))} "
-                f"| {mean_sd(get('test_used', 'acc1'))} "
-                f"| {mean_sd(get('test_used', 'acc1_seen'))} / {mean_sd(get('test_used', 'acc1_unseen'))} "
-                f"| {mean_sd(get('test_without', 'f1'))} | {mean_sd(get('test_dev_best', 'f1'))} "
-                f"| {p_paired(get('test_without', 'f1'), get('test_dev_best', 'f1'))} "
-                f"| {mean_sd(get('test_used', 'f1'))} "
-                f"| {sum(c['test_fixed'] for c in cells)} / {sum(c['test_broken'] for c in cells)} |"
-            )
-    lines += ["", "Rules dev chose (weight / margin), by seed:", ""]
-    for corpus in corpora:
-        for seed in seeds:
-            row = results.get(f"{corpus}-s{seed}") or {}
-            chosen = ", ".join(
-                f"{v} {c['rule']['weight']} / {c['rule']['margin']} (dev {c['dev_fixed']}+ {c['dev_broken']}−, "
-                f"P {c['dev_p_value']:.3g})"
-                for v, c in row.items()
-            )
-            if chosen:
-                lines.append(f"- {corpus} seed {seed}: {chosen}")
+    for objective in sorted(OBJECTIVES, key=lambda o: o != config.objective):
+        lines += [
+            "",
+            f"## Chosen by dev {OBJECTIVE_NAMES[objective]}"
+            + (" (params.yaml)" if objective == config.objective else ""),
+            "",
+            f"| corpus | variant | used (seeds) | dev {OBJECTIVE_NAMES[objective]} without → dev's best "
+            "| test acc@1 without | dev's best | P | used | seen / unseen, used "
+            "| test F1 without | dev's best | P | used | test flips + / − |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for corpus in corpora:
+            rows = [results.get(f"{corpus}-s{s}", {}).get(objective) for s in seeds]
+            if all(rows):
+                lines += [table_row(corpus, v, [r[v] for r in rows]) for v in rows[0] if all(v in r for r in rows)]
+        lines += ["", "Rules dev chose (weight / margin; dev mentions fixed / broken at rank 1, McNemar P):", ""]
+        for corpus in corpora:
+            for seed in seeds:
+                row = results.get(f"{corpus}-s{seed}", {}).get(objective, {})
+                chosen = ", ".join(
+                    f"{v} {c['rule']['weight']} / {c['rule']['margin']} ({c['dev_fixed']} / {c['dev_broken']}, "
+                    f"P {c['dev_p_value']:.3g})"
+                    for v, c in row.items()
+                )
+                if chosen:
+                    lines.append(f"- {corpus} seed {seed}: {chosen}")
     return "\n".join(lines) + "\n"
+
+
+def table_row(corpus: str, variant: str, cells: list[dict]) -> str:
+    def get(part: str, key: str) -> list[float]:
+        return [c[part][key] for c in cells]
+
+    return (
+        f"| {corpus} | {variant} | {sum(c['used'] for c in cells)} of {len(cells)} "
+        f"| {mean_sd(get('dev', 'without'))} → {mean_sd(get('dev', 'with'))} "
+        f"| {mean_sd(get('test_without', 'acc1'))} | {mean_sd(get('test_dev_best', 'acc1'))} "
+        f"| {p_paired(get('test_without', 'acc1'), get('test_dev_best', 'acc1'))} "
+        f"| {mean_sd(get('test_used', 'acc1'))} "
+        f"| {mean_sd(get('test_used', 'acc1_seen'))} / {mean_sd(get('test_used', 'acc1_unseen'))} "
+        f"| {mean_sd(get('test_without', 'f1'))} | {mean_sd(get('test_dev_best', 'f1'))} "
+        f"| {p_paired(get('test_without', 'f1'), get('test_dev_best', 'f1'))} "
+        f"| {mean_sd(get('test_used', 'f1'))} "
+        f"| {sum(c['test_fixed'] for c in cells)} / {sum(c['test_broken'] for c in cells)} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,8 +201,8 @@ def main(argv: list[str] | None = None) -> None:
             key = f"{corpus}-s{seed}"
             results[key] = measure(corpus, seed, params, config)
             store.write_text(json.dumps(results, indent=1) + "\n")
-            print(key, {v: (r["rule"], r["used"], r["test_used"]["acc1"]) for v, r in results[key].items()},
-                  file=sys.stderr, flush=True)  # fmt: skip
+            chosen = results[key][config.objective].items()
+            print(key, {v: (r["rule"], r["used"], r["test_used"]["acc1"]) for v, r in chosen}, file=sys.stderr)
     args.out.with_suffix(".md").write_text(report(results, args.corpora, args.seeds, config))
 
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 from ehrbert.models.hybrid import Answer
 
+OBJECTIVES = ("f1", "acc1")
+
 
 @dataclass
 class ConsistencyConfig:
@@ -37,7 +39,12 @@ class ConsistencyConfig:
     weights: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.5])
     margins: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.5])
     depth: int = 10
+    objective: str = "f1"  # what dev's choice maximizes: the task's F1 ("f1") or acc@1 ("acc1")
     significance: float = 0.05  # used only where dev's one-sided exact McNemar P is below it
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"consistency.objective: {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
 
 
 @dataclass(frozen=True)
