@@ -5,7 +5,8 @@
 For each corpus and seed it loads the second stage's saved normalizer (outputs/rerank/<corpus>-s<seed>/model,
 which holds every first-stage variant too; `dvc repro rerank@<corpus>-<seed>` makes it), computes the dev and
 test candidates once, and answers as each variant: `retrieval`, `hybrid`, `hybrid_composite`,
-`hybrid_no_concept` and, where the stage chose its reranker, `hybrid_rerank`. For each variant the rule of
+`hybrid_no_concept` and, where the stage chose its reranker, `hybrid_rerank` (its dev answers cross-validated
+over dev documents, as the rerank stage judges it). For each variant the rule of
 `ehrbert.models.consistency` is chosen on dev (params.yaml `consistency`: the grid; used where dev's one-sided
 exact McNemar P is below `significance`), once by each objective (the task's F1, acc@1; params.yaml names the
 one a stage would use), and applied to test. Test acc@1 (seen / unseen concepts) and the task's F1 are set
@@ -31,8 +32,9 @@ from ehrbert.hybrid import score
 from ehrbert.metrics import seen_concepts
 from ehrbert.models.consistency import OBJECTIVES, Consistency, ConsistencyConfig, apply, choose
 from ehrbert.models.hybrid import HybridNormalizer, decide
+from ehrbert.models.rerank import Reranker, reorder
 from ehrbert.rerank import VARIANT as RERANKED
-from ehrbert.rerank import flips
+from ehrbert.rerank import cross_validated, flips
 from ehrbert.stage import config_from, read_params
 from ehrbert.stats import mean_sd
 from ehrbert.tasks import load_task
@@ -49,6 +51,19 @@ def variant_answers(model: HybridNormalizer, variant: str, queries: list[str], c
     if variant in model.reranked:
         answers = model.reranker.rerank(queries, answers, candidates)
     return answers
+
+
+def held_out_reranked(model: HybridNormalizer, variant: str, task, splits: dict, depth: int, seed: int) -> list:
+    """The reranked variant's dev answers as the rerank stage judged them: each dev document's from a reranker
+    fitted on the other dev documents (the saved reranker was fitted on all of dev, so its dev answers are not a
+    fair place to choose anything)."""
+    queries, documents, candidates = splits["dev"]
+    reranker = model.reranker
+    answers = decide(candidates, model.variants[variant], k=max(depth, reranker.config.depth))
+    features, owners = reranker.features(queries, answers, candidates)
+    labels = Reranker.labels(answers, owners, task.mentions("dev"), reranker.config.candidates)
+    probabilities = cross_validated(reranker, features, labels, owners, documents, seed)
+    return reorder(answers, owners, probabilities, reranker.config.candidates)
 
 
 def measure(corpus: str, seed: int, params: dict, config: ConsistencyConfig) -> dict[str, dict]:
@@ -77,6 +92,8 @@ def measure(corpus: str, seed: int, params: dict, config: ConsistencyConfig) -> 
     out = {}
     for variant in variants:
         answers = {s: variant_answers(model, variant, q, c, config.depth) for s, (q, _, c) in splits.items()}
+        if variant in model.reranked:
+            answers["dev"] = held_out_reranked(model, variant, task, splits, config.depth, seed)
         for objective in OBJECTIVES:
             out.setdefault(objective, {})[variant] = measure_variant(task, seen, splits, answers, config, objective)
     return out
