@@ -1,6 +1,6 @@
 """Document consistency over the pipeline's normalizers: what it adds to each variant, chosen on dev.
 
-    python benchmarks/document_consistency.py [--corpora ncbi cdr] [--seeds 1 2 3]
+    python benchmarks/document_consistency.py [--corpora ncbi cdr cadec] [--seeds 1 2 3] [--report-only]
 
 For each corpus and seed it loads the second stage's saved normalizer (outputs/rerank/<corpus>-s<seed>/model,
 which holds every first-stage variant too; `dvc repro rerank@<corpus>-<seed>` makes it), computes the dev and
@@ -213,7 +213,7 @@ def flips_text(fixed: int, broken: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpora", nargs="+", default=["ncbi", "cdr"])
+    parser.add_argument("--corpora", nargs="+", default=["ncbi", "cdr", "cadec"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--out", type=Path, default=ROOT / "reports/document_consistency")
     parser.add_argument("--report-only", action="store_true", help="write the .md from the .json, measure nothing")
