@@ -43,6 +43,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import psutil
+from data_paths import data_paths  # benchmarks/ (this script's folder) is on the path
 
 from ehrbert.corpora.notes import read_notes
 from ehrbert.models.fast import FastNormalizer
@@ -115,9 +116,7 @@ def median_time(function, repeats: int) -> float:
 
 def test_mentions(params: dict, corpus: str) -> tuple[pd.DataFrame, list[set[str]]]:
     """A corpus's test mentions as the served model takes them (mention + its document as context), and gold IDs."""
-    data = params["data"]
-    args = argparse.Namespace(**{f"{corpus}_{key}": ROOT / data[f"{corpus}_{key}"] for key in ("dir", "vocabulary")})
-    task = load_task(corpus, args, params["cadec_split"])
+    task = load_task(corpus, data_paths(params["data"], ROOT), params["cadec_split"])
     texts = {doc.doc_id: doc.text for doc in task.splits["test"]}
     mentions = task.mentions("test")
     frame = pd.DataFrame({"mention": [m.text for m in mentions], "context": [texts[m.doc_id] for m in mentions]})

@@ -22,10 +22,10 @@ import json
 import os
 import sys
 import time
-from argparse import Namespace
 from dataclasses import asdict
 from pathlib import Path
 
+from data_paths import data_paths  # benchmarks/ (this script's folder) is on the path
 from scipy.stats import binomtest, ttest_rel
 
 from ehrbert.hybrid import score
@@ -68,16 +68,7 @@ def held_out_reranked(model: HybridNormalizer, variant: str, task, splits: dict,
 
 def measure(corpus: str, seed: int, params: dict, config: ConsistencyConfig) -> dict[str, dict]:
     """Per variant: the rule chosen on dev, dev and test scores without and with it, and the test flips."""
-    data = params["data"]
-    paths = Namespace(
-        ncbi_dir=Path(data["ncbi_dir"]),
-        ncbi_vocabulary=Path(data["ncbi_vocabulary"]),
-        cdr_dir=Path(data["cdr_dir"]),
-        cdr_vocabulary=Path(data["cdr_vocabulary"]),
-        cadec_dir=Path(data["cadec_dir"]),
-        tasks_dir=Path("outputs/tasks"),
-    )
-    task = load_task(corpus, paths, params["cadec_split"])
+    task = load_task(corpus, data_paths(params["data"], ROOT), params["cadec_split"])
     seen = seen_concepts(task.mentions("train"))
     folder = ROOT / f"outputs/rerank/{corpus}-s{seed}/model"
     if not folder.is_dir():
@@ -91,9 +82,13 @@ def measure(corpus: str, seed: int, params: dict, config: ConsistencyConfig) -> 
     variants = [v for v in model.variants if v != RERANKED or RERANKED in model.reranked]
     out = {}
     for variant in variants:
-        answers = {s: variant_answers(model, variant, q, c, config.depth) for s, (q, _, c) in splits.items()}
+        queries, _, candidates = splits["test"]
+        answers = {"test": variant_answers(model, variant, queries, candidates, config.depth)}
         if variant in model.reranked:
             answers["dev"] = held_out_reranked(model, variant, task, splits, config.depth, seed)
+        else:
+            queries, _, candidates = splits["dev"]
+            answers["dev"] = variant_answers(model, variant, queries, candidates, config.depth)
         for objective in OBJECTIVES:
             out.setdefault(objective, {})[variant] = measure_variant(task, seen, splits, answers, config, objective)
     return out
@@ -119,7 +114,7 @@ def measure_variant(task, seen: set[str], splits: dict, answers: dict, config: C
     without, best = score(task, "test", answers["test"], seen), score(task, "test", test_with, seen)
     return {
         "rule": asdict(rule),
-        "dev": {"without": tried["0.0/0.0"], "with": on_dev(rule)},
+        "dev": {"without": next(iter(tried.values())), "with": tried[rule]},
         "dev_fixed": dev_fixed,
         "dev_broken": dev_broken,
         "dev_p_value": dev_p,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import mlflow
 from bench import median_time  # benchmarks/ (this script's folder) is on the path
+from data_paths import data_paths
 
 from ehrbert.metrics import accuracy_at_k
 from ehrbert.models.hybrid import Candidates, decide
@@ -42,9 +43,7 @@ def measure(uri: str, params: dict, repeats: int, single_calls: int) -> dict:
     pyfunc = mlflow.pyfunc.load_model(uri)
     model = pyfunc.unwrap_python_model().model
     corpus = uri.split("/")[-1].split("@")[0].removeprefix("ehrbert-")
-    data = params["data"]
-    args = argparse.Namespace(**{f"{corpus}_{key}": ROOT / data[f"{corpus}_{key}"] for key in ("dir", "vocabulary")})
-    task = load_task(corpus, args, params["cadec_split"])
+    task = load_task(corpus, data_paths(params["data"], ROOT), params["cadec_split"])
     mentions, queries = task.mentions("test"), task.queries("test")
     out = {"model": uri, "runtime": type(model).__name__, "reranks": bool(model.rerank), "mentions": len(queries)}
     if not model.rerank:

@@ -65,6 +65,6 @@ def test_inputs_of_different_lengths_are_an_error():
 
 def test_choose_keeps_it_off_unless_dev_gains():
     rule, tried = choose([0.05, 0.1], [0.0, 0.1], lambda r: 0.5)
-    assert rule == Consistency(0.0, 0.0) and len(tried) == 5
+    assert rule == Consistency(0.0, 0.0) and len(tried) == 5 and next(iter(tried)) == rule
     rule, _ = choose([0.05, 0.1], [0.0, 0.1], lambda r: 0.5 + (r.weight == 0.1) * 0.1)
     assert rule == Consistency(0.1, 0.1)  # the larger margin on a tie: fewer, surer pieces of evidence

@@ -98,12 +98,12 @@ def apply(
 
 def choose(
     weights: Sequence[float], margins: Sequence[float], objective: Callable[[Consistency], float], depth: int = 10
-) -> tuple[Consistency, dict[str, float]]:
+) -> tuple[Consistency, dict[Consistency, float]]:
     """The (weight, margin) of the grid with the best `objective` (on dev), off (weight 0) on a tie with it, else
-    the smaller weight and then the larger margin; and every value tried, by "weight/margin"."""
+    the smaller weight and then the larger margin; and the value of every rule tried, the off one first."""
     grid = [Consistency(0.0, 0.0, depth)]
     margins = sorted(set(margins), reverse=True)
     grid += [Consistency(w, m, depth) for w in sorted(set(weights)) if w > 0 for m in margins]
-    tried = {f"{rule.weight}/{rule.margin}": objective(rule) for rule in grid}
-    best = max(range(len(grid)), key=lambda i: (tried[f"{grid[i].weight}/{grid[i].margin}"], -i))
+    tried = {rule: objective(rule) for rule in grid}
+    best = max(range(len(grid)), key=lambda i: (tried[grid[i]], -i))
     return grid[best], tried
