@@ -1,6 +1,6 @@
 """A reranker trained on cross-fitted candidates of the training split, against the rerank stage's (dev's).
 
-    accelerate launch $ACCELERATE_ARGS benchmarks/cross_fitted_rerank.py [--corpora ncbi] [--seeds 1 2 3]
+    accelerate launch $ACCELERATE_ARGS benchmarks/cross_fitted_rerank.py [--corpora ncbi cdr cadec] [--seeds 1 2 3]
         [--folds 5] [--encoder shared|per-group] [--report-only]
 
 The rerank stage (`ehrbert.rerank`) trains its reranker on the dev split's candidates, because the training
@@ -252,7 +252,7 @@ def table_rows(head: str, rows: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpora", nargs="+", default=["ncbi"])
+    parser.add_argument("--corpora", nargs="+", default=["ncbi", "cdr", "cadec"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--folds", type=int, default=5, help="groups of training documents")
     parser.add_argument(
