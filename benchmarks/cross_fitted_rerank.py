@@ -82,11 +82,11 @@ def first_stage(task, config: HybridConfig, seed: int, mentions: list, queries: 
 
 
 def rows_for(model, reranker: Reranker, queries: list[str], mentions: list, depth: int) -> tuple:
-    """(candidates, answers, features, owners, labels) of `queries` under `model`, with `reranker`'s evidence."""
+    """(answers, features, owners, labels) of `queries` under `model`, with `reranker`'s evidence."""
     candidates = model.candidates(queries)
     answers = decide(candidates, Settings(), k=depth)
     features, owners = reranker.features(queries, answers, candidates)
-    return candidates, answers, features, owners, Reranker.labels(answers, owners, mentions, reranker.config.candidates)
+    return answers, features, owners, Reranker.labels(answers, owners, mentions, reranker.config.candidates)
 
 
 def indexed_without(full: HybridNormalizer, task, config: HybridConfig, mentions: list, queries: list[str]):
@@ -115,7 +115,7 @@ def cross_fitted_rows(
         else:
             model = indexed_without(full, task, config, rest_mentions, rest_queries)
         evidence = Reranker.build(rerank, task.vocabulary, rest_mentions, rest_queries)
-        _, _, x, _, y = rows_for(model, evidence, [queries[i] for i in held], [mentions[i] for i in held], rerank.depth)
+        _, x, _, y = rows_for(model, evidence, [queries[i] for i in held], [mentions[i] for i in held], rerank.depth)
         features.append(x)
         labels.append(y)
         print(f"  group {k + 1}/{folds}: {len(held)} mentions, {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -149,12 +149,8 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, share
     cross_seconds = time.perf_counter() - started
     evidence = Reranker.build(rerank, task.vocabulary, task.mentions("train"), task.queries("train"))
     dev_mentions, test_mentions = task.mentions("dev"), task.mentions("test")
-    dev_candidates, dev_first, dev_x, dev_owners, dev_y = rows_for(
-        model, evidence, task.queries("dev"), dev_mentions, depth
-    )
-    test_candidates, test_first, test_x, test_owners, _ = rows_for(
-        model, evidence, task.queries("test"), test_mentions, depth
-    )
+    dev_first, dev_x, dev_owners, dev_y = rows_for(model, evidence, task.queries("dev"), dev_mentions, depth)
+    test_first, test_x, test_owners, _ = rows_for(model, evidence, task.queries("test"), test_mentions, depth)
     documents = [m.doc_id for m in dev_mentions]
 
     def fitted(x: np.ndarray, y: np.ndarray) -> list:
