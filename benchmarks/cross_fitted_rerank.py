@@ -250,7 +250,9 @@ def report(results: dict, corpora: list[str], seeds: list[int], folds: int) -> s
         "used, with the paired t-test's P over seeds against the first stage, and the mentions fixed / broken. "
         "Held out: the same rule over every mention of training (each group reranked by a reranker that never "
         "trained on its rows, against the group's cross-fitted first stage) and dev together; training fixed / "
-        "broken and the seeds on which that rule would use it.",
+        "broken and the seeds on which that rule would use it. The last two rows of a corpus are what each rule "
+        "would ship on each seed: of the readings it admits, the one with the most mentions fixed net of those "
+        "broken where it judged (the first stage if none); their `used on` counts the seeds that ship a reranker.",
         "",
         "| corpus | encoder | seeds | reading | dev acc@1 | dev fixed / broken | used on | held-out training fixed / "
         "broken | used on, held out | test acc@1 | P | seen / unseen | test F1 | test fixed / broken |",
