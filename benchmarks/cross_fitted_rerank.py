@@ -48,6 +48,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from data_paths import data_paths  # benchmarks/ (this script's folder) is on the path
@@ -73,6 +74,16 @@ READINGS = ("first stage", "dev", "cross-fitted", "cross-fitted + dev")
 KEYS = ("acc1", "acc1_seen", "acc1_unseen", "f1")
 ENCODERS = ("per-group", "shared")  # the cross-fitted first stages' encoder: trained without the group, or not
 FLIPS = ("dev_fixed", "dev_broken", "train_fixed", "train_broken", "test_fixed", "test_broken")
+
+
+class Group(NamedTuple):
+    """One group of training documents, answered by a first stage and evidence that never held it."""
+
+    held: np.ndarray  # its mentions' positions in the training split
+    answers: list  # their first-stage answers
+    features: np.ndarray
+    owners: np.ndarray
+    labels: np.ndarray
 
 
 def first_stage(task, config: HybridConfig, seed: int, mentions: list, queries: list[str], accelerator):
@@ -107,10 +118,9 @@ def indexed_without(full: HybridNormalizer, task, config: HybridConfig, mentions
 
 def cross_fitted_groups(
     task, config: HybridConfig, rerank: RerankConfig, seed: int, folds: int, accelerator, full=None
-) -> list[tuple]:
-    """Per group of training documents, (its mentions' positions in the split, their first-stage answers, features,
-    owners, labels), each from a first stage and evidence without the group: an encoder trained without it, or
-    with `full` (the whole split's first stage) its encoder, shared."""
+) -> list[Group]:
+    """Every group of training documents, each answered by a first stage and evidence without it: an encoder
+    trained without the group, or with `full` (the whole split's first stage) its encoder, shared."""
     mentions, queries = task.mentions("train"), task.queries("train")
     groups = [m.doc_id for m in mentions]
     out = []
@@ -123,25 +133,25 @@ def cross_fitted_groups(
             model = indexed_without(full, task, config, rest_mentions, rest_queries)
         evidence = Reranker.build(rerank, task.vocabulary, rest_mentions, rest_queries)
         rows = rows_for(model, evidence, [queries[i] for i in held], [mentions[i] for i in held], rerank.depth)
-        out.append((held, *rows))
+        out.append(Group(held, *rows))
         print(f"  group {k + 1}/{folds}: {len(held)} mentions, {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return out
 
 
-def training_rows(groups: list[tuple], without: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def training_rows(groups: list[Group], without: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(features, labels) of every group's rows but `without`'s."""
     kept = [g for i, g in enumerate(groups) if i != without]
-    return np.concatenate([g[2] for g in kept]), np.concatenate([g[4] for g in kept])
+    return np.concatenate([g.features for g in kept]), np.concatenate([g.labels for g in kept])
 
 
-def held_out_training(groups: list[tuple], mentions: list, fitted, k: int) -> tuple[list, list, list]:
+def held_out_training(groups: list[Group], mentions: list, fitted, k: int) -> tuple[list, list, list]:
     """(gold mentions, first-stage answers, reranked answers) of the training split, group by group, each group
     reranked by `fitted(i)`, a reranker that never trained on group i's rows."""
     gold, first, reranked = [], [], []
-    for i, (held, answers, features, owners, _) in enumerate(groups):
-        gold += [mentions[j] for j in held]
-        first += answers
-        reranked += reorder(answers, owners, fitted(i).predict_proba(features)[:, 1], k)
+    for i, group in enumerate(groups):
+        gold += [mentions[j] for j in group.held]
+        first += group.answers
+        reranked += reorder(group.answers, group.owners, fitted(i).predict_proba(group.features)[:, 1], k)
     return gold, first, reranked
 
 
@@ -177,16 +187,17 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, share
     test_first, test_x, test_owners, _ = rows_for(model, evidence, task.queries("test"), test_mentions, depth)
     documents = [m.doc_id for m in dev_mentions]
 
-    def fitted(x: np.ndarray, y: np.ndarray) -> list:
-        return reorder(test_first, test_owners, evidence.new_model(seed).fit(x, y).predict_proba(test_x)[:, 1], k)
+    def on_test(model) -> list:
+        return reorder(test_first, test_owners, model.predict_proba(test_x)[:, 1], k)
+
+    dev_model = evidence.new_model(seed).fit(dev_x, dev_y)
+    cross_fitted_model = evidence.new_model(seed).fit(*train_rows)
 
     with_dev = lambda x, y: (np.concatenate([x, dev_x]), np.concatenate([y, dev_y]))
     dev_answers = {
         "first stage": dev_first,
         "dev": reorder(dev_first, dev_owners, cross_validated(evidence, dev_x, dev_y, dev_owners, documents, seed), k),
-        "cross-fitted": reorder(
-            dev_first, dev_owners, evidence.new_model(seed).fit(*train_rows).predict_proba(dev_x)[:, 1], k
-        ),
+        "cross-fitted": reorder(dev_first, dev_owners, cross_fitted_model.predict_proba(dev_x)[:, 1], k),
         "cross-fitted + dev": reorder(
             dev_first,
             dev_owners,
@@ -196,11 +207,10 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, share
     }
     test_answers = {
         "first stage": test_first,
-        "dev": fitted(dev_x, dev_y),
-        "cross-fitted": fitted(*train_rows),
-        "cross-fitted + dev": fitted(*with_dev(*train_rows)),
+        "dev": on_test(dev_model),
+        "cross-fitted": on_test(cross_fitted_model),
+        "cross-fitted + dev": on_test(evidence.new_model(seed).fit(*with_dev(*train_rows))),
     }
-    dev_model = evidence.new_model(seed).fit(dev_x, dev_y)
     held_out = {  # each reading's reranker for training group i, never trained on that group's rows
         "dev": lambda i: dev_model,
         "cross-fitted": lambda i: evidence.new_model(seed).fit(*training_rows(groups, i)),
@@ -281,7 +291,8 @@ def table_rows(head: str, rows: list[dict]) -> list[str]:
     lines = [line(head, reading, [r[reading] for r in rows], first) for reading in READINGS]
     if all("used_held_out" in r["dev"] for r in rows):
         for rule, label in (("used", "chosen on dev"), ("used_held_out", "chosen on held-out training + dev")):
-            cells = [r[choose(r, rule)] | {"used": choose(r, rule) != "first stage"} for r in rows]
+            chosen = [choose(r, rule) for r in rows]
+            cells = [r[reading] | {"used": reading != "first stage"} for r, reading in zip(rows, chosen)]
             lines.append(line(head, f"*{label}*", cells, first, held_out=False))
     return lines
 
