@@ -66,6 +66,7 @@ def raw_runs() -> pd.DataFrame:
                     "tags.model_label": f"label of {model}",
                     "params.max_length": "24",
                     "metrics.test_f1": f1,
+                    "metrics.dev_f1": f1,  # dev agrees with test here; see the dev-only test below
                     "metrics.test_precision": f1 - 0.01,
                     "metrics.test_recall": f1 + 0.01,
                     "metrics.test_acc1": f1 + 0.02,
@@ -159,9 +160,26 @@ def test_champion_is_the_best_mean_notes_model_and_its_best_seed(runs):
     assert (cadec.model, cadec.seed) == ("ehr_half", 1)
 
 
+def test_champion_is_chosen_on_dev_and_test_only_reports_it(runs):
+    ncbi = runs[runs["corpus"] == "ncbi"].copy()
+    # test prefers ehr_full (mean 0.82, best seed 3); dev prefers ehr_half, and within it seed 2
+    ncbi["dev_f1"] = ncbi["f1"]
+    ncbi.loc[ncbi["model"] == "ehr_half", "dev_f1"] = [0.85, 0.90, 0.86]
+    champion = compare.choose_champions(ncbi, compare.model_rows(ncbi, "base"), ["ehr_half", "ehr_full"], "base")[0]
+    half = ncbi[(ncbi["model"] == "ehr_half") & (ncbi["seed"] == 2)].iloc[0]
+    assert (champion.model, champion.seed, champion.run_id) == ("ehr_half", 2, half["run_id"])
+    assert champion.f1 == half["f1"] and champion.dev_f1 == 0.90  # reported with its test F1
+    assert champion.dev_f1_mean == pytest.approx(0.87)
+
+    ncbi.loc[ncbi.index[4], "dev_f1"] = math.nan  # a candidate run from before dev F1 was logged
+    with pytest.raises(ValueError, match=r"1 champion candidate runs log no dev_f1, e.g. run ncbi-gold-ehr_half-2"):
+        compare.choose_champions(ncbi, compare.model_rows(ncbi, "base"), ["ehr_half", "ehr_full"], "base")
+
+
 def test_champion_ties_go_to_the_model_listed_first(runs):
     tied = runs[runs["corpus"] == "ncbi"].copy()
-    tied.loc[tied["model"] == "ehr_half", "f1"] = tied.loc[tied["model"] == "ehr_full", "f1"].to_numpy()
+    for column in ("f1", "dev_f1"):
+        tied.loc[tied["model"] == "ehr_half", column] = tied.loc[tied["model"] == "ehr_full", column].to_numpy()
     summary = compare.model_rows(tied, "base")
     assert compare.choose_champions(tied, summary, ["ehr_half", "ehr_full"], "base")[0].model == "ehr_half"
     assert compare.choose_champions(tied, summary, ["ehr_full", "ehr_half"], "base")[0].model == "ehr_full"
@@ -189,7 +207,9 @@ def log_finetune_runs(tmp_path: Path, model_dir: Path, scores: dict, record: boo
             }
             with mlflow.start_run(tags=tags) as run:
                 mlflow.log_params({"max_length": 16, "batch_size": 32})
-                mlflow.log_metrics({"test_f1": f1, "test_precision": f1, "test_recall": f1, "test_acc1": f1})
+                mlflow.log_metrics(
+                    {"test_f1": f1, "test_precision": f1, "test_recall": f1, "test_acc1": f1, "dev_f1": f1}
+                )
             run_ids[(corpus, mentions, model, seed)] = run.info.run_id
             if record:
                 path = tmp_path / "runs" / f"{model}-{corpus}-s{seed}.json"
@@ -241,12 +261,15 @@ def test_stage_writes_reports_and_registers_champions_once(
     assert metrics["ncbi"]["ehr_full"]["f1"] == pytest.approx(0.82)
     assert metrics["ncbi"]["ehr_full"]["p_value"] == pytest.approx(0.00237, abs=1e-5)
     assert metrics["ncbi"]["base"]["p_value"] is None  # NaN is not JSON
-    assert metrics["ncbi"]["champion"] == {"model": "ehr_full", "seed": 3, "f1": 0.84}
+    champion_metrics = metrics["ncbi"]["champion"]
+    assert (champion_metrics["model"], champion_metrics["seed"], champion_metrics["f1"]) == ("ehr_full", 3, 0.84)
+    assert champion_metrics["dev_f1"] == 0.84 and champion_metrics["dev_f1_mean"] == pytest.approx(0.82)
 
     client = MlflowClient()
     champion = client.get_model_version_by_alias("ehrbert-ncbi", "champion")
     assert champion.run_id == run_ids[("ncbi", "gold", "ehr_full", 3)]
     assert float(champion.tags["mean_f1"]) == pytest.approx(0.82)
+    assert float(champion.tags["mean_dev_f1"]) == pytest.approx(0.82) and "dev" in champion.tags["chosen_by"]
     assert float(champion.tags["p_value_vs_reference"]) == pytest.approx(0.00237, abs=1e-5)
     assert (
         client.get_model_version_by_alias("ehrbert-cadec", "champion").run_id

@@ -157,7 +157,8 @@ def test_main_trains_evaluates_and_logs_to_mlflow(
         )
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert {"precision", "recall", "f1", "acc1", "acc5", "best_epoch"} <= set(metrics)
+    assert {"precision", "recall", "f1", "acc1", "acc5", "best_epoch", "dev_f1"} <= set(metrics)
+    assert 0 <= metrics["dev_f1"] <= 1  # the kept model's dev document F1, what champions are chosen by
     assert "train_seconds" not in metrics  # wall clock goes to MLflow: the tracked metrics of a rerun stay equal
     assert (tmp_path / "out" / "test_predictions.tsv").read_text().count("\n") == 961  # header + 960 test mentions
 
@@ -171,6 +172,7 @@ def test_main_trains_evaluates_and_logs_to_mlflow(
         "gold",
     )
     assert run["metrics.test_f1"] == pytest.approx(metrics["f1"])
+    assert run["metrics.dev_f1"] == pytest.approx(metrics["dev_f1"]) and "metrics.test_dev_f1" not in runs
     assert run["metrics.train_seconds"] > 0
     assert run["params.max_epochs"] == "2" and run["params.head_init"] == "names"
     assert run["tags.dvc_experiment"] == "workspace" and len(run["tags.params_hash"]) == 16 and run["tags.git_commit"]

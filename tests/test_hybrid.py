@@ -411,6 +411,8 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(
     assert reading["queries"] >= 960 + reading["composite_split"]  # each split composite: a query a part
     assert reading["classifier_weight"] == metrics["hybrid"]["settings"]["classifier_weight"]
     assert 0 < reading["train_only_acc1"] < 1 and 0 < reading["train_dev_acc1"] < 1
+    # retrieval alone, the same models without the classifier: another reading of the same candidates
+    assert 0 < reading["train_only_retrieval_acc1"] < 1 and 0 < reading["train_dev_retrieval_acc1"] < 1
     run = mlflow.search_runs(experiment_names=["peers-ncbi"]).iloc[0]
     assert run["tags.first_stage_run"] == record["runs"]["hybrid"]
     assert run["metrics.test_train_dev_acc1"] == pytest.approx(reading["train_dev_acc1"])
@@ -419,6 +421,7 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(
     peers.report(["--metrics", "peers", "--params", "params.yaml", "--out", "peers.md"])
     table = (tmp_path / "peers.md").read_text()
     assert f"| ncbi | {reading['queries']} |" in table and f"{100 * reading['train_dev_acc1']:.2f} (0.00)" in table
+    assert f"| {100 * reading['train_dev_retrieval_acc1']:.2f} (0.00) |\n" in table  # the last column
 
 
 def test_variant_labels_name_only_the_components_switched_on():

@@ -139,8 +139,22 @@ VHL = {"VHL": "von Hippel-Lindau", "RCC": "renal cell carcinomas"}  # 9448273
         ("adenomatous polyposis coli (APC) tumour", APC, "adenomatous polyposis coli tumour"),
         ("von Hippel-Lindau (VHL) tumor", VHL, "von Hippel-Lindau tumor"),
         ("VHL and RCC", VHL, "von Hippel-Lindau and renal cell carcinomas"),
-        # 9288106: the longer short form wins; long forms are not expanded again
-        ("B-NHL", {"NHL": "non-Hodgkin lymphoma", "B-NHL": "B-cell NHL"}, "B-cell NHL"),
+        # 9288106: the longer short form wins, and its long form is expanded in turn
+        ("B-NHL", {"NHL": "non-Hodgkin lymphoma", "B-NHL": "B-cell NHL"}, "B-cell non-Hodgkin lymphoma"),
+        # a nested short form of NCBI test: "IDMS" is "isolated DMS", DMS is defined in the same abstract
+        (
+            "IDMS",
+            {"IDMS": "isolated DMS", "DMS": "diffuse mesangial sclerosis"},
+            "isolated diffuse mesangial sclerosis",
+        ),
+        # each short form at most once on the way down: a circle of long forms ends
+        ("AB", {"AB": "alpha CD", "CD": "beta AB"}, "alpha beta AB"),
+        # "(DMS)" inside a long form that already spells it out is dropped, as in a mention
+        (
+            "IDMS",
+            {"IDMS": "isolated diffuse mesangial sclerosis (DMS)", "DMS": "diffuse mesangial sclerosis"},
+            "isolated diffuse mesangial sclerosis",
+        ),
         ("no short form here", {}, "no short form here"),
     ],
 )

@@ -17,8 +17,9 @@ experiments (another profile, a manual `mlflow run`) are never read. Output:
   component added at a time (`ehrbert.hybrid`): F1, acc@1 on seen and unseen concepts, no-concept
   precision/recall, and each step's Δ F1 with its t-test p-value against the step before and the paper's model.
 - Champions (`choose_champions`): per corpus, of the candidate models (`champion_models`: the
-  notes-adapted EhrBERT models and the hybrid variants), the one with the highest mean F1, and its
-  best-seed run; `main` registers the model folder of that run (the DVC output the run record names) as
+  notes-adapted EhrBERT models and the hybrid variants), the one with the highest mean *dev* F1 over seeds,
+  and its best-dev-F1 run (metric ``dev_f1``, which every candidate's stage logs); test scores never choose.
+  `main` registers the model folder of that run (the DVC output the run record names) as
   ``ehrbert-{corpus}`` with the alias `compare.alias` (see `registry_alias` and
   `ehrbert.registry.register_champion`).
 
@@ -100,9 +101,11 @@ class Champion:
     corpus: str
     model: str
     model_label: str
-    run_id: str  # the best-seed run of the model with the best mean F1
+    run_id: str  # the best-dev-F1 run of the model with the best mean dev F1
     seed: int
     f1: float  # that run's test F1
+    dev_f1: float  # that run's dev F1
+    dev_f1_mean: float  # what the model was chosen by
     f1_mean: float
     f1_sd: float
     seeds: int
@@ -121,11 +124,14 @@ class Champion:
 def runs_table(raw: pd.DataFrame, corpora: list[str], models: list[str]) -> pd.DataFrame:
     """`mlflow.search_runs` output -> one row per (corpus, mentions, model, seed); two runs for one is an error.
 
-    Columns: run_id, start_time, corpus, mentions, model, model_label, seed, max_length and the test
-    metrics of METRICS (NaN where a run did not log one). Only runs of `corpora` and `models` are kept,
+    Columns: run_id, start_time, corpus, mentions, model, model_label, seed, max_length, the test
+    metrics of METRICS and dev_f1 (NaN where a run did not log one). Only runs of `corpora` and `models` are kept,
     ordered as those lists, gold mentions before predicted ones, then by seed.
     """
-    columns = ["run_id", "start_time", "corpus", "mentions", "model", "model_label", "seed", "max_length", *METRICS]
+    columns = [
+        *("run_id", "start_time", "corpus", "mentions", "model", "model_label", "seed", "max_length"),
+        *(*METRICS, "dev_f1"),
+    ]
     if raw.empty:
         return pd.DataFrame(columns=columns)
 
@@ -143,6 +149,7 @@ def runs_table(raw: pd.DataFrame, corpora: list[str], models: list[str]) -> pd.D
             "seed": pd.to_numeric(get("tags.seed"), errors="coerce"),
             "max_length": pd.to_numeric(get("params.max_length"), errors="coerce"),
             **{metric: pd.to_numeric(get(f"metrics.test_{metric}"), errors="coerce") for metric in METRICS},
+            "dev_f1": pd.to_numeric(get("metrics.dev_f1"), errors="coerce"),
         }
     )
     unknown = sorted(set(runs["model"].dropna()) - set(models))
@@ -343,21 +350,31 @@ def components_markdown(table: pd.DataFrame, alpha: float) -> str:
 def choose_champions(
     runs: pd.DataFrame, summary: pd.DataFrame, candidates: list[str], reference: str
 ) -> list[Champion]:
-    """Per corpus (gold mentions): the candidate model with the highest mean F1, and its best-F1 run.
+    """Per corpus (gold mentions): the candidate model with the highest mean dev F1, and its best-dev-F1 run.
 
-    Ties go to the model listed first in `candidates`, then to the lowest seed.
+    Only dev chooses: test F1 is what the champion is then reported with. Ties go to the model listed first
+    in `candidates`, then to the lowest seed. A candidate run without a dev F1 is an error naming it.
     """
     champions = []
     rank = {model: i for i, model in enumerate(candidates)}
+    gold = runs[(runs["mentions"] == "gold") & runs["model"].isin(candidates)]
+    undecided = gold[gold["dev_f1"].isna()]
+    if not undecided.empty:
+        first = undecided.iloc[0]
+        raise ValueError(
+            f"{len(undecided)} champion candidate runs log no dev_f1, e.g. run {first['run_id']} "
+            f"({first['corpus']}/{first['model']}/seed {int(first['seed'])}): rerun its stage"
+        )
+    dev_means = gold.groupby(["corpus", "model"])["dev_f1"].mean()
     eligible = summary[(summary["mentions"] == "gold") & summary["model"].isin(candidates)]
     for corpus, group in eligible.groupby("corpus", sort=False):
         best = (
-            group.assign(_rank=group["model"].map(rank))
-            .sort_values(["f1_mean", "_rank"], ascending=[False, True])
+            group.assign(_dev=[dev_means[(corpus, model)] for model in group["model"]], _rank=group["model"].map(rank))
+            .sort_values(["_dev", "_rank"], ascending=[False, True])
             .iloc[0]
         )
-        model_runs = runs[(runs["corpus"] == corpus) & (runs["mentions"] == "gold") & (runs["model"] == best["model"])]
-        run = model_runs.sort_values(["f1", "seed"], ascending=[False, True]).iloc[0]
+        model_runs = gold[(gold["corpus"] == corpus) & (gold["model"] == best["model"])]
+        run = model_runs.sort_values(["dev_f1", "seed"], ascending=[False, True]).iloc[0]
         champions.append(
             Champion(
                 corpus=corpus,
@@ -366,6 +383,8 @@ def choose_champions(
                 run_id=run["run_id"],
                 seed=int(run["seed"]),
                 f1=float(run["f1"]),
+                dev_f1=float(run["dev_f1"]),
+                dev_f1_mean=float(best["_dev"]),
                 f1_mean=float(best["f1_mean"]),
                 f1_sd=float(best["f1_sd"]),
                 seeds=int(best["seeds"]),
@@ -393,7 +412,13 @@ def headline(table: pd.DataFrame, champions: list[Champion]) -> dict:
             "p_value": row.p_value,
         }
     for champion in champions:
-        metrics[champion.corpus]["champion"] = {"model": champion.model, "seed": champion.seed, "f1": champion.f1}
+        metrics[champion.corpus]["champion"] = {
+            "model": champion.model,
+            "seed": champion.seed,
+            "f1": champion.f1,
+            "dev_f1": champion.dev_f1,
+            "dev_f1_mean": champion.dev_f1_mean,
+        }
     return _without_nan(metrics)
 
 
@@ -594,6 +619,9 @@ def register(champion: Champion, concept_names, alpha: float, alias: str, params
         "model": champion.model,
         "model_label": champion.model_label,
         "seed": champion.seed,
+        "chosen_by": "mean dev F1 over seeds, then the seed with the best dev F1",
+        "dev_f1": f"{champion.dev_f1:.6f}",
+        "mean_dev_f1": f"{champion.dev_f1_mean:.6f}",
         "test_f1": f"{champion.f1:.6f}",
         "mean_f1": f"{champion.f1_mean:.6f}",
         "sd_f1": f"{champion.f1_sd:.6f}",
@@ -606,8 +634,9 @@ def register(champion: Champion, concept_names, alpha: float, alias: str, params
         **provenance_tags(params),
     }
     description = (
-        f"{champion.model_label}, seed {champion.seed}: test F1 {100 * champion.f1:.2f}. "
-        f"Mean F1 {100 * champion.f1_mean:.2f} (SD {100 * champion.f1_sd:.2f}) over {champion.seeds} seeds, "
+        f"{champion.model_label}, seed {champion.seed}: test F1 {100 * champion.f1:.2f}, chosen on dev "
+        f"(mean dev F1 {100 * champion.dev_f1_mean:.2f}; this seed {100 * champion.dev_f1:.2f}). "
+        f"Mean test F1 {100 * champion.f1_mean:.2f} (SD {100 * champion.f1_sd:.2f}) over {champion.seeds} seeds, "
         f"{100 * champion.delta_f1:+.2f} vs {champion.reference} (Welch p = {p_text(champion.p_value, alpha)})."
     )
     version, created = registry.register_champion(
@@ -663,7 +692,10 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("no dictionary baseline at %s: its rows are left out", args.baseline)
     table = table2(summary, baseline_rows(baseline, config.baseline_labels, config.corpora), config.reference)
     tests = pairwise_ttests(runs, config.alpha)
-    champions = choose_champions(runs, summary, config.champion_models, config.reference)
+    try:
+        champions = choose_champions(runs, summary, config.champion_models, config.reference)
+    except ValueError as error:
+        raise SystemExit(f"{', '.join(map(str, args.run_records))}: {error}") from None
     components = components_table(runs, config.components)
 
     args.reports.mkdir(parents=True, exist_ok=True)

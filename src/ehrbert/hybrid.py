@@ -54,6 +54,7 @@ from ehrbert.models.name_index import NameIndex
 from ehrbert.models.retrieval import RetrievalConfig
 from ehrbert.predictions import predictions_table
 from ehrbert.stage import config_from, read_params, setup_logging, write_json
+from ehrbert.stats import first_best
 from ehrbert.tasks import Task, add_data_arguments, load_task, score_detected
 from ehrbert.tracking import log_detected_run, read_run_record, start_run, write_run_record
 
@@ -133,9 +134,9 @@ def answered(mentions: list[Mention], answers: list[Answer]) -> list[tuple]:
 
 
 def _best(grid, objective) -> tuple:
-    """The grid value with the best objective; the earliest on a tie (grids list the plainer choice first)."""
-    values = [(objective(value), -i, value) for i, value in enumerate(grid)]
-    return max(values, key=lambda v: (v[0], v[1]))[2], {str(v): o for o, _, v in values}
+    """`first_best` on dev, with each tried value's objective keyed by the value as text (dev_choices.json)."""
+    value, tried = first_best(grid, objective)
+    return value, {str(v): o for v, o in tried}
 
 
 def choose_settings(

@@ -10,6 +10,9 @@ This stage reads the same test split both ways, for one corpus and seed (`main`)
   run's dev choice (dev is now training data: nothing is chosen again). The classifier itself is the
   train-only one: retraining it on train + dev (a fine-tuning run per seed) is not done here.
 
+Each model is read twice: as the first stage (retrieval + classifier, `FIRST_STAGE`) and as retrieval alone
+(the `retrieval` variant, no classifier), since either may be a corpus's champion.
+
 Both are scored on the same queries, prepared as the peers prepare theirs (`protocol_queries`): lowercase,
 punctuation removed, abbreviations expanded with Ab3P (the project's own query preprocessing does all three);
 mentions without a concept dropped; a composite mention split into its parts when it splits into as many
@@ -48,6 +51,7 @@ from ehrbert.tracking import read_run_record, start_run
 log = logging.getLogger(__name__)
 
 FIRST_STAGE = "hybrid"  # the variant whose classifier weight ranks: composite and no-concept settings do not
+READINGS = ("train_only_acc1", "train_dev_acc1", "train_only_retrieval_acc1", "train_dev_retrieval_acc1")
 
 
 def protocol_queries(task: Task, split: str) -> tuple[list[str], list[set[str]], dict[str, int]]:
@@ -73,9 +77,16 @@ def protocol_queries(task: Task, split: str) -> tuple[list[str], list[set[str]],
     return queries, gold, counts
 
 
-def acc_at_1(model: HybridNormalizer, settings: Settings, queries: list[str], gold: list[set[str]]) -> float:
-    answers = decide(model.candidates(queries), settings)
+def acc_at_1(candidates, settings: Settings, gold: list[set[str]]) -> float:
+    """Share of queries whose top answer under `settings` is one of their gold concepts."""
+    answers = decide(candidates, settings)
     return sum(bool(a.ranked) and a.ranked[0] in g for a, g in zip(answers, gold)) / len(gold)
+
+
+def readings(model: HybridNormalizer, settings: Settings, queries: list[str], gold: list[set[str]]) -> tuple:
+    """acc@1 of the first stage (`settings`) and of retrieval alone, from one candidate search."""
+    candidates = model.candidates(queries)
+    return acc_at_1(candidates, settings, gold), acc_at_1(candidates, Settings(), gold)
 
 
 def retrain_on_train_and_dev(task: Task, config: HybridConfig, seed: int, accelerator) -> tuple:
@@ -134,9 +145,13 @@ def main(argv: list[str] | None = None) -> None:
         train_only.classifier_top_k,
     )
     queries, gold, counts = protocol_queries(task, "test")
+    train_only_acc1, train_only_retrieval_acc1 = readings(train_only, settings, queries, gold)
+    train_dev_acc1, train_dev_retrieval_acc1 = readings(train_dev, settings, queries, gold)
     result = {
-        "train_only_acc1": acc_at_1(train_only, settings, queries, gold),
-        "train_dev_acc1": acc_at_1(train_dev, settings, queries, gold),
+        "train_only_acc1": train_only_acc1,
+        "train_dev_acc1": train_dev_acc1,
+        "train_only_retrieval_acc1": train_only_retrieval_acc1,
+        "train_dev_retrieval_acc1": train_dev_retrieval_acc1,
         **counts,
         "classifier_weight": settings.classifier_weight,
     }
@@ -154,12 +169,15 @@ def main(argv: list[str] | None = None) -> None:
         mlflow.log_metric("retrain_seconds", round(seconds, 1))  # wall clock: MLflow only, not the DVC metrics
     write_json(args.metrics, result)
     log.info(
-        "%s seed %d, peers' protocol (%d queries): acc@1 train only %.4f, train + dev %.4f",
+        "%s seed %d, peers' protocol (%d queries): acc@1 train only %.4f, train + dev %.4f "
+        "(retrieval alone: %.4f, %.4f)",
         args.corpus,
         args.seed,
         len(queries),
-        result["train_only_acc1"],
-        result["train_dev_acc1"],
+        train_only_acc1,
+        train_dev_acc1,
+        train_only_retrieval_acc1,
+        train_dev_retrieval_acc1,
     )
 
 
@@ -181,10 +199,12 @@ def report(argv: list[str] | None = None) -> None:
         "",
         "Written by `python -m ehrbert.peers report` (stage `peers_report`) from metrics/peers; what the two "
         "readings are: `ehrbert.peers`. Mean (SD) over seeds "
-        f"{', '.join(map(str, seeds))}; the first stage (retrieval + classifier), no second stage.",
+        f"{', '.join(map(str, seeds))}; no second stage. First stage: retrieval + classifier at the train-only "
+        "run's dev-chosen weight; retrieval alone: the same models without the classifier.",
         "",
-        "| corpus | queries | composite split / kept whole | no-concept dropped | train only | train + dev |",
-        "|---|---|---|---|---|---|",
+        "| corpus | queries | composite split / kept whole | no-concept dropped | first stage, train only | "
+        "train + dev | retrieval alone, train only | train + dev |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for corpus in corpora:
         rows = []
@@ -195,8 +215,7 @@ def report(argv: list[str] | None = None) -> None:
             rows.append(json.loads(path.read_text()))
         lines.append(
             f"| {corpus} | {rows[0]['queries']} | {rows[0]['composite_split']} / {rows[0]['composite_whole']} | "
-            f"{rows[0]['no_concept']} | {mean_sd([r['train_only_acc1'] for r in rows])} | "
-            f"{mean_sd([r['train_dev_acc1'] for r in rows])} |"
+            f"{rows[0]['no_concept']} | " + " | ".join(mean_sd([r[key] for r in rows]) for key in READINGS) + " |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")

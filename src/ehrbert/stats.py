@@ -1,4 +1,5 @@
-"""Statistics over seeds, shared by the comparison and the error analysis: mean (SD), Welch's t-test, formatting.
+"""Statistics over seeds, shared by the comparison and the error analysis: mean (SD), Welch's t-test, formatting;
+and the rule every setting is chosen on dev by (`first_best`).
 
 Every table reports a model as the mean over its seeds with the *sample* SD (ddof=1; undefined, NaN, with one
 seed), and compares two models with Welch's two-sided t-test (unequal variances: the seeds of two models are
@@ -9,11 +10,22 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+T = TypeVar("T")
+
+
+def first_best(grid: Sequence[T], objective: Callable[[T], float]) -> tuple[T, list[tuple[T, float]]]:
+    """The grid value with the highest objective, the earliest on a tie (grids list the plainer choice first);
+    and every value with its objective, in grid order."""
+    tried = [(value, objective(value)) for value in grid]
+    best = max(range(len(tried)), key=lambda i: (tried[i][1], -i))
+    return tried[best][0], tried
 
 
 def mean_sd_columns(group: pd.DataFrame, metrics: Sequence[str]) -> dict[str, float]:

@@ -127,10 +127,15 @@ def expand_abbreviations(mention_text: str, abbreviations: Mapping[str, str]) ->
     """Replace each whole-token short form in the mention by its long form (short forms case-sensitive).
 
     A token is whole when no letter, digit or underscore touches it ("APC-associated" expands, "APCs"
-    does not); longer short forms win over shorter ones inside them ("B-NHL" before "NHL"), and long
-    forms are not scanned again. As in DNorm, a short form whose long form is already in the mention
-    ("von Hippel-Lindau (VHL) tumor") is dropped together with its parentheses instead of expanded.
-    When a short form occurs in the mention, its whitespace runs are also collapsed.
+    does not); longer short forms win over shorter ones inside them ("B-NHL" before "NHL"). As in DNorm, a
+    short form whose long form is already in the mention ("von Hippel-Lindau (VHL) tumor") is dropped
+    together with its parentheses instead of expanded. When a short form occurs in the mention, its
+    whitespace runs are also collapsed.
+
+    Unlike DNorm, a long form that holds another short form of the document is expanded in turn: "IDMS"
+    (Ab3P: "isolated DMS", where DMS is "diffuse mesangial sclerosis" in the same abstract) becomes
+    "isolated diffuse mesangial sclerosis". On the way down each short form is used at most once, so a
+    circle of long forms ends.
     """
     present = [short for short in abbreviations if short in mention_text]
     if not present:
@@ -144,7 +149,8 @@ def expand_abbreviations(mention_text: str, abbreviations: Mapping[str, str]) ->
         long = abbreviations[short]
         if long.lower() in lowered:
             return " " if opened and closed else f"{opened} {closed}"
-        return opened + long + closed
+        others = {other: form for other, form in abbreviations.items() if other != short}
+        return opened + expand_abbreviations(long, others) + closed
 
     return collapse_whitespace(pattern.sub(replace, mention_text))
 

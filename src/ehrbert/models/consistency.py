@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ehrbert.models.hybrid import Answer
+from ehrbert.stats import first_best
 
 OBJECTIVES = ("f1", "acc1")
 
@@ -104,6 +105,5 @@ def choose(
     grid = [Consistency(0.0, 0.0, depth)]
     margins = sorted(set(margins), reverse=True)
     grid += [Consistency(w, m, depth) for w in sorted(set(weights)) if w > 0 for m in margins]
-    tried = {rule: objective(rule) for rule in grid}
-    best = max(range(len(grid)), key=lambda i: (tried[grid[i]], -i))
-    return grid[best], tried
+    best, tried = first_best(grid, objective)
+    return best, dict(tried)
