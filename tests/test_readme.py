@@ -40,3 +40,19 @@ def test_readme_shows_the_last_benchmark():
     start, end = (text.index(marker) for marker in bench.README_MARKERS)
     shown = text[start + len(bench.README_MARKERS[0]) : end]
     assert shown == bench.readme_body((ROOT / "reports" / "benchmark.md").read_text())
+
+
+def first_table(text: str) -> list[list[str]]:
+    """The cells of the first Markdown table in `text`, without its header and rule, each row without its label."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")][1:] for line in lines[2:]]
+
+
+def test_readme_table2_is_the_compare_stages():
+    """README's Table 2 has short labels; its figures are those `compare` wrote to reports/table2.md, row for row."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Main results") :]
+    report = (ROOT / "reports" / "table2.md").read_text()
+    shown = first_table(section[: section.index("\n## ")])
+    written = first_table(report[: report.index("\n### ")])
+    assert shown == written, "README's Table 2 differs from reports/table2.md: copy its figures again"
