@@ -130,6 +130,20 @@ def test_loss_decreases_and_the_best_dev_weights_are_kept(tiny_bert):
     assert accuracy_at_k(task.mentions("dev"), ranked, k=1) == max(r["dev_acc1"] for r in history)
 
 
+def test_without_dev_every_epoch_runs_and_the_last_weights_are_kept(tiny_bert):
+    task = _task()
+    config = finetune.FinetuneConfig(encoder_lr=1e-3, head_lr=1e-2, batch_size=4, max_epochs=3, deduplicate=False)
+    model, tokenizer = classifier.build(tiny_bert, task.vocabulary, config.dropout, seed=0)
+    pairs = finetune.training_pairs(task, config, model.config.label2id, splits=("train", "dev"))
+    assert len(pairs) > len(finetune.training_pairs(task, config, model.config.label2id))
+    before = model.classifier.weight.detach().clone()
+    history = finetune.train(model, tokenizer, pairs, [], [], config, Accelerator(cpu=True), seed=0)
+    assert [r["epoch"] for r in history] == [1, 2, 3] and all("dev_acc1" not in r for r in history)
+    assert not torch.equal(model.classifier.weight, before)  # the weights the last epoch left, not the start's
+    with pytest.raises(ValueError, match="needs dev mentions"):
+        finetune.train(model, tokenizer, pairs, [], [], config, Accelerator(cpu=True), seed=0, checkpoint_dir=Path("x"))
+
+
 def test_early_stopping_triggers_when_dev_does_not_improve(tiny_bert):
     config = finetune.FinetuneConfig(encoder_lr=0.0, head_lr=0.0, batch_size=4, max_epochs=10, patience=2)
     history, *_ = _train(tiny_bert, config)

@@ -235,6 +235,7 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(
     params["finetune"]["config"].update(max_epochs=1)
     params["hybrid"]["config"]["encoder"] = str(tiny_bert)
     params["hybrid"]["config"]["retrieval"].update(steps=2, batch_size=8)
+    params["finetune"]["models"] = [{"name": "base", "path": str(tiny_bert)}]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     finetune.main(
         argv(
@@ -401,16 +402,22 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(
         answer = served.predict(pd.DataFrame({"mention": [fixed.loc[row, "query"]]}))
         assert answer.loc[0, "concept_ids"] == expected[variant][row], variant
 
-    # the peers' protocol: the encoder retrained on train + dev, both readings on the same test queries
-    peers.main(
-        argv(corpus="ncbi", seed="1", params="params.yaml", hybrid="out", hybrid_run_record="run.json",
-             metrics="peers/ncbi-s1.json", **ncbi_data)
+    # the peers' protocol: the encoder and the classifier retrained on train + dev, every reading on the same
+    # test queries; the classifier must start where its train-only run started
+    peers_argv = dict(
+        corpus="ncbi", seed="1", params="params.yaml", hybrid="out", hybrid_run_record="run.json",
+        classifier="ft", classifier_metrics="ft.json", metrics="peers/ncbi-s1.json", **ncbi_data,
     )  # fmt: skip
+    with pytest.raises(ValueError, match="--classifier-init elsewhere: ft was fine-tuned from finetune.models 'base'"):
+        peers.main(argv(classifier_init="elsewhere", **peers_argv))
+    peers.main(argv(classifier_init=str(tiny_bert), **peers_argv))
     reading = json.loads((tmp_path / "peers" / "ncbi-s1.json").read_text())
     assert reading["mentions"] == 960 and reading["no_concept"] == 0
     assert reading["queries"] >= 960 + reading["composite_split"]  # each split composite: a query a part
     assert reading["classifier_weight"] == metrics["hybrid"]["settings"]["classifier_weight"]
+    assert reading["classifier_epochs"] == json.loads((tmp_path / "ft.json").read_text())["best_epoch"]
     assert 0 < reading["train_only_acc1"] < 1 and 0 < reading["train_dev_acc1"] < 1
+    assert 0 < reading["train_dev_train_only_classifier_acc1"] < 1
     # retrieval alone, the same models without the classifier: another reading of the same candidates
     assert 0 < reading["train_only_retrieval_acc1"] < 1 and 0 < reading["train_dev_retrieval_acc1"] < 1
     run = mlflow.search_runs(experiment_names=["peers-ncbi"]).iloc[0]

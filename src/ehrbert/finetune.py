@@ -85,11 +85,14 @@ BEST_WEIGHTS, SAMPLER_STATE = "best_on_dev.safetensors", "sampler.safetensors"  
 HEAD_INIT_LABELS = {"uniform": "uniform head (paper)", "names": "head imprinted from names"}  # appended to model labels
 
 
-def training_pairs(task: Task, config: FinetuneConfig, label2id: dict[str, int]) -> list[tuple[str, int]]:
-    """(query, label) training examples from the train split (and, if asked, the vocabulary names)."""
+def training_pairs(
+    task: Task, config: FinetuneConfig, label2id: dict[str, int], splits: tuple[str, ...] = ("train",)
+) -> list[tuple[str, int]]:
+    """(query, label) training examples from `splits` (and, if asked, the vocabulary names)."""
     pairs = [
         (query, label2id[cid])
-        for mention, query in zip(task.mentions("train"), task.queries("train"))
+        for split in splits
+        for mention, query in zip(task.mentions(split), task.queries(split))
         for cid in mention.concept_ids
         if cid in label2id
     ]
@@ -120,11 +123,14 @@ def train(
 ) -> list[dict]:
     """Train in place; leaves the best-on-dev weights in `model`. Returns one record per epoch (a resumed run: also
     those of the epochs before the checkpoint). With `checkpoint_dir`: resume from the newest checkpoint with this
-    `fingerprint`, and save one after each epoch that is not the last."""
+    `fingerprint`, and save one after each epoch that is not the last. Without dev mentions (dev is training data,
+    as in the peers' protocol) every one of `config.max_epochs` epochs runs and the last epoch's weights are kept."""
     if config.batch_size % accelerator.num_processes:
         raise ValueError(
             f"finetune.config.batch_size {config.batch_size} is not divisible by {accelerator.num_processes} processes"
         )
+    if checkpoint_dir is not None and not dev_mentions:
+        raise ValueError("resumable training keeps the best-on-dev weights: it needs dev mentions")
     per_process = config.batch_size // accelerator.num_processes  # batch_size is per optimizer step, all processes
     features = [dict(tokenizer(q, truncation=True, max_length=config.max_length), labels=y) for q, y in pairs]
     generator = torch.Generator().manual_seed(seed)  # the sampler's own: each epoch's order, saved in checkpoints
@@ -163,6 +169,12 @@ def train(
             optimizer.zero_grad()
             total, steps = total + loss.item(), steps + 1
         unwrapped = accelerator.unwrap_model(model)
+        if not dev_mentions:
+            history.append(
+                {"epoch": epoch, "train_loss": total / max(steps, 1), "epoch_seconds": time.perf_counter() - started}
+            )
+            log.info("epoch %d: loss %.4f (%.0f s)", epoch, history[-1]["train_loss"], history[-1]["epoch_seconds"])
+            continue
         ranked, _ = classifier.predict(
             unwrapped, tokenizer, dev_queries, k=1, max_length=config.max_length, batch_size=config.eval_batch_size
         )
@@ -197,7 +209,8 @@ def train(
 
             state = {"fingerprint": fingerprint, "history": history, "best": best, "stale": stale}
             checkpoints.save(accelerator, checkpoint_dir, epoch, state, keep=1, write_extra=write_extra)
-    accelerator.unwrap_model(model).load_state_dict(best_state)
+    if dev_mentions:
+        accelerator.unwrap_model(model).load_state_dict(best_state)
     return history
 
 

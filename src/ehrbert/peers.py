@@ -6,9 +6,12 @@ This stage reads the same test split both ways, for one corpus and seed (`main`)
 
 - **train only**: the hybrid stage's own model (outputs/hybrid/<corpus>-s<seed>/model), unchanged;
 - **train + dev**: its retrieval encoder trained again from the same start, with the same params and seed, on
-  the training and dev mentions, and the dev mentions indexed too. The classifier weight is the train-only
-  run's dev choice (dev is now training data: nothing is chosen again). The classifier itself is the
-  train-only one: retraining it on train + dev (a fine-tuning run per seed) is not done here.
+  the training and dev mentions, and the dev mentions indexed too; and its classifier fine-tuned again from the
+  same start (`--classifier`: the train-only fine-tuning run, its config and encoder), with the same config and
+  seed, on the training and dev mentions for the number of epochs dev chose for the train-only run (its
+  `best_epoch`, `--classifier-metrics`; dev is now training data: nothing is chosen again). The classifier
+  weight is the train-only run's dev choice too. A third reading, the retrained encoder with the train-only
+  classifier, shows what retraining the classifier adds.
 
 Each model is read twice: as the first stage (retrieval + classifier, `FIRST_STAGE`) and as retrieval alone
 (the `retrieval` variant, no classifier), since either may be a corpus's champion.
@@ -35,12 +38,13 @@ from pathlib import Path
 import mlflow
 from transformers import set_seed
 
+from ehrbert import finetune
 from ehrbert.composite import split_coordination
 from ehrbert.corpora.records import NO_CONCEPT
 from ehrbert.hub import resolve_model
 from ehrbert.hybrid import HybridConfig
 from ehrbert.launch import make_accelerator
-from ehrbert.models import retrieval
+from ehrbert.models import classifier, retrieval
 from ehrbert.models.hybrid import HybridNormalizer, Settings, decide, read_settings
 from ehrbert.models.name_index import NameIndex
 from ehrbert.stage import config_from, read_params, setup_logging, write_json
@@ -51,7 +55,13 @@ from ehrbert.tracking import read_run_record, start_run
 log = logging.getLogger(__name__)
 
 FIRST_STAGE = "hybrid"  # the variant whose classifier weight ranks: composite and no-concept settings do not
-READINGS = ("train_only_acc1", "train_dev_acc1", "train_only_retrieval_acc1", "train_dev_retrieval_acc1")
+READINGS = (
+    "train_only_acc1",
+    "train_dev_acc1",
+    "train_dev_train_only_classifier_acc1",
+    "train_only_retrieval_acc1",
+    "train_dev_retrieval_acc1",
+)
 
 
 def protocol_queries(task: Task, split: str) -> tuple[list[str], list[set[str]], dict[str, int]]:
@@ -105,6 +115,37 @@ def retrain_on_train_and_dev(task: Task, config: HybridConfig, seed: int, accele
     return encoder, tokenizer, index
 
 
+def retrain_classifier_on_train_and_dev(
+    task: Task, classifier_run: Path, classifier_metrics: Path, start: Path, params: dict, seed: int, accelerator
+) -> tuple:
+    """The train-only fine-tuning run `classifier_run` done again from its start (the encoder at `start`, which
+    params.yaml `finetune.models` must give for the run's model) with the dev mentions added to the training ones,
+    for the epochs dev chose for it; returns (model, tokenizer, epochs)."""
+    record = json.loads((classifier_run / classifier.MODEL_DIR / classifier.TRAINING_FILE).read_text())
+    paths = {entry["name"]: entry["path"] for entry in params["finetune"]["models"]}
+    if Path(paths.get(record["model"], "")) != start:
+        raise ValueError(
+            f"--classifier-init {start}: {classifier_run} was fine-tuned from finetune.models {record['model']!r}, "
+            f"whose path is {paths.get(record['model'])}"
+        )
+    epochs = json.loads(classifier_metrics.read_text()).get("best_epoch")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"{classifier_metrics}: no best_epoch (a positive integer) of the train-only fine-tuning")
+    config = finetune.FinetuneConfig(**{**record["config"], "max_epochs": epochs})
+    model, tokenizer = classifier.build(
+        resolve_model(str(start)),
+        task.vocabulary,
+        config.dropout,
+        seed,
+        config.head_init,
+        config.head_scale,
+        config.max_length,
+    )
+    pairs = finetune.training_pairs(task, config, model.config.label2id, splits=("train", "dev"))
+    finetune.train(model, tokenizer, pairs, [], [], config, accelerator, seed)
+    return accelerator.unwrap_model(model).eval(), tokenizer, epochs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", required=True, help="a built-in task (ncbi, cdr, cadec) or a declared one")
@@ -113,6 +154,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--hybrid", type=Path, required=True, help="the hybrid stage's output folder (train only)")
     parser.add_argument("--hybrid-run-record", type=Path, help="its run record (the first stage's MLflow run)")
+    parser.add_argument(
+        "--classifier", type=Path, required=True, help="the train-only fine-tuning run's folder the hybrid's uses"
+    )
+    parser.add_argument(
+        "--classifier-metrics", type=Path, required=True, help="its metrics file (the dev-chosen best_epoch)"
+    )
+    parser.add_argument("--classifier-init", type=Path, required=True, help="the encoder that run started from")
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args(argv)
     accelerator = make_accelerator()  # the encoder's training may run on several processes (accelerate launch)
@@ -129,31 +177,45 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.perf_counter()
     encoder, tokenizer, index = retrain_on_train_and_dev(task, config, args.seed, accelerator)
+    retrained, retrained_tokenizer, epochs = retrain_classifier_on_train_and_dev(
+        task, args.classifier, args.classifier_metrics, args.classifier_init, params, args.seed, accelerator
+    )
     if not accelerator.is_main_process:
         return
     index.embed(encoder, tokenizer, config.retrieval)
     seconds = time.perf_counter() - started
     train_only = HybridNormalizer.load(model_dir, FIRST_STAGE)
-    train_dev = HybridNormalizer(
-        encoder,
-        tokenizer,
-        index,
-        config.retrieval,
-        train_only.classifier,
-        train_only.classifier_tokenizer,
-        train_only.classifier_max_length,
-        train_only.classifier_top_k,
-    )
+
+    def with_classifier(model, model_tokenizer) -> HybridNormalizer:
+        """The retrained retrieval with `model` as its classifier."""
+        return HybridNormalizer(
+            encoder,
+            tokenizer,
+            index,
+            config.retrieval,
+            model,
+            model_tokenizer,
+            train_only.classifier_max_length,
+            train_only.classifier_top_k,
+        )
+
     queries, gold, counts = protocol_queries(task, "test")
     train_only_acc1, train_only_retrieval_acc1 = readings(train_only, settings, queries, gold)
-    train_dev_acc1, train_dev_retrieval_acc1 = readings(train_dev, settings, queries, gold)
+    train_dev_acc1, train_dev_retrieval_acc1 = readings(
+        with_classifier(retrained, retrained_tokenizer), settings, queries, gold
+    )
+    old_classifier_acc1, _ = readings(
+        with_classifier(train_only.classifier, train_only.classifier_tokenizer), settings, queries, gold
+    )
     result = {
         "train_only_acc1": train_only_acc1,
         "train_dev_acc1": train_dev_acc1,
+        "train_dev_train_only_classifier_acc1": old_classifier_acc1,
         "train_only_retrieval_acc1": train_only_retrieval_acc1,
         "train_dev_retrieval_acc1": train_dev_retrieval_acc1,
         **counts,
         "classifier_weight": settings.classifier_weight,
+        "classifier_epochs": epochs,
     }
     tags = {"corpus": args.corpus, "seed": str(args.seed), "protocol": "peers", "first_stage_path": str(model_dir)}
     if args.hybrid_run_record is not None:
@@ -164,18 +226,28 @@ def main(argv: list[str] | None = None) -> None:
         tags=tags,
         params={"hybrid.config": params["hybrid"]["config"]},
     ):
-        mlflow.log_params({"corpus": args.corpus, "seed": args.seed, "classifier_weight": settings.classifier_weight})
-        mlflow.log_metrics({f"test_{k}": v for k, v in result.items() if k != "classifier_weight"})
+        mlflow.log_params(
+            {
+                "corpus": args.corpus,
+                "seed": args.seed,
+                "classifier_weight": settings.classifier_weight,
+                "classifier_epochs": epochs,
+            }
+        )
+        mlflow.log_metrics(
+            {f"test_{k}": v for k, v in result.items() if k not in ("classifier_weight", "classifier_epochs")}
+        )
         mlflow.log_metric("retrain_seconds", round(seconds, 1))  # wall clock: MLflow only, not the DVC metrics
     write_json(args.metrics, result)
     log.info(
         "%s seed %d, peers' protocol (%d queries): acc@1 train only %.4f, train + dev %.4f "
-        "(retrieval alone: %.4f, %.4f)",
+        "(its train-only classifier: %.4f; retrieval alone: %.4f, %.4f)",
         args.corpus,
         args.seed,
         len(queries),
         train_only_acc1,
         train_dev_acc1,
+        old_classifier_acc1,
         train_only_retrieval_acc1,
         train_dev_retrieval_acc1,
     )
@@ -200,11 +272,13 @@ def report(argv: list[str] | None = None) -> None:
         "Written by `python -m ehrbert.peers report` (stage `peers_report`) from metrics/peers; what the two "
         "readings are: `ehrbert.peers`. Mean (SD) over seeds "
         f"{', '.join(map(str, seeds))}; no second stage. First stage: retrieval + classifier at the train-only "
-        "run's dev-chosen weight; retrieval alone: the same models without the classifier.",
+        "run's dev-chosen weight, both models retrained on train + dev (and, for what retraining the classifier "
+        "adds, the retrained retrieval with the train-only classifier); retrieval alone: the same retrieval "
+        "without the classifier.",
         "",
         "| corpus | queries | composite split / kept whole | no-concept dropped | first stage, train only | "
-        "train + dev | retrieval alone, train only | train + dev |",
-        "|---|---|---|---|---|---|---|---|",
+        "train + dev | train + dev, train-only classifier | retrieval alone, train only | train + dev |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for corpus in corpora:
         rows = []
