@@ -121,7 +121,7 @@ def retrain_classifier_on_train_and_dev(
     """The train-only fine-tuning run `classifier_run` done again from its start (the encoder at `start`, which
     params.yaml `finetune.models` must give for the run's model) with the dev mentions added to the training ones,
     for the epochs dev chose for it; returns (model, tokenizer, epochs)."""
-    record = json.loads((classifier_run / classifier.MODEL_DIR / classifier.TRAINING_FILE).read_text())
+    record = classifier.training_record(classifier_run)
     paths = {entry["name"]: entry["path"] for entry in params["finetune"]["models"]}
     if Path(paths.get(record["model"], "")) != start:
         raise ValueError(

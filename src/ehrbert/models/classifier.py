@@ -111,16 +111,22 @@ MODEL_DIR = "model"  # in a fine-tuning output folder: the saved normalizer
 TRAINING_FILE = "training.json"  # in the saved normalizer: the fine-tuning config it was trained with
 
 
+def training_record(folder: str | Path) -> dict:
+    """The training record (TRAINING_FILE: the fine-tuning config, model, corpus and seed) of a fine-tuning output
+    folder (the stage's DVC out)."""
+    path = Path(folder) / MODEL_DIR / TRAINING_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: not a fine-tuned normalizer (run the finetune stage with `dvc repro`, or `dvc pull` it)"
+        )
+    return json.loads(path.read_text())
+
+
 def load_finetuned(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
     """(model, tokenizer, training record) from a fine-tuning output folder (the stage's DVC out)."""
-    model_dir = Path(folder) / MODEL_DIR
-    if not (model_dir / TRAINING_FILE).is_file():
-        raise FileNotFoundError(
-            f"{model_dir / TRAINING_FILE}: not a fine-tuned normalizer "
-            "(run the finetune stage with `dvc repro`, or `dvc pull` it)"
-        )
-    model, tokenizer = load(model_dir)
-    return model, tokenizer, json.loads((model_dir / TRAINING_FILE).read_text())
+    record = training_record(folder)
+    model, tokenizer = load(Path(folder) / MODEL_DIR)
+    return model, tokenizer, record
 
 
 def concept_ids(model: PreTrainedModel) -> list[str]:
