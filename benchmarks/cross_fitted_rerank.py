@@ -1,7 +1,7 @@
 """A reranker trained on cross-fitted candidates of the training split, against the rerank stage's (dev's).
 
     accelerate launch $ACCELERATE_ARGS benchmarks/cross_fitted_rerank.py [--corpora ncbi cdr cadec] [--seeds 1 2 3]
-        [--folds 5] [--encoder shared|per-group] [--report-only]
+        [--folds 5] [--encoder shared|per-group] [--first-stage retrieval|hybrid] [--report-only]
 
 The rerank stage (`ehrbert.rerank`) trains its reranker on the dev split's candidates, because the training
 split's own candidates are not what the first stage gives an unseen mention: every training mention is an index
@@ -9,8 +9,11 @@ entry, and the encoder has learned it. Dev is small (NCBI: 787 mentions), and on
 reranker. Cross-fitting makes training candidates that are like test's: the training documents are cut into
 `--folds` groups, and each group's candidates come from a first stage that never saw the group's mentions.
 
-For each corpus and seed, with the first stage as retrieval alone (`hybrid.config`: its encoder, its training
-and index; no classifier, so that the cross-fitted first stages are cheap; NCBI's champion is retrieval alone):
+For each corpus and seed, with the first stage as retrieval alone (`--first-stage retrieval`, `hybrid.config`:
+its encoder, its training and index; no classifier, so that the cross-fitted first stages are cheap), or as the
+hybrid stage's (`--first-stage hybrid`: its saved normalizer, outputs/hybrid/<corpus>-s<seed>/model, answering as
+the rerank stage's first stage, with its classifier and dev-chosen settings; below, the classifier is
+cross-fitted too):
 
 - **full**: the encoder trained on the whole training split, from the same start, params and seed as the hybrid
   stage trains it, and the index of the vocabulary and every training mention; the dev and test candidates.
@@ -20,7 +23,10 @@ and index; no classifier, so that the cross-fitted first stages are cheap; NCBI'
   rows. The encoder is `--encoder`: `per-group`, one trained the same way on the other groups' mentions (nothing
   of the first stage has seen the group; six encoders and six embeddings of the vocabulary a seed), or `shared`,
   the whole split's (it has met the group's mentions in training, about twice each at NCBI's size, but no index
-  entry or evidence holds them; one encoder a seed).
+  entry or evidence holds them; one encoder a seed). With the hybrid first stage the encoder is the hybrid's,
+  shared, and each group's classifier is fine-tuned again without the group: the hybrid's fine-tuning run done
+  once more from its start, on the other groups' mentions, for the epochs dev chose for it
+  (`ehrbert.peers.retrain_classifier_on_train_and_dev` with those mentions as the training split and no dev).
 
 Readings, the reranker of `ehrbert.models.rerank` with params.yaml `rerank.config`, each judged on dev as the
 stage judges its own (used where it fixes more dev mentions than it breaks at rank 1, one-sided exact McNemar
@@ -44,7 +50,9 @@ goes on where it stopped; writes reports/cross_fitted_rerank.md. It asserts noth
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,9 +69,11 @@ from ehrbert.hybrid import HybridConfig, score
 from ehrbert.launch import make_accelerator
 from ehrbert.metrics import seen_concepts
 from ehrbert.models import retrieval
-from ehrbert.models.hybrid import HybridNormalizer, Settings, decide
+from ehrbert.models.classifier import training_record
+from ehrbert.models.hybrid import HybridNormalizer, decide
 from ehrbert.models.name_index import NameIndex
 from ehrbert.models.rerank import RerankConfig, Reranker, reorder
+from ehrbert.peers import retrain_classifier_on_train_and_dev
 from ehrbert.rerank import cross_validated, flips
 from ehrbert.stage import config_from, read_params
 from ehrbert.stats import mean_sd
@@ -73,6 +83,7 @@ ROOT = Path(__file__).resolve().parents[1]
 READINGS = ("first stage", "dev", "cross-fitted", "cross-fitted + dev")
 KEYS = ("acc1", "acc1_seen", "acc1_unseen", "f1")
 ENCODERS = ("per-group", "shared")  # the cross-fitted first stages' encoder: trained without the group, or not
+FIRST_STAGES = ("retrieval", "hybrid")  # retrieval alone, or the hybrid stage's (classifier cross-fitted too)
 FLIPS = ("dev_fixed", "dev_broken", "train_fixed", "train_broken", "test_fixed", "test_broken")
 
 
@@ -99,9 +110,10 @@ def first_stage(task, config: HybridConfig, seed: int, mentions: list, queries: 
 
 
 def rows_for(model, reranker: Reranker, queries: list[str], mentions: list, depth: int) -> tuple:
-    """(answers, features, owners, labels) of `queries` under `model`, with `reranker`'s evidence."""
+    """(answers, features, owners, labels) of `queries` under `model` (with its settings), with `reranker`'s
+    evidence."""
     candidates = model.candidates(queries)
-    answers = decide(candidates, Settings(), k=depth)
+    answers = decide(candidates, model.settings, k=depth)
     features, owners = reranker.features(queries, answers, candidates)
     return answers, features, owners, Reranker.labels(answers, owners, mentions, reranker.config.candidates)
 
@@ -112,15 +124,54 @@ def indexed_without(full: HybridNormalizer, task, config: HybridConfig, mentions
     index = NameIndex.build(task.vocabulary, mentions, queries)
     index.embeddings = full.index.embeddings[[full.index.position[text] for text in index.texts]]
     return HybridNormalizer(
-        full.encoder, full.tokenizer, index, config.retrieval, classifier_top_k=config.classifier_top_k
+        full.encoder,
+        full.tokenizer,
+        index,
+        config.retrieval,
+        classifier_max_length=full.classifier_max_length,
+        classifier_top_k=full.classifier_top_k,
+        settings=full.settings,
     )
 
 
+class TrainingSubset:
+    """A task whose training split is some of another task's training mentions and whose dev split is empty:
+    what `retrain_classifier_on_train_and_dev` fine-tunes on for a group's classifier."""
+
+    def __init__(self, task, mentions: list, queries: list[str]):
+        self.vocabulary = task.vocabulary
+        self.splits_ = {"train": (mentions, queries), "dev": ([], [])}
+
+    def mentions(self, split: str) -> list:
+        return self.splits_[split][0]
+
+    def queries(self, split: str) -> list[str]:
+        return self.splits_[split][1]
+
+
+def classifier_without(task, corpus: str, seed: int, params: dict, mentions: list, queries: list[str], accelerator):
+    """(model, tokenizer) of the hybrid's classifier fine-tuned again on `mentions` alone (see above)."""
+    run = f"{params['hybrid']['config']['classifier_model']}-{corpus}-s{seed}"
+    record = training_record(ROOT / f"outputs/finetune/{run}")
+    start = Path(next(m["path"] for m in params["finetune"]["models"] if m["name"] == record["model"]))
+    model, tokenizer, _ = retrain_classifier_on_train_and_dev(  # paths relative to the repository, as params.yaml
+        TrainingSubset(task, mentions, queries),
+        Path(f"outputs/finetune/{run}"),
+        Path(f"metrics/finetune/{run}.json"),
+        start,
+        params,
+        seed,
+        accelerator,
+    )
+    return model, tokenizer
+
+
 def cross_fitted_groups(
-    task, config: HybridConfig, rerank: RerankConfig, seed: int, folds: int, accelerator, full=None
+    task, config: HybridConfig, rerank: RerankConfig, seed: int, folds: int, accelerator, full=None, classifier=None
 ) -> list[Group]:
     """Every group of training documents, each answered by a first stage and evidence without it: an encoder
-    trained without the group, or with `full` (the whole split's first stage) its encoder, shared."""
+    trained without the group, or with `full` (the whole split's first stage) its encoder, shared; with
+    `classifier(mentions, queries)`, also a classifier fine-tuned on the other groups' mentions."""
     mentions, queries = task.mentions("train"), task.queries("train")
     groups = [m.doc_id for m in mentions]
     out = []
@@ -131,6 +182,8 @@ def cross_fitted_groups(
             model = first_stage(task, config, seed, rest_mentions, rest_queries, accelerator)
         else:
             model = indexed_without(full, task, config, rest_mentions, rest_queries)
+        if classifier is not None:
+            model.classifier, model.classifier_tokenizer = classifier(rest_mentions, rest_queries)
         evidence = Reranker.build(rerank, task.vocabulary, rest_mentions, rest_queries)
         rows = rows_for(model, evidence, [queries[i] for i in held], [mentions[i] for i in held], rerank.depth)
         out.append(Group(held, *rows))
@@ -167,18 +220,29 @@ def dev_with_training_rows(reranker, dev: tuple, documents: list[str], train_row
     return out
 
 
-def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, shared: bool) -> dict:
+def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, shared: bool, hybrid: bool) -> dict:
     """Every reading's dev judgement and dev and test scores for one corpus and seed (`shared`: the cross-fitted
-    first stages share the whole split's encoder)."""
+    first stages share the whole split's encoder; `hybrid`: the first stage is the hybrid stage's, its
+    classifier cross-fitted too)."""
     task = load_task(corpus, data_paths(params["data"], ROOT), params["cadec_split"])
     config = config_from(HybridConfig, params["hybrid"]["config"], "hybrid.config", ROOT / "params.yaml")
     rerank = config_from(RerankConfig, params["rerank"]["config"], "rerank.config", ROOT / "params.yaml")
     significance, depth, k = rerank.significance, rerank.depth, rerank.candidates
     seen = seen_concepts(task.mentions("train"))
 
-    model = first_stage(task, config, seed, task.mentions("train"), task.queries("train"), accelerator)
+    classifier = None
+    if hybrid:
+        folder = ROOT / f"outputs/hybrid/{corpus}-s{seed}/model"
+        if not folder.is_dir():
+            raise SystemExit(f"{folder}: no saved normalizer; run `dvc repro hybrid@{corpus}-{seed}` first")
+        model = HybridNormalizer.load(folder)  # its default: the rerank stage's first stage
+        classifier = lambda mentions, queries: classifier_without(
+            task, corpus, seed, params, mentions, queries, accelerator
+        )
+    else:
+        model = first_stage(task, config, seed, task.mentions("train"), task.queries("train"), accelerator)
     started = time.perf_counter()
-    groups = cross_fitted_groups(task, config, rerank, seed, folds, accelerator, model if shared else None)
+    groups = cross_fitted_groups(task, config, rerank, seed, folds, accelerator, model if shared else None, classifier)
     train_rows = training_rows(groups)
     cross_seconds = time.perf_counter() - started
     evidence = Reranker.build(rerank, task.vocabulary, task.mentions("train"), task.queries("train"))
@@ -217,6 +281,8 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, share
         "cross-fitted + dev": lambda i: evidence.new_model(seed).fit(*with_dev(*training_rows(groups, i))),
     }
     out = {"cross_fit_seconds": round(cross_seconds, 1), "training_rows": len(train_rows[1]), "dev_rows": len(dev_y)}
+    if hybrid:
+        out["settings"] = dataclasses.asdict(model.settings)
     for reading in READINGS:
         fixed, broken, p_value = flips(dev_mentions, dev_first, dev_answers[reading])
         test_fixed, test_broken, _ = flips(test_mentions, test_first, test_answers[reading])
@@ -252,9 +318,11 @@ def report(results: dict, corpora: list[str], seeds: list[int], folds: int) -> s
     lines = [
         "# A reranker trained on cross-fitted candidates",
         "",
-        f"`benchmarks/cross_fitted_rerank.py` (see its docstring): first stage retrieval alone; {folds} groups of "
+        f"`benchmarks/cross_fitted_rerank.py` (see its docstring): first stage retrieval alone, or the hybrid "
+        f"stage's (`hybrid`: its classifier and dev-chosen settings); {folds} groups of "
         "training documents, each group's candidates from a first stage indexed without it, its encoder trained "
-        "without it (`per-group`) or the whole split's (`shared`). Mean (SD) over the seeds measured. Dev: acc@1 "
+        "without it (`per-group`) or the whole split's (`shared`), the hybrid's classifier fine-tuned again without "
+        "it. Mean (SD) over the seeds measured. Dev: acc@1 "
         "(the `dev` reading's cross-validated over dev documents), mentions fixed / broken at rank 1 against the "
         "first stage over all seeds, and the seeds on which the stage's rule (McNemar) would use it. Test: always "
         "used, with the paired t-test's P over seeds against the first stage, and the mentions fixed / broken. "
@@ -270,19 +338,25 @@ def report(results: dict, corpora: list[str], seeds: list[int], folds: int) -> s
     ]
     notes = []
     for corpus in corpora:
-        for encoder in ENCODERS:
-            measured = [s for s in seeds if f"{corpus}-s{s}-{encoder}" in results]
+        for encoder, first_stage_name in [(e, f) for f in FIRST_STAGES for e in ENCODERS]:
+            suffix = encoder + ("" if first_stage_name == "retrieval" else f", {first_stage_name}")
+            measured = [s for s in seeds if f"{corpus}-s{s}-{result_key(encoder, first_stage_name)}" in results]
             if not measured:
                 continue
-            rows = [results[f"{corpus}-s{s}-{encoder}"] for s in measured]
-            lines += table_rows(f"{corpus} | {encoder} | {', '.join(map(str, measured))}", rows)
+            rows = [results[f"{corpus}-s{s}-{result_key(encoder, first_stage_name)}"] for s in measured]
+            lines += table_rows(f"{corpus} | {suffix} | {', '.join(map(str, measured))}", rows)
             seconds = sum(r["cross_fit_seconds"] for r in rows) / len(rows)
             notes.append(
-                f"- {corpus}, {encoder}: {rows[0]['training_rows']} cross-fitted training rows against "
+                f"- {corpus}, {suffix}: {rows[0]['training_rows']} cross-fitted training rows against "
                 f"{rows[0]['dev_rows']} dev rows a seed; the {folds} cross-fitted first stages took "
                 f"{seconds / 60:.1f} min a seed (2 CPU cores)."
             )
     return "\n".join([*lines, "", *notes]) + "\n"
+
+
+def result_key(encoder: str, first_stage_name: str) -> str:
+    """The results' key suffix of a first stage (retrieval alone keeps the keys it had before the hybrid)."""
+    return encoder if first_stage_name == "retrieval" else f"{encoder}-{first_stage_name}"
 
 
 def table_rows(head: str, rows: list[dict]) -> list[str]:
@@ -334,9 +408,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--encoder", choices=ENCODERS, default="shared", help="the cross-fitted first stages' encoder (see above)"
     )
+    parser.add_argument(
+        "--first-stage", choices=FIRST_STAGES, default="retrieval", help="retrieval alone or the hybrid's (see above)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "reports/cross_fitted_rerank")
     parser.add_argument("--report-only", action="store_true", help="write the report from the kept results")
     args = parser.parse_args(argv)
+    if args.first_stage == "hybrid" and args.encoder != "shared":
+        parser.error("--first-stage hybrid shares the hybrid stage's encoder: --encoder shared")
+    os.chdir(ROOT)  # params.yaml's paths are relative to the repository
     params = read_params(ROOT / "params.yaml")
     store = args.out.with_suffix(".json")
     results = json.loads(store.read_text()) if store.exists() else {}
@@ -344,10 +424,11 @@ def main(argv: list[str] | None = None) -> None:
         accelerator = make_accelerator()
         for corpus in args.corpora:
             for seed in args.seeds:
-                key = f"{corpus}-s{seed}-{args.encoder}"
+                key = f"{corpus}-s{seed}-{result_key(args.encoder, args.first_stage)}"
                 if key in results:
                     continue
-                results[key] = measure(corpus, seed, args.folds, params, accelerator, args.encoder == "shared")
+                shared, hybrid = args.encoder == "shared", args.first_stage == "hybrid"
+                results[key] = measure(corpus, seed, args.folds, params, accelerator, shared, hybrid)
                 store.write_text(json.dumps(results, indent=1) + "\n")
                 summary = {r: round(results[key][r]["test"]["acc1"], 4) for r in READINGS}
                 print(key, summary, file=sys.stderr, flush=True)
