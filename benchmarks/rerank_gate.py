@@ -57,6 +57,19 @@ def gated(first: list, reranked: list, margins: list[float], gate: float) -> lis
     return [r if m < gate else f for f, r, m in zip(first, reranked, margins)]
 
 
+def judged(mentions: list, first: list, answers: list, margins: list[float], gate: float) -> dict:
+    """acc@1 of `answers`, the share of mentions the gate reranks, and the mentions fixed / broken at rank 1
+    against the first stage, with the one-sided exact McNemar P of that split."""
+    fixed, broken, p_value = flips(mentions, first, answers)
+    return {
+        "acc1": accuracy_at_k(mentions, [a.ranked for a in answers], 1),
+        "reranked_share": float(np.mean([m < gate for m in margins])),
+        "fixed": fixed,
+        "broken": broken,
+        "p_value": p_value,
+    }
+
+
 def choose(dev_acc1: dict[float, float]) -> dict[str, float]:
     """Each rule's gate from the dev acc@1 of every gate (GATES is sorted: the first of equals is the smaller)."""
     best = max(dev_acc1.values())
@@ -112,15 +125,9 @@ def measure(corpus: str, seed: int, params: dict, repeats: int, calls: int) -> d
     dev_mentions = task.mentions("dev")
     dev = {}
     for gate in GATES:
-        answers = gated(dev_first, dev_reranked, dev_margins, gate)
-        fixed, broken, p = flips(dev_mentions, dev_first, answers)
-        dev[gate] = {
-            "acc1": accuracy_at_k(dev_mentions, [a.ranked for a in answers], 1),
-            "reranked_share": float(np.mean([m < gate for m in dev_margins])),
-            "fixed": fixed,
-            "broken": broken,
-            "p_value": p,
-        }
+        dev[gate] = judged(
+            dev_mentions, dev_first, gated(dev_first, dev_reranked, dev_margins, gate), dev_margins, gate
+        )
     chosen = choose({g: d["acc1"] for g, d in dev.items()})
 
     queries, _, candidates = splits["test"]
@@ -130,15 +137,9 @@ def measure(corpus: str, seed: int, params: dict, repeats: int, calls: int) -> d
     test = {}
     for gate in GATES:
         answers = rerank_gated(reranker, queries, first, candidates, margins, gate)
-        fixed, broken, p = flips(mentions, first, answers)
         seconds = median_time(lambda g=gate: rerank_gated(reranker, queries, first, candidates, margins, g), repeats)
         p50, p99 = single_calls(reranker, queries, first, candidates, margins, gate, calls)
-        test[gate] = {
-            "acc1": accuracy_at_k(mentions, [a.ranked for a in answers], 1),
-            "reranked_share": float(np.mean([m < gate for m in margins])),
-            "fixed": fixed,
-            "broken": broken,
-            "p_value": p,
+        test[gate] = judged(mentions, first, answers, margins, gate) | {
             "ms_per_mention": 1000 * seconds / len(queries),
             "single_call_p50_ms": p50,
             "single_call_p99_ms": p99,
