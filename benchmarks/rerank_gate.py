@@ -34,7 +34,7 @@ import numpy as np
 from bench import median_time  # benchmarks/ (this script's folder) is on the path
 from data_paths import data_paths
 from document_consistency import held_out_reranked
-from rerank_cost import GATES, subset
+from rerank_cost import GATES, margin, rerank_gated, subset
 
 from ehrbert.metrics import accuracy_at_k
 from ehrbert.models.hybrid import HybridNormalizer, decide
@@ -45,11 +45,6 @@ from ehrbert.tasks import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ("best", "lossless")
-
-
-def margin(answer) -> float:
-    """The first stage's top-2 margin (infinite for one candidate: nothing to reorder)."""
-    return answer.scores[0] - answer.scores[1] if len(answer.scores) > 1 else math.inf
 
 
 def gated(first: list, reranked: list, margins: list[float], gate: float) -> list:
@@ -77,17 +72,6 @@ def choose(dev_acc1: dict[float, float]) -> dict[str, float]:
         "best": next(g for g in GATES if dev_acc1[g] == best),
         "lossless": next(g for g in GATES if dev_acc1[g] >= dev_acc1[math.inf]),
     }
-
-
-def rerank_gated(reranker, queries: list[str], first: list, candidates, margins: list[float], gate: float) -> list:
-    """What a served model with this gate answers: features and trees for the gated mentions only."""
-    rows = [i for i, m in enumerate(margins) if m < gate]
-    answers = list(first)
-    if rows:
-        picked = reranker.rerank([queries[i] for i in rows], [first[i] for i in rows], subset(candidates, rows))
-        for i, answer in zip(rows, picked):
-            answers[i] = answer
-    return answers
 
 
 def single_calls(reranker, queries, first, candidates, margins, gate: float, calls: int) -> tuple[float, float]:
@@ -118,7 +102,7 @@ def measure(corpus: str, seed: int, params: dict, repeats: int, calls: int) -> d
     for split in ("dev", "test"):
         queries = task.queries(split)
         splits[split] = (queries, [m.doc_id for m in task.mentions(split)], model.candidates(queries))
-    dev_queries, _, dev_candidates = splits["dev"]
+    dev_candidates = splits["dev"][2]
     dev_first = decide(dev_candidates, model.settings, k=depth)
     dev_reranked = held_out_reranked(model, VARIANT, task, splits, depth, seed)
     dev_margins = [margin(a) for a in dev_first]
