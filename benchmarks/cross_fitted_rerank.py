@@ -1,7 +1,8 @@
 """A reranker trained on cross-fitted candidates of the training split, against the rerank stage's (dev's).
 
     accelerate launch $ACCELERATE_ARGS benchmarks/cross_fitted_rerank.py [--corpora ncbi cdr cadec] [--seeds 1 2 3]
-        [--folds 5] [--encoder shared|per-group] [--first-stage retrieval|hybrid] [--report-only]
+        [--folds 5] [--encoder shared|per-group] [--first-stage retrieval|hybrid] [--settings dev|training]
+        [--report-only]
 
 The rerank stage (`ehrbert.rerank`) trains its reranker on the dev split's candidates, because the training
 split's own candidates are not what the first stage gives an unseen mention: every training mention is an index
@@ -28,6 +29,17 @@ cross-fitted too):
   once more from its start, on the other groups' mentions, for the epochs dev chose for it
   (`ehrbert.peers.retrain_classifier_on_train_and_dev` with those mentions as the training split and no dev).
 
+The hybrid first stage's settings (classifier weight, composite and no-concept thresholds) are `--settings`:
+`dev`, the stage's, or `training`, chosen the way the hybrid stage chooses them on dev
+(`ehrbert.hybrid.choose_settings`) but on the cross-fitted candidates of the whole training split, which no
+classifier or index entry answering them has seen. Then dev chose nothing of the first stage, and its judgement of
+a reranker is not biased toward the first stage by having chosen it. The same settings decide the training
+groups', dev's and test's first-stage answers.
+
+The hybrid's cross-fitted candidates (the fine-tuning runs are the costly part) are kept in
+outputs/cross_fitted_rerank/ (not a stage's output), keyed by a hash of the hybrid's saved normalizer and its
+classifier's fine-tuning folder, so that `--settings` and the dev settings share one cross-fitting.
+
 Readings, the reranker of `ehrbert.models.rerank` with params.yaml `rerank.config`, each judged on dev as the
 stage judges its own (used where it fixes more dev mentions than it breaks at rank 1, one-sided exact McNemar
 P < `significance`):
@@ -51,8 +63,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import itertools
 import json
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -65,12 +80,12 @@ from sklearn.model_selection import GroupKFold
 from transformers import set_seed
 
 from ehrbert.hub import resolve_model
-from ehrbert.hybrid import HybridConfig, score
+from ehrbert.hybrid import HybridConfig, choose_settings, score
 from ehrbert.launch import make_accelerator
 from ehrbert.metrics import seen_concepts
 from ehrbert.models import retrieval
 from ehrbert.models.classifier import training_record
-from ehrbert.models.hybrid import HybridNormalizer, decide
+from ehrbert.models.hybrid import Candidates, HybridNormalizer, Settings, decide
 from ehrbert.models.name_index import NameIndex
 from ehrbert.models.rerank import RerankConfig, Reranker, reorder
 from ehrbert.peers import retrain_classifier_on_train_and_dev
@@ -84,7 +99,17 @@ READINGS = ("first stage", "dev", "cross-fitted", "cross-fitted + dev")
 KEYS = ("acc1", "acc1_seen", "acc1_unseen", "f1")
 ENCODERS = ("per-group", "shared")  # the cross-fitted first stages' encoder: trained without the group, or not
 FIRST_STAGES = ("retrieval", "hybrid")  # retrieval alone, or the hybrid stage's (classifier cross-fitted too)
+SETTINGS = ("dev", "training")  # the hybrid first stage's settings: the stage's (chosen on dev), or chosen on training
+CACHE = ROOT / "outputs/cross_fitted_rerank"  # the hybrid's cross-fitted candidates, kept (not a stage's output)
 FLIPS = ("dev_fixed", "dev_broken", "train_fixed", "train_broken", "test_fixed", "test_broken")
+
+
+class Held(NamedTuple):
+    """One group of training documents and its candidates from a first stage that never held it (before any
+    settings decide them: what `--settings training` chooses on, and what is kept between runs)."""
+
+    held: np.ndarray  # its mentions' positions in the training split
+    candidates: Candidates
 
 
 class Group(NamedTuple):
@@ -112,8 +137,12 @@ def first_stage(task, config: HybridConfig, seed: int, mentions: list, queries: 
 def rows_for(model, reranker: Reranker, queries: list[str], mentions: list, depth: int) -> tuple:
     """(answers, features, owners, labels) of `queries` under `model` (with its settings), with `reranker`'s
     evidence."""
-    candidates = model.candidates(queries)
-    answers = decide(candidates, model.settings, k=depth)
+    return decided_rows(model.candidates(queries), model.settings, reranker, queries, mentions, depth)
+
+
+def decided_rows(candidates: Candidates, settings: Settings, reranker: Reranker, queries, mentions, depth) -> tuple:
+    """(answers, features, owners, labels) of `queries`' `candidates` decided by `settings`."""
+    answers = decide(candidates, settings, k=depth)
     features, owners = reranker.features(queries, answers, candidates)
     return answers, features, owners, Reranker.labels(answers, owners, mentions, reranker.config.candidates)
 
@@ -166,11 +195,9 @@ def classifier_without(task, corpus: str, seed: int, params: dict, mentions: lis
     return model, tokenizer
 
 
-def cross_fitted_groups(
-    task, config: HybridConfig, rerank: RerankConfig, seed: int, folds: int, accelerator, full=None, classifier=None
-) -> list[Group]:
-    """Every group of training documents, each answered by a first stage and evidence without it: an encoder
-    trained without the group, or with `full` (the whole split's first stage) its encoder, shared; with
+def cross_fitted_candidates(task, config: HybridConfig, seed: int, folds: int, accelerator, full, classifier):
+    """Every group of training documents with its candidates from a first stage without it: an encoder trained
+    without the group, or with `full` (the whole split's first stage) its encoder, shared; with
     `classifier(mentions, queries)`, also a classifier fine-tuned on the other groups' mentions."""
     mentions, queries = task.mentions("train"), task.queries("train")
     groups = [m.doc_id for m in mentions]
@@ -184,11 +211,76 @@ def cross_fitted_groups(
             model = indexed_without(full, task, config, rest_mentions, rest_queries)
         if classifier is not None:
             model.classifier, model.classifier_tokenizer = classifier(rest_mentions, rest_queries)
-        evidence = Reranker.build(rerank, task.vocabulary, rest_mentions, rest_queries)
-        rows = rows_for(model, evidence, [queries[i] for i in held], [mentions[i] for i in held], rerank.depth)
-        out.append(Group(held, *rows))
+        out.append(Held(held, model.candidates([queries[i] for i in held])))
         print(f"  group {k + 1}/{folds}: {len(held)} mentions, {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return out
+
+
+def decided_groups(task, rerank: RerankConfig, held_groups: list[Held], settings: Settings) -> list[Group]:
+    """Each group's first-stage answers under `settings`, and the reranker's rows for them from evidence (mention
+    counts, shares, the training mentions compared with) built without the group."""
+    mentions, queries = task.mentions("train"), task.queries("train")
+    out = []
+    for held, candidates in held_groups:
+        rest = np.setdiff1d(np.arange(len(mentions)), held)
+        evidence = Reranker.build(rerank, task.vocabulary, [mentions[i] for i in rest], [queries[i] for i in rest])
+        group_queries, group_mentions = [queries[i] for i in held], [mentions[i] for i in held]
+        rows = decided_rows(candidates, settings, evidence, group_queries, group_mentions, rerank.depth)
+        out.append(Group(held, *rows))
+    return out
+
+
+def in_split_order(held_groups: list[Held], size: int) -> Candidates:
+    """The groups' candidates as one `Candidates` in the training split's order."""
+    fields = [f.name for f in dataclasses.fields(Candidates)]
+    merged = {name: [None] * size for name in fields}
+    for held, candidates in held_groups:
+        for name in fields:
+            values = getattr(candidates, name)
+            if not values:  # no classifier: an empty list for every query
+                continue
+            for position, value in zip(held, values):
+                merged[name][position] = value
+    return Candidates(**{name: ([] if all(v is None for v in merged[name]) else merged[name]) for name in fields})
+
+
+def chosen_on_training(task, config: HybridConfig, held_groups: list[Held], seen: set[str]) -> tuple[Settings, dict]:
+    """The first stage's settings chosen as the hybrid stage chooses them on dev (`ehrbert.hybrid.choose_settings`),
+    but on the training split's cross-fitted candidates: its last variant's settings, and every choice's table."""
+    as_dev = dataclasses.replace(task, splits={**task.splits, "dev": task.splits["train"]})
+    variants = choose_settings(as_dev, in_split_order(held_groups, len(task.mentions("train"))), config, seen)
+    return variants[-1][1], {k: v for _, _, tables in variants for k, v in tables.items()}
+
+
+def kept_candidates(cache: Path, fingerprint: str, make) -> tuple[list[Held], float]:
+    """(groups, the seconds they took) kept in `cache` for this `fingerprint` of the first stage, else `make()`'s,
+    then kept: the classifiers fine-tuned again make them the measurement's costly part."""
+    if cache.exists():
+        kept = pickle.loads(cache.read_bytes())
+        if kept["fingerprint"] == fingerprint:
+            return kept["groups"], kept["seconds"]
+    groups, seconds = timed(make)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".partial")
+    partial.write_bytes(pickle.dumps({"fingerprint": fingerprint, "groups": groups, "seconds": seconds}))
+    partial.replace(cache)
+    return groups, seconds
+
+
+def timed(make) -> tuple:
+    """(make(), the seconds it took)."""
+    started = time.perf_counter()
+    return make(), time.perf_counter() - started
+
+
+def fingerprint_of(*folders: Path) -> str:
+    """sha256 over every file of `folders` (paths and contents)."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(folder)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def training_rows(groups: list[Group], without: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -220,17 +312,19 @@ def dev_with_training_rows(reranker, dev: tuple, documents: list[str], train_row
     return out
 
 
-def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, shared: bool, hybrid: bool) -> dict:
+def measure(
+    corpus: str, seed: int, folds: int, params: dict, accelerator, shared: bool, hybrid: bool, on_training: bool
+) -> dict:
     """Every reading's dev judgement and dev and test scores for one corpus and seed (`shared`: the cross-fitted
     first stages share the whole split's encoder; `hybrid`: the first stage is the hybrid stage's, its
-    classifier cross-fitted too)."""
+    classifier cross-fitted too; `on_training`: its settings chosen on the cross-fitted training candidates)."""
     task = load_task(corpus, data_paths(params["data"], ROOT), params["cadec_split"])
     config = config_from(HybridConfig, params["hybrid"]["config"], "hybrid.config", ROOT / "params.yaml")
     rerank = config_from(RerankConfig, params["rerank"]["config"], "rerank.config", ROOT / "params.yaml")
     significance, depth, k = rerank.significance, rerank.depth, rerank.candidates
     seen = seen_concepts(task.mentions("train"))
 
-    classifier = None
+    classifier, cache = None, None
     if hybrid:
         folder = ROOT / f"outputs/hybrid/{corpus}-s{seed}/model"
         if not folder.is_dir():
@@ -239,12 +333,19 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, share
         classifier = lambda mentions, queries: classifier_without(
             task, corpus, seed, params, mentions, queries, accelerator
         )
+        run = ROOT / f"outputs/finetune/{params['hybrid']['config']['classifier_model']}-{corpus}-s{seed}"
+        cache = (CACHE / f"{corpus}-s{seed}-{folds}-folds.pkl", fingerprint_of(folder, run))
     else:
         model = first_stage(task, config, seed, task.mentions("train"), task.queries("train"), accelerator)
-    started = time.perf_counter()
-    groups = cross_fitted_groups(task, config, rerank, seed, folds, accelerator, model if shared else None, classifier)
+    make = lambda: cross_fitted_candidates(
+        task, config, seed, folds, accelerator, model if shared else None, classifier
+    )
+    held_groups, cross_seconds = kept_candidates(*cache, make) if cache else timed(make)
+    choices = {}
+    if on_training:
+        model.settings, choices = chosen_on_training(task, config, held_groups, seen)
+    groups = decided_groups(task, rerank, held_groups, model.settings)
     train_rows = training_rows(groups)
-    cross_seconds = time.perf_counter() - started
     evidence = Reranker.build(rerank, task.vocabulary, task.mentions("train"), task.queries("train"))
     dev_mentions, test_mentions = task.mentions("dev"), task.mentions("test")
     dev_first, dev_x, dev_owners, dev_y = rows_for(model, evidence, task.queries("dev"), dev_mentions, depth)
@@ -283,6 +384,9 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, share
     out = {"cross_fit_seconds": round(cross_seconds, 1), "training_rows": len(train_rows[1]), "dev_rows": len(dev_y)}
     if hybrid:
         out["settings"] = dataclasses.asdict(model.settings)
+        out["settings_chosen_on"] = "training" if on_training else "dev"
+    if choices:
+        out["training_choices"] = choices
     for reading in READINGS:
         fixed, broken, p_value = flips(dev_mentions, dev_first, dev_answers[reading])
         test_fixed, test_broken, _ = flips(test_mentions, test_first, test_answers[reading])
@@ -338,12 +442,14 @@ def report(results: dict, corpora: list[str], seeds: list[int], folds: int) -> s
     ]
     notes = []
     for corpus in corpora:
-        for encoder, first_stage_name in [(e, f) for f in FIRST_STAGES for e in ENCODERS]:
+        for first_stage_name, encoder, settings in itertools.product(FIRST_STAGES, ENCODERS, SETTINGS):
+            key = result_key(encoder, first_stage_name, settings)
             suffix = encoder + ("" if first_stage_name == "retrieval" else f", {first_stage_name}")
-            measured = [s for s in seeds if f"{corpus}-s{s}-{result_key(encoder, first_stage_name)}" in results]
+            suffix += ", settings on training" if settings == "training" else ""
+            measured = [s for s in seeds if f"{corpus}-s{s}-{key}" in results]
             if not measured:
                 continue
-            rows = [results[f"{corpus}-s{s}-{result_key(encoder, first_stage_name)}"] for s in measured]
+            rows = [results[f"{corpus}-s{s}-{key}"] for s in measured]
             lines += table_rows(f"{corpus} | {suffix} | {', '.join(map(str, measured))}", rows)
             seconds = sum(r["cross_fit_seconds"] for r in rows) / len(rows)
             notes.append(
@@ -354,9 +460,11 @@ def report(results: dict, corpora: list[str], seeds: list[int], folds: int) -> s
     return "\n".join([*lines, "", *notes]) + "\n"
 
 
-def result_key(encoder: str, first_stage_name: str) -> str:
-    """The results' key suffix of a first stage (retrieval alone keeps the keys it had before the hybrid)."""
-    return encoder if first_stage_name == "retrieval" else f"{encoder}-{first_stage_name}"
+def result_key(encoder: str, first_stage_name: str, settings: str = "dev") -> str:
+    """The results' key suffix of a first stage (retrieval alone keeps the keys it had before the hybrid, and the
+    stage's dev-chosen settings theirs before `--settings`)."""
+    key = encoder if first_stage_name == "retrieval" else f"{encoder}-{first_stage_name}"
+    return key if settings == "dev" else f"{key}-{settings}"
 
 
 def table_rows(head: str, rows: list[dict]) -> list[str]:
@@ -411,11 +519,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--first-stage", choices=FIRST_STAGES, default="retrieval", help="retrieval alone or the hybrid's (see above)"
     )
+    parser.add_argument(
+        "--settings",
+        choices=SETTINGS,
+        default="dev",
+        help="the hybrid first stage's settings: the stage's, chosen on dev, or chosen on the cross-fitted training "
+        "candidates in the same way (dev then judges a reranker without having chosen the first stage)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "reports/cross_fitted_rerank")
     parser.add_argument("--report-only", action="store_true", help="write the report from the kept results")
     args = parser.parse_args(argv)
     if args.first_stage == "hybrid" and args.encoder != "shared":
         parser.error("--first-stage hybrid shares the hybrid stage's encoder: --encoder shared")
+    if args.settings == "training" and args.first_stage != "hybrid":
+        parser.error("--settings training chooses the hybrid's settings: --first-stage hybrid")
     os.chdir(ROOT)  # params.yaml's paths are relative to the repository
     params = read_params(ROOT / "params.yaml")
     store = args.out.with_suffix(".json")
@@ -424,11 +541,12 @@ def main(argv: list[str] | None = None) -> None:
         accelerator = make_accelerator()
         for corpus in args.corpora:
             for seed in args.seeds:
-                key = f"{corpus}-s{seed}-{result_key(args.encoder, args.first_stage)}"
+                key = f"{corpus}-s{seed}-{result_key(args.encoder, args.first_stage, args.settings)}"
                 if key in results:
                     continue
                 shared, hybrid = args.encoder == "shared", args.first_stage == "hybrid"
-                results[key] = measure(corpus, seed, args.folds, params, accelerator, shared, hybrid)
+                on_training = args.settings == "training"
+                results[key] = measure(corpus, seed, args.folds, params, accelerator, shared, hybrid, on_training)
                 store.write_text(json.dumps(results, indent=1) + "\n")
                 summary = {r: round(results[key][r]["test"]["acc1"], 4) for r in READINGS}
                 print(key, summary, file=sys.stderr, flush=True)
