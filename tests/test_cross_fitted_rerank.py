@@ -1,0 +1,98 @@
+"""The cross-fitted reranker benchmark's own logic: the groups' candidates put back in the training split's
+order, the first stage's settings chosen on them instead of on dev, and the kept cross-fitting."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ehrbert.corpora.records import COMPOSITE, Concept, Document, Mention, Vocabulary
+from ehrbert.hybrid import HybridConfig
+from ehrbert.models.hybrid import Candidates
+from ehrbert.tasks import Task
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import cross_fitted_rerank as bench  # noqa: E402
+
+VOCABULARY = Vocabulary(
+    [
+        Concept("D1", "breast cancer"),
+        Concept("D2", "ovarian cancer"),
+        Concept("D3", "wilson disease"),
+        Concept("D4", "fabry disease"),
+        Concept("D5", "apc deficiency"),
+    ]
+)
+
+
+def candidates(rows: list[tuple]) -> Candidates:
+    """Candidates of (retrieval, best tuple, parts, floor) rows, without a classifier."""
+    return Candidates(
+        retrieval=[r[0] for r in rows],
+        best_tuple=[r[1] for r in rows],
+        classifier=[],
+        parts=[r[2] for r in rows],
+        floor=[r[3] for r in rows],
+    )
+
+
+COMPOSITE_ROW = ({"D1": 0.9}, ("D1",), [("D1", 0.9), ("D2", 0.9)], 0.9)
+WILSON_ROW = ({"D3": 0.95}, ("D3",), [], 0.95)
+FABRY_ROW = ({"D4": 0.6, "D5": 0.59}, ("D4",), [], 0.59)
+
+
+def test_groups_candidates_are_put_back_in_split_order():
+    held = [
+        bench.Held(np.array([1]), candidates([WILSON_ROW])),
+        bench.Held(np.array([0, 2]), candidates([COMPOSITE_ROW, FABRY_ROW])),
+    ]
+    merged = bench.in_split_order(held, 3)
+    assert merged == candidates([COMPOSITE_ROW, WILSON_ROW, FABRY_ROW])
+    assert merged.classifier == []  # no classifier in any group: none in the whole
+
+
+def test_settings_are_chosen_on_the_training_candidates_not_on_dev():
+    train = Document(
+        "1",
+        "x" * 80,
+        [
+            Mention("1", ((0, 25),), "breast and ovarian cancer", ("D1", "D2"), COMPOSITE),
+            Mention("1", ((30, 44),), "wilson disease", ("D3",)),
+            Mention("1", ((50, 58),), "fabry", ("D4",)),
+        ],
+    )
+    dev = Document("2", "x" * 40, [Mention("2", ((0, 14),), "wilson disease", ("D3",))])
+    task = Task("toy", VOCABULARY, {"train": [train], "dev": [dev], "test": []}, level="document")
+    held = [
+        bench.Held(np.array([0, 2]), candidates([COMPOSITE_ROW, FABRY_ROW])),
+        bench.Held(np.array([1]), candidates([WILSON_ROW])),
+    ]
+    config = HybridConfig(classifier=False, composite=True, no_concept=False, composite_thresholds=[0.8])
+    settings, tables = bench.chosen_on_training(task, config, held, seen=set())
+    assert settings.composite_threshold == 0.8  # the training split's composite mention is answered whole
+    assert set(tables) == {"composite_threshold"}
+    assert task.splits["dev"] == [dev]  # the task itself is left as it was
+
+
+def test_the_cross_fitting_is_kept_for_its_fingerprint_only(tmp_path):
+    made = []
+
+    def make():
+        made.append(1)
+        return [bench.Held(np.array([0]), candidates([WILSON_ROW]))]
+
+    cache = tmp_path / "kept" / "ncbi-s1.pkl"
+    first, _ = bench.kept_candidates(cache, "a", make)
+    again, _ = bench.kept_candidates(cache, "a", make)
+    assert len(made) == 1 and again[0].candidates == first[0].candidates
+    bench.kept_candidates(cache, "b", make)  # another first stage: made again
+    assert len(made) == 2
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["ncbi-s1.pkl"]  # nothing half-written left
+
+
+def test_fingerprint_follows_every_file(tmp_path):
+    (tmp_path / "m" / "sub").mkdir(parents=True)
+    (tmp_path / "m" / "sub" / "w.bin").write_bytes(b"1")
+    before = bench.fingerprint_of(tmp_path / "m")
+    (tmp_path / "m" / "sub" / "w.bin").write_bytes(b"2")
+    assert bench.fingerprint_of(tmp_path / "m") != before
