@@ -423,7 +423,8 @@ def report(results: dict, corpora: list[str], seeds: list[int], folds: int) -> s
         "# A reranker trained on cross-fitted candidates",
         "",
         f"`benchmarks/cross_fitted_rerank.py` (see its docstring): first stage retrieval alone, or the hybrid "
-        f"stage's (`hybrid`: its classifier and dev-chosen settings); {folds} groups of "
+        "stage's (`hybrid`: its classifier and dev-chosen settings, or with `settings on training` those settings "
+        f"chosen on the cross-fitted training candidates instead); {folds} groups of "
         "training documents, each group's candidates from a first stage indexed without it, its encoder trained "
         "without it (`per-group`) or the whole split's (`shared`), the hybrid's classifier fine-tuned again without "
         "it. Mean (SD) over the seeds measured. Dev: acc@1 "
