@@ -38,7 +38,8 @@ groups', dev's and test's first-stage answers.
 
 The hybrid's cross-fitted candidates (the fine-tuning runs are the costly part) are kept in
 outputs/cross_fitted_rerank/ (not a stage's output), keyed by a hash of the hybrid's saved normalizer and its
-classifier's fine-tuning folder, so that `--settings` and the dev settings share one cross-fitting.
+classifier's fine-tuning folder, so that `--settings` and the dev settings share one cross-fitting. The key does
+not cover this code or params.yaml: delete the folder after changing either.
 
 Readings, the reranker of `ehrbert.models.rerank` with params.yaml `rerank.config`, each judged on dev as the
 stage judges its own (used where it fixes more dev mentions than it breaks at rank 1, one-sided exact McNemar
