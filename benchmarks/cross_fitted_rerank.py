@@ -179,10 +179,15 @@ class TrainingSubset:
         return self.splits_[split][1]
 
 
+def classifier_run(params: dict, corpus: str, seed: int) -> str:
+    """The fine-tuning run whose classifier the hybrid stage interpolates, as a path relative to the repository."""
+    return f"outputs/finetune/{params['hybrid']['config']['classifier_model']}-{corpus}-s{seed}"
+
+
 def classifier_without(task, corpus: str, seed: int, params: dict, mentions: list, queries: list[str], accelerator):
     """(model, tokenizer) of the hybrid's classifier fine-tuned again on `mentions` alone (see above)."""
-    run = f"{params['hybrid']['config']['classifier_model']}-{corpus}-s{seed}"
-    record = training_record(ROOT / f"outputs/finetune/{run}")
+    run = classifier_run(params, corpus, seed)
+    record = training_record(ROOT / run)
     start = Path(next(m["path"] for m in params["finetune"]["models"] if m["name"] == record["model"]))
     model, tokenizer, _ = retrain_classifier_on_train_and_dev(  # paths relative to the repository, as params.yaml
         TrainingSubset(task, mentions, queries),
@@ -231,25 +236,23 @@ def decided_groups(task, rerank: RerankConfig, held_groups: list[Held], settings
     return out
 
 
-def in_split_order(held_groups: list[Held], size: int) -> Candidates:
-    """The groups' candidates as one `Candidates` in the training split's order."""
-    fields = [f.name for f in dataclasses.fields(Candidates)]
-    merged = {name: [None] * size for name in fields}
-    for held, candidates in held_groups:
-        for name in fields:
-            values = getattr(candidates, name)
-            if not values:  # no classifier: an empty list for every query
-                continue
-            for position, value in zip(held, values):
-                merged[name][position] = value
-    return Candidates(**{name: ([] if all(v is None for v in merged[name]) else merged[name]) for name in fields})
+def in_split_order(held_groups: list[Held]) -> Candidates:
+    """The groups' candidates as one `Candidates` in the training split's order (a field that every group leaves
+    empty, the classifier's without one, stays empty)."""
+    order = np.argsort(np.concatenate([group.held for group in held_groups]))
+
+    def merged(name: str) -> list:
+        values = [value for group in held_groups for value in getattr(group.candidates, name)]
+        return [values[i] for i in order] if values else []
+
+    return Candidates(**{f.name: merged(f.name) for f in dataclasses.fields(Candidates)})
 
 
 def chosen_on_training(task, config: HybridConfig, held_groups: list[Held], seen: set[str]) -> tuple[Settings, dict]:
     """The first stage's settings chosen as the hybrid stage chooses them on dev (`ehrbert.hybrid.choose_settings`),
     but on the training split's cross-fitted candidates: its last variant's settings, and every choice's table."""
     as_dev = dataclasses.replace(task, splits={**task.splits, "dev": task.splits["train"]})
-    variants = choose_settings(as_dev, in_split_order(held_groups, len(task.mentions("train"))), config, seen)
+    variants = choose_settings(as_dev, in_split_order(held_groups), config, seen)
     return variants[-1][1], {k: v for _, _, tables in variants for k, v in tables.items()}
 
 
@@ -334,7 +337,7 @@ def measure(
         classifier = lambda mentions, queries: classifier_without(
             task, corpus, seed, params, mentions, queries, accelerator
         )
-        run = ROOT / f"outputs/finetune/{params['hybrid']['config']['classifier_model']}-{corpus}-s{seed}"
+        run = ROOT / classifier_run(params, corpus, seed)
         cache = (CACHE / f"{corpus}-s{seed}-{folds}-folds.pkl", fingerprint_of(folder, run))
     else:
         model = first_stage(task, config, seed, task.mentions("train"), task.queries("train"), accelerator)

@@ -46,7 +46,7 @@ def test_groups_candidates_are_put_back_in_split_order():
         bench.Held(np.array([1]), candidates([WILSON_ROW])),
         bench.Held(np.array([0, 2]), candidates([COMPOSITE_ROW, FABRY_ROW])),
     ]
-    merged = bench.in_split_order(held, 3)
+    merged = bench.in_split_order(held)
     assert merged == candidates([COMPOSITE_ROW, WILSON_ROW, FABRY_ROW])
     assert merged.classifier == []  # no classifier in any group: none in the whole
 
