@@ -24,8 +24,10 @@ cross-fitted too):
   rows. The encoder is `--encoder`: `per-group`, one trained the same way on the other groups' mentions (nothing
   of the first stage has seen the group; six encoders and six embeddings of the vocabulary a seed), or `shared`,
   the whole split's (it has met the group's mentions in training, about twice each at NCBI's size, but no index
-  entry or evidence holds them; one encoder a seed). With the hybrid first stage the encoder is the hybrid's,
-  shared, and each group's classifier is fine-tuned again without the group: the hybrid's fine-tuning run done
+  entry or evidence holds them; one encoder a seed). With the hybrid first stage, `shared` is the hybrid's
+  saved encoder, and `per-group` an encoder trained as the hybrid stage trains its own, without the group (then
+  no part of a group's first stage has seen its mentions); either way each group's classifier is fine-tuned
+  again without the group: the hybrid's fine-tuning run done
   once more from its start, on the other groups' mentions, for the epochs dev chose for it
   (`ehrbert.peers.retrain_classifier_on_train_and_dev` with those mentions as the training split and no dev).
 
@@ -180,14 +182,15 @@ class TrainingSubset:
 
 
 def classifier_run(params: dict, corpus: str, seed: int) -> str:
-    """The fine-tuning run whose classifier the hybrid stage interpolates, as a path relative to the repository."""
-    return f"outputs/finetune/{params['hybrid']['config']['classifier_model']}-{corpus}-s{seed}"
+    """The name of the fine-tuning run whose classifier the hybrid stage interpolates: its folder is
+    outputs/finetune/<name>, its metrics metrics/finetune/<name>.json."""
+    return f"{params['hybrid']['config']['classifier_model']}-{corpus}-s{seed}"
 
 
 def classifier_without(task, corpus: str, seed: int, params: dict, mentions: list, queries: list[str], accelerator):
     """(model, tokenizer) of the hybrid's classifier fine-tuned again on `mentions` alone (see above)."""
     run = classifier_run(params, corpus, seed)
-    record = training_record(ROOT / run)
+    record = training_record(ROOT / "outputs/finetune" / run)
     start = Path(next(m["path"] for m in params["finetune"]["models"] if m["name"] == record["model"]))
     model, tokenizer, _ = retrain_classifier_on_train_and_dev(  # paths relative to the repository, as params.yaml
         TrainingSubset(task, mentions, queries),
@@ -201,20 +204,32 @@ def classifier_without(task, corpus: str, seed: int, params: dict, mentions: lis
     return model, tokenizer
 
 
-def cross_fitted_candidates(task, config: HybridConfig, seed: int, folds: int, accelerator, full, classifier):
-    """Every group of training documents with its candidates from a first stage without it: an encoder trained
-    without the group, or with `full` (the whole split's first stage) its encoder, shared; with
-    `classifier(mentions, queries)`, also a classifier fine-tuned on the other groups' mentions."""
+def trained_without(full: HybridNormalizer, task, config: HybridConfig, seed: int, mentions, queries, accelerator):
+    """`first_stage` on `mentions` alone (an encoder trained and an index built without the others), answering
+    with `full`'s classifier length, depth and settings."""
+    model = first_stage(task, config, seed, mentions, queries, accelerator)
+    model.classifier_max_length, model.classifier_top_k = full.classifier_max_length, full.classifier_top_k
+    model.settings = full.settings
+    return model
+
+
+def cross_fitted_candidates(
+    task, config: HybridConfig, seed: int, folds: int, accelerator, full, shared: bool, classifier
+):
+    """Every group of training documents with its candidates from a first stage without it: with `shared`, `full`'s
+    (the whole split's first stage) encoder over an index without the group, else an encoder trained without the
+    group (`trained_without`); with `classifier(mentions, queries)`, also a classifier fine-tuned on the other
+    groups' mentions."""
     mentions, queries = task.mentions("train"), task.queries("train")
     groups = [m.doc_id for m in mentions]
     out = []
     for k, (rest, held) in enumerate(GroupKFold(folds).split(queries, groups=groups)):
         started = time.perf_counter()
         rest_mentions, rest_queries = [mentions[i] for i in rest], [queries[i] for i in rest]
-        if full is None:
-            model = first_stage(task, config, seed, rest_mentions, rest_queries, accelerator)
-        else:
+        if shared:
             model = indexed_without(full, task, config, rest_mentions, rest_queries)
+        else:
+            model = trained_without(full, task, config, seed, rest_mentions, rest_queries, accelerator)
         if classifier is not None:
             model.classifier, model.classifier_tokenizer = classifier(rest_mentions, rest_queries)
         out.append(Held(held, model.candidates([queries[i] for i in held])))
@@ -337,13 +352,12 @@ def measure(
         classifier = lambda mentions, queries: classifier_without(
             task, corpus, seed, params, mentions, queries, accelerator
         )
-        run = ROOT / classifier_run(params, corpus, seed)
-        cache = (CACHE / f"{corpus}-s{seed}-{folds}-folds.pkl", fingerprint_of(folder, run))
+        run = ROOT / "outputs/finetune" / classifier_run(params, corpus, seed)
+        name = f"{corpus}-s{seed}-{folds}-folds{'' if shared else '-per-group'}.pkl"
+        cache = (CACHE / name, fingerprint_of(folder, run))
     else:
         model = first_stage(task, config, seed, task.mentions("train"), task.queries("train"), accelerator)
-    make = lambda: cross_fitted_candidates(
-        task, config, seed, folds, accelerator, model if shared else None, classifier
-    )
+    make = lambda: cross_fitted_candidates(task, config, seed, folds, accelerator, model, shared, classifier)
     held_groups, cross_seconds = kept_candidates(*cache, make) if cache else timed(make)
     choices = {}
     if on_training:
@@ -534,8 +548,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "reports/cross_fitted_rerank")
     parser.add_argument("--report-only", action="store_true", help="write the report from the kept results")
     args = parser.parse_args(argv)
-    if args.first_stage == "hybrid" and args.encoder != "shared":
-        parser.error("--first-stage hybrid shares the hybrid stage's encoder: --encoder shared")
     if args.settings == "training" and args.first_stage != "hybrid":
         parser.error("--settings training chooses the hybrid's settings: --first-stage hybrid")
     os.chdir(ROOT)  # params.yaml's paths are relative to the repository
