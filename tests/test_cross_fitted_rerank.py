@@ -8,7 +8,8 @@ import numpy as np
 
 from ehrbert.corpora.records import COMPOSITE, Concept, Document, Mention, Vocabulary
 from ehrbert.hybrid import HybridConfig
-from ehrbert.models.hybrid import Candidates
+from ehrbert.models.hybrid import Candidates, HybridNormalizer, Settings
+from ehrbert.models.retrieval import RetrievalConfig
 from ehrbert.tasks import Task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -96,3 +97,41 @@ def test_fingerprint_follows_every_file(tmp_path):
     before = bench.fingerprint_of(tmp_path / "m")
     (tmp_path / "m" / "sub" / "w.bin").write_bytes(b"2")
     assert bench.fingerprint_of(tmp_path / "m") != before
+
+
+def test_a_groups_own_encoder_answers_with_the_hybrids_settings(monkeypatch):
+    trained = []
+
+    def first_stage(task, config, seed, mentions, queries, accelerator):  # the training itself is the stage's
+        trained.append(list(queries))
+        return HybridNormalizer(None, None, None, RetrievalConfig())
+
+    monkeypatch.setattr(bench, "first_stage", first_stage)
+    full = HybridNormalizer(None, None, None, RetrievalConfig(), classifier_max_length=40, classifier_top_k=7)
+    full.settings = Settings(classifier_weight=0.2, no_concept_threshold=0.6)
+    own = bench.trained_without(full, None, HybridConfig(), 1, [], ["wilson disease"], None)
+    assert trained == [["wilson disease"]]  # trained on the other groups' mentions alone
+    assert (own.classifier_max_length, own.classifier_top_k, own.settings) == (40, 7, full.settings)
+
+
+def test_the_classifier_is_fine_tuned_again_from_its_runs_folder(monkeypatch, tmp_path):
+    paths = []
+    monkeypatch.setattr(bench, "training_record", lambda folder: paths.append(folder) or {"model": "base"})
+
+    def retrain(task, run, metrics, start, params, seed, accelerator):
+        paths.extend([run, metrics, start])
+        return "model", "tokenizer", {}
+
+    monkeypatch.setattr(bench, "retrain_classifier_on_train_and_dev", retrain)
+    params = {
+        "hybrid": {"config": {"classifier_model": "base"}},
+        "finetune": {"models": [{"name": "base", "path": "m"}]},
+    }
+    task = Task("toy", VOCABULARY, {"train": [], "dev": [], "test": []}, level="document")
+    assert bench.classifier_without(task, "ncbi", 2, params, [], [], None) == ("model", "tokenizer")
+    assert paths == [
+        bench.ROOT / "outputs/finetune/base-ncbi-s2",
+        Path("outputs/finetune/base-ncbi-s2"),
+        Path("metrics/finetune/base-ncbi-s2.json"),
+        Path("m"),
+    ]
