@@ -73,6 +73,7 @@ import os
 import pickle
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -82,6 +83,9 @@ from document_consistency import p_paired
 from sklearn.model_selection import GroupKFold
 from transformers import set_seed
 
+from ehrbert.corpora.cadec import read_cadec
+from ehrbert.corpora.cadec_vocabulary import cadec_vocabulary
+from ehrbert.corpora.records import Vocabulary
 from ehrbert.hub import resolve_model
 from ehrbert.hybrid import HybridConfig, choose_settings, score
 from ehrbert.launch import make_accelerator
@@ -151,10 +155,14 @@ def decided_rows(candidates: Candidates, settings: Settings, reranker: Reranker,
 
 
 def indexed_without(full: HybridNormalizer, task, config: HybridConfig, mentions: list, queries: list[str]):
-    """`full`'s encoder over an index of the vocabulary and `mentions` alone (their vectors taken from `full`'s
-    index, which holds every training mention)."""
+    """`full`'s encoder over an index of the task's vocabulary and `mentions` alone (their vectors taken from
+    `full`'s index, which holds every training mention, or embedded where a name is not there: a vocabulary named
+    without the group can name a concept otherwise, `names_without`)."""
     index = NameIndex.build(task.vocabulary, mentions, queries)
-    index.embeddings = full.index.embeddings[[full.index.position[text] for text in index.texts]]
+    if all(text in full.index.position for text in index.texts):
+        index.embeddings = full.index.embeddings[[full.index.position[text] for text in index.texts]]
+    else:
+        index.embed(full.encoder, full.tokenizer, config.retrieval)
     return HybridNormalizer(
         full.encoder,
         full.tokenizer,
@@ -213,23 +221,56 @@ def trained_without(full: HybridNormalizer, task, config: HybridConfig, seed: in
     return model
 
 
+Rename = Callable[[set[str]], Vocabulary]  # a group's document IDs -> the vocabulary named without them
+
+
+def names_without(task, corpus: str, params: dict) -> Rename | None:
+    """For a task whose vocabulary takes names from its training split's mentions, the function that names it
+    again without a group's documents; None for a task whose vocabulary holds no mention text (MEDIC).
+
+    CADEC's is such a task (`ehrbert.corpora.cadec_vocabulary`): a MedDRA concept is named by the training ADRs'
+    texts and notes. Named from the whole training split, the vocabulary would hold a held-out group's own mention
+    texts as names of their gold concepts (82 % of CADEC's training mentions, against 53 % of dev's), and the
+    group's candidates would be far easier than dev's or test's."""
+    if corpus != "cadec":
+        return None
+    documents = read_cadec(data_paths(params["data"], ROOT).cadec_dir)
+    train = {doc.doc_id for doc in task.splits["train"]}
+
+    def rename(held: set[str]) -> Vocabulary:
+        named = [doc for doc in documents if doc.doc_id in train and doc.doc_id not in held]
+        return cadec_vocabulary(documents, name_documents=named)
+
+    return rename
+
+
+def group_task(task, rename: Rename | None, held: np.ndarray):
+    """`task` with its vocabulary named without the documents of the training mentions at `held` (`names_without`),
+    or `task` itself."""
+    if rename is None:
+        return task
+    mentions = task.mentions("train")
+    return dataclasses.replace(task, vocabulary=rename({mentions[i].doc_id for i in held}))
+
+
 def cross_fitted_candidates(
-    task, config: HybridConfig, seed: int, folds: int, accelerator, full, shared: bool, classifier
+    task, config: HybridConfig, seed: int, folds: int, accelerator, full, shared: bool, classifier, rename=None
 ):
     """Every group of training documents with its candidates from a first stage without it: with `shared`, `full`'s
     (the whole split's first stage) encoder over an index without the group, else an encoder trained without the
     group (`trained_without`); with `classifier(mentions, queries)`, also a classifier fine-tuned on the other
-    groups' mentions."""
+    groups' mentions; with `rename`, the vocabulary named without the group (`names_without`)."""
     mentions, queries = task.mentions("train"), task.queries("train")
     groups = [m.doc_id for m in mentions]
     out = []
     for k, (rest, held) in enumerate(GroupKFold(folds).split(queries, groups=groups)):
         started = time.perf_counter()
         rest_mentions, rest_queries = [mentions[i] for i in rest], [queries[i] for i in rest]
+        without = group_task(task, rename, held)
         if shared:
-            model = indexed_without(full, task, config, rest_mentions, rest_queries)
+            model = indexed_without(full, without, config, rest_mentions, rest_queries)
         else:
-            model = trained_without(full, task, config, seed, rest_mentions, rest_queries, accelerator)
+            model = trained_without(full, without, config, seed, rest_mentions, rest_queries, accelerator)
         if classifier is not None:
             model.classifier, model.classifier_tokenizer = classifier(rest_mentions, rest_queries)
         out.append(Held(held, model.candidates([queries[i] for i in held])))
@@ -237,14 +278,18 @@ def cross_fitted_candidates(
     return out
 
 
-def decided_groups(task, rerank: RerankConfig, held_groups: list[Held], settings: Settings) -> list[Group]:
+def decided_groups(
+    task, rerank: RerankConfig, held_groups: list[Held], settings: Settings, rename: Rename | None = None
+) -> list[Group]:
     """Each group's first-stage answers under `settings`, and the reranker's rows for them from evidence (mention
-    counts, shares, the training mentions compared with) built without the group."""
+    counts, shares, the training mentions compared with, the vocabulary's names: `names_without`) built without
+    the group."""
     mentions, queries = task.mentions("train"), task.queries("train")
     out = []
     for held, candidates in held_groups:
         rest = np.setdiff1d(np.arange(len(mentions)), held)
-        evidence = Reranker.build(rerank, task.vocabulary, [mentions[i] for i in rest], [queries[i] for i in rest])
+        vocabulary = group_task(task, rename, held).vocabulary
+        evidence = Reranker.build(rerank, vocabulary, [mentions[i] for i in rest], [queries[i] for i in rest])
         group_queries, group_mentions = [queries[i] for i in held], [mentions[i] for i in held]
         rows = decided_rows(candidates, settings, evidence, group_queries, group_mentions, rerank.depth)
         out.append(Group(held, *rows))
@@ -357,12 +402,13 @@ def measure(
         cache = (CACHE / name, fingerprint_of(folder, run))
     else:
         model = first_stage(task, config, seed, task.mentions("train"), task.queries("train"), accelerator)
-    make = lambda: cross_fitted_candidates(task, config, seed, folds, accelerator, model, shared, classifier)
+    rename = names_without(task, corpus, params)
+    make = lambda: cross_fitted_candidates(task, config, seed, folds, accelerator, model, shared, classifier, rename)
     held_groups, cross_seconds = kept_candidates(*cache, make) if cache else timed(make)
     choices = {}
     if on_training:
         model.settings, choices = chosen_on_training(task, config, held_groups, seen)
-    groups = decided_groups(task, rerank, held_groups, model.settings)
+    groups = decided_groups(task, rerank, held_groups, model.settings, rename)
     train_rows = training_rows(groups)
     evidence = Reranker.build(rerank, task.vocabulary, task.mentions("train"), task.queries("train"))
     dev_mentions, test_mentions = task.mentions("dev"), task.mentions("test")

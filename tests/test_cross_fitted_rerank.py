@@ -135,3 +135,27 @@ def test_the_classifier_is_fine_tuned_again_from_its_runs_folder(monkeypatch, tm
         Path("metrics/finetune/base-ncbi-s2.json"),
         Path("m"),
     ]
+
+
+def test_cadec_is_named_again_without_a_held_group(tiny_raw_data):
+    from data_paths import KEYS
+
+    from ehrbert.tasks import load_cadec_task
+
+    task = load_cadec_task(tiny_raw_data / "cadec", seed=13, dev_fraction=0.1, test_fraction=0.2)
+    data = {key: str(tiny_raw_data / key) for key in KEYS} | {"cadec_dir": str(tiny_raw_data / "cadec")}
+    rename = bench.names_without(task, "cadec", {"data": data})
+    named = lambda vocabulary: [(c.concept_id, c.names) for c in vocabulary.concepts]
+    assert named(rename(set())) == named(task.vocabulary)  # nothing held: the task's own vocabulary
+    key = lambda text: " ".join(text.split()).casefold()
+    lost_somewhere = False
+    for doc in task.splits["train"]:
+        held = rename({doc.doc_id})
+        assert [c.concept_id for c in held.concepts] == [c.concept_id for c in task.vocabulary.concepts]
+        lost = {key(n) for _, names in named(task.vocabulary) for n in names}
+        lost -= {key(n) for _, names in named(held) for n in names}
+        own = {key(m.text) for m in doc.mentions} | {key(note) for note in doc.notes.values()}
+        assert lost <= own  # only the held post's own texts and notes stop being names
+        lost_somewhere |= bool(lost)
+    assert lost_somewhere
+    assert bench.names_without(task, "ncbi", {}) is None  # MEDIC holds no mention text
