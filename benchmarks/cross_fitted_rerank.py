@@ -31,6 +31,10 @@ cross-fitted too):
   once more from its start, on the other groups' mentions, for the epochs dev chose for it
   (`ehrbert.peers.retrain_classifier_on_train_and_dev` with those mentions as the training split and no dev).
 
+A task whose vocabulary takes names from the training split's mentions (CADEC: `names_without`) has it named
+again for each group from the other groups' documents, so that no group finds its own mention texts among the
+names.
+
 The hybrid first stage's settings (classifier weight, composite and no-concept thresholds) are `--settings`:
 `dev`, the stage's, or `training`, chosen the way the hybrid stage chooses them on dev
 (`ehrbert.hybrid.choose_settings`) but on the cross-fitted candidates of the whole training split, which no
