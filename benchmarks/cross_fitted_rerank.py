@@ -87,7 +87,6 @@ from document_consistency import p_paired
 from sklearn.model_selection import GroupKFold
 from transformers import set_seed
 
-from ehrbert.corpora.cadec import read_cadec
 from ehrbert.corpora.cadec_vocabulary import cadec_vocabulary
 from ehrbert.corpora.records import Vocabulary
 from ehrbert.hub import resolve_model
@@ -228,21 +227,21 @@ def trained_without(full: HybridNormalizer, task, config: HybridConfig, seed: in
 Rename = Callable[[set[str]], Vocabulary]  # a group's document IDs -> the vocabulary named without them
 
 
-def names_without(task, corpus: str, params: dict) -> Rename | None:
+def names_without(task) -> Rename | None:
     """For a task whose vocabulary takes names from its training split's mentions, the function that names it
     again without a group's documents; None for a task whose vocabulary holds no mention text (MEDIC).
 
     CADEC's is such a task (`ehrbert.corpora.cadec_vocabulary`): a MedDRA concept is named by the training ADRs'
     texts and notes. Named from the whole training split, the vocabulary would hold a held-out group's own mention
     texts as names of their gold concepts (82 % of CADEC's training mentions, against 53 % of dev's), and the
-    group's candidates would be far easier than dev's or test's."""
-    if corpus != "cadec":
+    group's candidates would be far easier than dev's or test's. The task's own posts (every split) are named
+    again, as `ehrbert.tasks.load_cadec_task` names them, with the group's left out of the training split's."""
+    if task.name != "cadec":
         return None
-    documents = read_cadec(data_paths(params["data"], ROOT).cadec_dir)
-    train = {doc.doc_id for doc in task.splits["train"]}
+    documents = [doc for split in task.splits.values() for doc in split]
 
     def rename(held: set[str]) -> Vocabulary:
-        named = [doc for doc in documents if doc.doc_id in train and doc.doc_id not in held]
+        named = [doc for doc in task.splits["train"] if doc.doc_id not in held]
         return cadec_vocabulary(documents, name_documents=named)
 
     return rename
@@ -406,7 +405,7 @@ def measure(
         cache = (CACHE / name, fingerprint_of(folder, run))
     else:
         model = first_stage(task, config, seed, task.mentions("train"), task.queries("train"), accelerator)
-    rename = names_without(task, corpus, params)
+    rename = names_without(task)
     make = lambda: cross_fitted_candidates(task, config, seed, folds, accelerator, model, shared, classifier, rename)
     held_groups, cross_seconds = kept_candidates(*cache, make) if cache else timed(make)
     choices = {}

@@ -1,6 +1,7 @@
 """The cross-fitted reranker benchmark's own logic: the groups' candidates put back in the training split's
 order, the first stage's settings chosen on them instead of on dev, and the kept cross-fitting."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -138,13 +139,10 @@ def test_the_classifier_is_fine_tuned_again_from_its_runs_folder(monkeypatch, tm
 
 
 def test_cadec_is_named_again_without_a_held_group(tiny_raw_data):
-    from data_paths import KEYS
-
     from ehrbert.tasks import load_cadec_task
 
     task = load_cadec_task(tiny_raw_data / "cadec", seed=13, dev_fraction=0.1, test_fraction=0.2)
-    data = {key: str(tiny_raw_data / key) for key in KEYS} | {"cadec_dir": str(tiny_raw_data / "cadec")}
-    rename = bench.names_without(task, "cadec", {"data": data})
+    rename = bench.names_without(task)
     named = lambda vocabulary: [(c.concept_id, c.names) for c in vocabulary.concepts]
     assert named(rename(set())) == named(task.vocabulary)  # nothing held: the task's own vocabulary
     key = lambda text: " ".join(text.split()).casefold()
@@ -158,4 +156,4 @@ def test_cadec_is_named_again_without_a_held_group(tiny_raw_data):
         assert lost <= own  # only the held post's own texts and notes stop being names
         lost_somewhere |= bool(lost)
     assert lost_somewhere
-    assert bench.names_without(task, "ncbi", {}) is None  # MEDIC holds no mention text
+    assert bench.names_without(dataclasses.replace(task, name="ncbi")) is None  # MEDIC holds no mention text
