@@ -71,6 +71,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -130,6 +131,7 @@ class Group(NamedTuple):
     features: np.ndarray
     owners: np.ndarray
     labels: np.ndarray
+    evidence: Reranker  # the reranker's evidence (vocabulary names, training mentions) built without the group
 
 
 def first_stage(task, config: HybridConfig, seed: int, mentions: list, queries: list[str], accelerator):
@@ -295,7 +297,7 @@ def decided_groups(
         evidence = Reranker.build(rerank, vocabulary, [mentions[i] for i in rest], [queries[i] for i in rest])
         group_queries, group_mentions = [queries[i] for i in held], [mentions[i] for i in held]
         rows = decided_rows(candidates, settings, evidence, group_queries, group_mentions, rerank.depth)
-        out.append(Group(held, *rows))
+        out.append(Group(held, *rows, evidence))
     return out
 
 
@@ -323,7 +325,7 @@ def kept_candidates(cache: Path, fingerprint: str, make) -> tuple[list[Held], fl
     """(groups, the seconds they took) kept in `cache` for this `fingerprint` of the first stage, else `make()`'s,
     then kept: the classifiers fine-tuned again make them the measurement's costly part."""
     if cache.exists():
-        kept = pickle.loads(cache.read_bytes())
+        kept = KeptGroups(io.BytesIO(cache.read_bytes())).load()
         if kept["fingerprint"] == fingerprint:
             return kept["groups"], kept["seconds"]
     groups, seconds = timed(make)
@@ -332,6 +334,14 @@ def kept_candidates(cache: Path, fingerprint: str, make) -> tuple[list[Held], fl
     partial.write_bytes(pickle.dumps({"fingerprint": fingerprint, "groups": groups, "seconds": seconds}))
     partial.replace(cache)
     return groups, seconds
+
+
+class KeptGroups(pickle.Unpickler):
+    """Reads kept groups whatever module wrote them: this script run as `__main__`, or imported by another
+    benchmark (`cross_encoder.py`)."""
+
+    def find_class(self, module: str, name: str):
+        return Held if name == "Held" else super().find_class(module, name)
 
 
 def timed(make) -> tuple:
@@ -547,15 +557,16 @@ def table_rows(head: str, rows: list[dict]) -> list[str]:
     return lines
 
 
-def choose(row: dict, rule: str) -> str:
+def choose(row: dict, rule: str, readings: tuple[str, ...] = READINGS) -> str:
     """The reading `rule` ("used": dev's judgement; "used_held_out": held-out training and dev's) would ship for
-    one seed: of those it admits, the one with the most mentions fixed net of those broken where it judged
-    (the plainer reading on a tie); the first stage when it admits none."""
+    one seed: of `readings` (the first stage first) it admits, the one with the most mentions fixed net of those
+    broken where it judged (the plainer reading, earlier in `readings`, on a tie); the first stage when it admits
+    none."""
     net = lambda c: (
         c["dev_fixed"] - c["dev_broken"] + (c["train_fixed"] - c["train_broken"] if rule == "used_held_out" else 0)
     )
-    admitted = [reading for reading in READINGS[1:] if row[reading][rule]]
-    return max(admitted, key=lambda reading: (net(row[reading]), -READINGS.index(reading)), default="first stage")
+    admitted = [reading for reading in readings[1:] if row[reading][rule]]
+    return max(admitted, key=lambda reading: (net(row[reading]), -readings.index(reading)), default=readings[0])
 
 
 def line(head: str, label: str, cells: list[dict], first: list[float], held_out: bool = True) -> str:

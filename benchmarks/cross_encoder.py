@@ -1,0 +1,458 @@
+"""A cross-encoder over the hybrid's candidates: the mention and each candidate read together by one transformer,
+alone and as more features of the rerank stage's trees.
+
+    accelerate launch $ACCELERATE_ARGS benchmarks/cross_encoder.py [--corpora ncbi cdr cadec] [--seeds 1 2 3]
+        [--folds 5] [--epochs 1] [--train-candidates 5] [--report-only]
+
+The rerank stage's reranker (`ehrbert.models.rerank`) is gradient-boosted trees over hand-made features of a
+mention and a candidate: scores, ranks, training evidence, character n-gram and word overlap. A cross-encoder
+reads the pair itself: the mention's text and the candidate's names and training mentions, in one sequence,
+scored by a transformer with one output (`AutoModelForSequenceClassification`, `num_labels=1`). Trained on the
+candidates the first stage really gives unseen mentions, it might learn the corpus's conventions ("familial
+melanoma" is annotated *Melanoma*) that no hand-made feature names.
+
+The first stage is the hybrid stage's saved normalizer (outputs/hybrid/<corpus>-s<seed>/model, its dev-chosen
+settings). Its training candidates are `benchmarks/cross_fitted_rerank.py`'s, `--encoder shared --first-stage
+hybrid`: `--folds` groups of training documents, each group's candidates from an index, evidence and a
+classifier that never held it (kept in outputs/cross_fitted_rerank/, made there when missing).
+
+- **The model.** A candidate reads as its first `names` vocabulary names, then " | " and its first `mentions`
+  training mentions (from evidence without the mention's own group: `cross_fitted_rerank.decided_groups`). The
+  mention reads as its query (the first stage's preprocessed text). The start is the retrieval encoder's start
+  (`hybrid.config.encoder`, the sentence-trained MiniLM here), with a new one-output head.
+- **Training: listwise, on two halves.** Each training mention with a gold concept among its first
+  `--candidates` (rerank.config) is a list: its first `--train-candidates` candidates and any gold one below
+  them; the loss is the cross-entropy of the softmax over the list against its gold candidates. The groups are cut
+  into two halves (odd and even groups); a cross-encoder is trained on each half and scores the other half's
+  rows, so that every training row's score comes from a model that never trained on it, as a test row's does. Dev
+  and test rows are scored by both, their logits averaged.
+- **Readings**, each judged as the rerank stage judges its own (used where it fixes more dev mentions than it
+  breaks at rank 1, one-sided exact McNemar P < `significance`), and by the wider held-out judgement of
+  `cross_fitted_rerank.py` (dev and every training mention, each group by a model that never trained on it):
+  - `cross-encoder`: the first `--candidates` candidates sorted by the cross-encoder's score alone;
+  - `trees, dev` (the stage's reranker) and `trees + cross-encoder, dev`: the trees trained on dev's rows, dev
+    cross-validated over dev documents; the second with three more features: the cross-encoder's logit, its rank
+    among the mention's candidates and its gap to the mention's best;
+  - `trees, cross-fitted + dev` and `trees + cross-encoder, cross-fitted + dev`: the trees trained on the training
+    split's cross-fitted rows and dev's.
+- **Cost.** The seconds of training and of scoring, and the cross-encoder's latency for one mention (its
+  candidates in one batch, one process) over the first `--latency-mentions` test mentions: what a served reranker
+  would add to each request.
+
+Not measured here: the mention's sentence as context (it doubles the sequence and the cost), more epochs, and a
+cross-encoder started from a biomedical checkpoint (none is at hand).
+
+Each finished corpus and seed is kept in reports/cross_encoder.json, so that an interrupted measurement goes on
+where it stopped; writes reports/cross_encoder.md. It asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cross_fitted_rerank as bench  # benchmarks/ (this script's folder) is on the path
+import numpy as np
+import torch
+from data_paths import data_paths
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup, set_seed
+
+from ehrbert.hub import resolve_model
+from ehrbert.hybrid import HybridConfig, score
+from ehrbert.launch import make_accelerator
+from ehrbert.metrics import seen_concepts
+from ehrbert.models.hybrid import HybridNormalizer
+from ehrbert.models.rerank import RerankConfig, Reranker, reorder
+from ehrbert.rerank import cross_validated, flips
+from ehrbert.stage import config_from, read_params
+from ehrbert.tasks import load_task
+
+ROOT = Path(__file__).resolve().parents[1]
+READINGS = (
+    "first stage",
+    "cross-encoder",
+    "trees, dev",
+    "trees + cross-encoder, dev",
+    "trees, cross-fitted + dev",
+    "trees + cross-encoder, cross-fitted + dev",
+)
+
+
+@dataclass
+class CrossEncoderConfig:
+    model: str  # a folder or package:<module>; its weights start the cross-encoder
+    epochs: int = 1
+    learning_rate: float = 5e-5
+    warmup: float = 0.1  # share of the steps with a rising learning rate
+    batch_mentions: int = 8  # lists (mentions) a step
+    train_candidates: int = 5  # a list's first-stage candidates (plus its gold ones below them)
+    max_length: int = 64  # word pieces of a (mention, candidate) pair
+    names: int = 3  # vocabulary names a candidate reads as
+    mentions: int = 3  # training mentions a candidate reads as, after its names
+
+
+def candidate_text(evidence: Reranker, concept: str, config: CrossEncoderConfig) -> str:
+    """The concept as the cross-encoder reads it: its first names, then " | " and its first training mentions
+    that are not among those names (rows of `evidence`, built without the mention's own group)."""
+    names = [evidence.texts[j] for j in evidence.names.get(concept, [])[: config.names]]
+    seen = [t for t in (evidence.texts[j] for j in evidence.mentions.get(concept, [])) if t not in names]
+    text = " ; ".join(names)
+    return text + (" | " + " ; ".join(seen[: config.mentions]) if seen[: config.mentions] else "")
+
+
+def pair_texts(queries, answers, owners: np.ndarray, evidence: Reranker, config: CrossEncoderConfig, k: int):
+    """One (mention, candidate) text pair a row of the reranker's features (`Reranker.features`' row order)."""
+    concepts = [c for i in dict.fromkeys(owners.tolist()) for c in answers[i].ranked[:k]]
+    texts: dict[str, str] = {}
+    for concept in concepts:
+        if concept not in texts:
+            texts[concept] = candidate_text(evidence, concept, config)
+    return [(queries[i], texts[c]) for c, i in zip(concepts, owners.tolist())]
+
+
+def listwise_lists(owners: np.ndarray, labels: np.ndarray, train_candidates: int) -> list[np.ndarray]:
+    """The rows of each mention that has a gold candidate: its first `train_candidates` and any gold one below;
+    a mention with no gold candidate, or with only one row, teaches nothing and is left out."""
+    starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(owners) else np.zeros(0, dtype=int)
+    ends = np.r_[starts[1:], len(owners)]
+    lists = []
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        rows = np.arange(start, end)
+        if not labels[rows].any():
+            continue
+        kept = rows[(rows - start < train_candidates) | (labels[rows] == 1)]
+        if len(kept) > 1:
+            lists.append(kept)
+    return lists
+
+
+def encode(tokenizer, pairs: list[tuple[str, str]], config: CrossEncoderConfig, device) -> dict:
+    left, right = zip(*pairs)
+    return tokenizer(
+        list(left), list(right), padding=True, truncation=True, max_length=config.max_length, return_tensors="pt"
+    ).to(device)
+
+
+def train_cross_encoder(config: CrossEncoderConfig, pairs, labels: np.ndarray, lists, seed: int, accelerator):
+    """(model, tokenizer, its loss history: the mean loss of every 50 steps) trained listwise on `lists` (rows
+    of `pairs` and `labels`). On N processes every process draws the same lists a step and encodes its share."""
+    set_seed(seed)
+    path = resolve_model(config.model)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    steps = config.epochs * math.ceil(len(lists) / config.batch_mentions)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    schedule = get_linear_schedule_with_warmup(optimizer, round(config.warmup * steps), steps)
+    trained, optimizer = accelerator.prepare(model, optimizer)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    rng = random.Random(seed)
+    history, window = [], []
+    trained.train()
+    for _ in range(config.epochs):
+        order = rng.sample(range(len(lists)), len(lists))
+        for start in range(0, len(order), config.batch_mentions):
+            chunk = order[start : start + config.batch_mentions]
+            chunk += order[: max(0, world - len(chunk))]  # a list for every process, even on the last step
+            mine = [lists[i] for i in chunk][rank::world]
+            rows = np.concatenate(mine)
+            with accelerator.autocast():
+                logits = trained(**encode(tokenizer, [pairs[r] for r in rows], config, accelerator.device))
+            logits = logits.logits.squeeze(-1).float()
+            gold = torch.as_tensor(labels[rows] == 1, device=logits.device)
+            loss, at = 0.0, 0
+            for rows_of_list in mine:
+                part, positive = logits[at : at + len(rows_of_list)], gold[at : at + len(rows_of_list)]
+                loss = loss + torch.logsumexp(part, 0) - torch.logsumexp(part[positive], 0)
+                at += len(rows_of_list)
+            loss = loss / len(mine)
+            accelerator.backward(loss)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            window.append(loss.item())
+            if len(window) == 50:
+                history.append(round(sum(window) / len(window), 4))
+                window = []
+    if window:
+        history.append(round(sum(window) / len(window), 4))
+    return accelerator.unwrap_model(trained).eval(), tokenizer, history
+
+
+def cross_scores(model, tokenizer, pairs, config: CrossEncoderConfig, batch: int = 256) -> np.ndarray:
+    """The cross-encoder's logit of each pair (pairs of like length batched together)."""
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    out = np.zeros(len(pairs), dtype=np.float64)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch):
+            chunk = order[start : start + batch]
+            logits = model(**encode(tokenizer, [pairs[i] for i in chunk], config, model.device)).logits
+            out[chunk] = logits.squeeze(-1).float().cpu().numpy()
+    return out
+
+
+def with_scores(features: np.ndarray, owners: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """`features` with three more columns: the cross-encoder's logit, its rank among the mention's rows (0 =
+    best) and its gap to the mention's best logit."""
+    rank, gap = np.zeros(len(logits)), np.zeros(len(logits))
+    for owner in np.unique(owners):
+        rows = np.flatnonzero(owners == owner)
+        order = np.argsort(-logits[rows], kind="stable")
+        rank[rows[order]] = np.arange(len(rows))
+        gap[rows] = logits[rows].max() - logits[rows]
+    return np.column_stack([features, logits, rank, gap])
+
+
+def single_mention_latency(model, tokenizer, pairs, owners: np.ndarray, config, mentions: int) -> dict:
+    """Milliseconds to score one mention's candidates (one batch, one request at a time), over the first
+    `mentions` mentions: p50 and p99."""
+    seconds = []
+    for owner in np.unique(owners)[:mentions]:
+        rows = np.flatnonzero(owners == owner)
+        started = time.perf_counter()
+        cross_scores(model, tokenizer, [pairs[r] for r in rows], config)
+        seconds.append(time.perf_counter() - started)
+    return {
+        "p50_ms": round(1000 * float(np.percentile(seconds, 50)), 1),
+        "p99_ms": round(1000 * float(np.percentile(seconds, 99)), 1),
+    }
+
+
+def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, config: CrossEncoderConfig, latency: int):
+    task = load_task(corpus, data_paths(params["data"], ROOT), params["cadec_split"])
+    hybrid_config = config_from(HybridConfig, params["hybrid"]["config"], "hybrid.config", ROOT / "params.yaml")
+    rerank = config_from(RerankConfig, params["rerank"]["config"], "rerank.config", ROOT / "params.yaml")
+    significance, depth, k = rerank.significance, rerank.depth, rerank.candidates
+    seen = seen_concepts(task.mentions("train"))
+    folder = ROOT / f"outputs/hybrid/{corpus}-s{seed}/model"
+    if not folder.is_dir():
+        raise SystemExit(f"{folder}: no saved normalizer; run `dvc repro hybrid@{corpus}-{seed}` first")
+    model = HybridNormalizer.load(folder)
+    classifier = lambda mentions, queries: bench.classifier_without(
+        task, corpus, seed, params, mentions, queries, accelerator
+    )
+    rename = bench.names_without(task)
+    make = lambda: bench.cross_fitted_candidates(
+        task, hybrid_config, seed, folds, accelerator, model, True, classifier, rename
+    )
+    run = ROOT / "outputs/finetune" / bench.classifier_run(params, corpus, seed)
+    cache = bench.CACHE / f"{corpus}-s{seed}-{folds}-folds.pkl"
+    held_groups, cross_seconds = bench.kept_candidates(cache, bench.fingerprint_of(folder, run), make)
+    groups = bench.decided_groups(task, rerank, held_groups, model.settings, rename)
+    evidence = Reranker.build(rerank, task.vocabulary, task.mentions("train"), task.queries("train"))
+    train_mentions, train_queries = task.mentions("train"), task.queries("train")
+    dev_mentions, test_mentions = task.mentions("dev"), task.mentions("test")
+    dev_first, dev_x, dev_owners, dev_y = bench.rows_for(model, evidence, task.queries("dev"), dev_mentions, depth)
+    test_first, test_x, test_owners, _ = bench.rows_for(model, evidence, task.queries("test"), test_mentions, depth)
+    dev_pairs = pair_texts(task.queries("dev"), dev_first, dev_owners, evidence, config, k)
+    test_pairs = pair_texts(task.queries("test"), test_first, test_owners, evidence, config, k)
+    group_pairs = [
+        pair_texts([train_queries[j] for j in g.held], g.answers, g.owners, g.evidence, config, k) for g in groups
+    ]
+
+    # two halves of the groups: each half's cross-encoder scores the other half's rows, and both score dev and test
+    halves = [[i for i in range(len(groups)) if i % 2 == h] for h in (0, 1)]
+    group_logits: list = [None] * len(groups)
+    dev_logits, test_logits = np.zeros(len(dev_y)), np.zeros(len(test_x))
+    train_seconds = score_seconds = 0.0
+    histories, trained_lists = [], 0
+    for h, half in enumerate(halves):
+        pairs = [p for i in half for p in group_pairs[i]]
+        labels = np.concatenate([groups[i].labels for i in half])
+        owners = np.concatenate([groups[i].owners + offset for i, offset in zip(half, offsets(groups, half))])
+        lists = listwise_lists(owners, labels, config.train_candidates)
+        trained_lists += len(lists)
+        started = time.perf_counter()
+        cross, tokenizer, history = train_cross_encoder(config, pairs, labels, lists, seed, accelerator)
+        train_seconds += time.perf_counter() - started
+        histories.append(history)
+        print(f"  half {h + 1}/2: {len(lists)} lists, {train_seconds / 60:.1f} min, loss {history}", file=sys.stderr)
+        started = time.perf_counter()
+        for i in halves[1 - h]:
+            group_logits[i] = cross_scores(cross, tokenizer, group_pairs[i], config)
+        dev_logits += cross_scores(cross, tokenizer, dev_pairs, config) / 2
+        test_started = time.perf_counter()
+        test_logits += cross_scores(cross, tokenizer, test_pairs, config) / 2
+        test_seconds = time.perf_counter() - test_started
+        score_seconds += time.perf_counter() - started
+        if h == 0 and latency:
+            latency_ms = single_mention_latency(cross, tokenizer, test_pairs, test_owners, config, latency)
+
+    dev_documents = [m.doc_id for m in dev_mentions]
+    dev_xc, test_xc = with_scores(dev_x, dev_owners, dev_logits), with_scores(test_x, test_owners, test_logits)
+    with_ce = [g._replace(features=with_scores(g.features, g.owners, s)) for g, s in zip(groups, group_logits)]
+    plain = bench.training_rows(groups)
+    augmented = bench.training_rows(with_ce)
+
+    def trees(dev_features, test_features, group_rows, train_rows) -> tuple:
+        """(dev answers, test answers, group i -> a model never trained on group i) of the trees: dev's reading
+        when `train_rows` is None, else cross-fitted + dev's."""
+        new = evidence.new_model
+        if train_rows is None:
+            cv = cross_validated(evidence, dev_features, dev_y, dev_owners, dev_documents, seed)
+            fitted = new(seed).fit(dev_features, dev_y)
+            return cv, fitted.predict_proba(test_features)[:, 1], lambda i: fitted
+        cv = bench.dev_with_training_rows(evidence, (dev_features, dev_y, dev_owners), dev_documents, train_rows, seed)
+        both = lambda x, y: (np.concatenate([x, dev_features]), np.concatenate([y, dev_y]))
+        on_test = new(seed).fit(*both(*train_rows)).predict_proba(test_features)[:, 1]
+        return cv, on_test, lambda i: new(seed).fit(*both(*bench.training_rows(group_rows, i)))
+
+    probabilities = {
+        "trees, dev": trees(dev_x, test_x, groups, None),
+        "trees + cross-encoder, dev": trees(dev_xc, test_xc, with_ce, None),
+        "trees, cross-fitted + dev": trees(dev_x, test_x, groups, plain),
+        "trees + cross-encoder, cross-fitted + dev": trees(dev_xc, test_xc, with_ce, augmented),
+    }
+    out = {
+        "config": asdict(config),
+        "cross_fit_seconds": round(cross_seconds, 1),
+        "training_lists": trained_lists,
+        "cross_encoder_train_seconds": round(train_seconds, 1),
+        "cross_encoder_score_seconds": round(score_seconds, 1),
+        "test_ms_a_mention_batched": round(1000 * test_seconds / max(1, len(test_mentions)), 2),
+        "loss_history": histories,
+    }
+    if latency:
+        out["single_mention_latency"] = latency_ms
+    for reading in READINGS:
+        if reading == "first stage":
+            dev_answers, test_answers = dev_first, test_first
+        elif reading == "cross-encoder":
+            dev_answers = reorder(dev_first, dev_owners, dev_logits, k)
+            test_answers = reorder(test_first, test_owners, test_logits, k)
+        else:
+            cv, on_test, _ = probabilities[reading]
+            dev_answers = reorder(dev_first, dev_owners, cv, k)
+            test_answers = reorder(test_first, test_owners, on_test, k)
+        fixed, broken, p_value = flips(dev_mentions, dev_first, dev_answers)
+        test_fixed, test_broken, _ = flips(test_mentions, test_first, test_answers)
+        dev_scores, test_scores = score(task, "dev", dev_answers, seen), score(task, "test", test_answers, seen)
+        out[reading] = {
+            "dev_acc1": dev_scores["acc1"],
+            "dev_f1": dev_scores["f1"],
+            "dev_fixed": fixed,
+            "dev_broken": broken,
+            "dev_p_value": p_value,
+            "used": reading != "first stage" and fixed > broken and p_value < significance,
+            "test": {key: test_scores[key] for key in bench.KEYS},
+            "test_fixed": test_fixed,
+            "test_broken": test_broken,
+        }
+        if reading == "first stage":
+            continue
+        gold, first, reranked = [], [], []
+        for i, group in enumerate(groups):
+            if reading == "cross-encoder":
+                p = group_logits[i]
+            else:
+                rows = with_ce[i].features if "cross-encoder" in reading else group.features
+                p = probabilities[reading][2](i).predict_proba(rows)[:, 1]
+            gold += [train_mentions[j] for j in group.held]
+            first += group.answers
+            reranked += reorder(group.answers, group.owners, p, k)
+        train_fixed, train_broken, _ = flips(gold, first, reranked)
+        both_fixed, both_broken, both_p = flips(gold + dev_mentions, first + dev_first, reranked + dev_answers)
+        out[reading] |= {
+            "train_fixed": train_fixed,
+            "train_broken": train_broken,
+            "held_out_p_value": both_p,
+            "used_held_out": both_fixed > both_broken and both_p < significance,
+        }
+    return out
+
+
+def offsets(groups: list, half: list[int]) -> list[int]:
+    """Where each group's mention numbers start when the half's groups are put one after the other (a group's
+    `owners` count its own mentions from 0)."""
+    starts, at = [], 0
+    for i in half:
+        starts.append(at)
+        at += len(groups[i].held)
+    return starts
+
+
+def report(results: dict, corpora: list[str], seeds: list[int]) -> str:
+    lines = [
+        "# A cross-encoder over the hybrid's candidates",
+        "",
+        "`benchmarks/cross_encoder.py` (see its docstring): the hybrid stage's first stage with its dev-chosen "
+        "settings; a MiniLM cross-encoder (the mention's text against a candidate's names and training mentions) "
+        "trained listwise on the training split's cross-fitted candidates, two halves each scoring the other; the "
+        "rerank stage's trees with and without the cross-encoder's score as features, trained on dev or on the "
+        "cross-fitted training rows and dev. Mean (SD) over the seeds measured. Columns as in "
+        "[cross_fitted_rerank.md](cross_fitted_rerank.md): dev acc@1 (cross-validated over dev documents where dev "
+        "trains), dev mentions fixed / broken at rank 1 against the first stage over all seeds and the seeds on "
+        "which dev's rule (McNemar) would use the reading; the held-out training + dev rule likewise; test acc@1 "
+        "with the paired t-test's P over seeds against the first stage. The last two rows of a corpus are what each "
+        "rule would ship on each seed.",
+        "",
+        "| corpus | seeds | reading | dev acc@1 | dev fixed / broken | used on | held-out training fixed / "
+        "broken | used on, held out | test acc@1 | P | seen / unseen | test F1 | test fixed / broken |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for corpus in corpora:
+        measured = [s for s in seeds if f"{corpus}-s{s}" in results]
+        if not measured:
+            continue
+        rows = [results[f"{corpus}-s{s}"] for s in measured]
+        head = f"{corpus} | {', '.join(map(str, measured))}"
+        first = [r["first stage"]["test"]["acc1"] for r in rows]
+        lines += [bench.line(head, reading, [r[reading] for r in rows], first) for reading in READINGS]
+        for rule, label in (("used", "chosen on dev"), ("used_held_out", "chosen on held-out training + dev")):
+            chosen = [bench.choose(r, rule, READINGS) for r in rows]
+            cells = [r[reading] | {"used": reading != "first stage"} for r, reading in zip(rows, chosen)]
+            lines.append(bench.line(head, f"*{label}*", cells, first, held_out=False))
+        mean = lambda key, rows=rows: sum(r[key] for r in rows) / len(rows)
+        latency = [r["single_mention_latency"]["p50_ms"] for r in rows if "single_mention_latency" in r]
+        notes.append(
+            f"- {corpus}: {mean('training_lists'):.0f} training lists a seed; training the two cross-encoders took "
+            f"{mean('cross_encoder_train_seconds') / 60:.1f} min a seed and scoring every row "
+            f"{mean('cross_encoder_score_seconds') / 60:.1f} min (2 CPU cores, fp32); test scored in batches at "
+            f"{mean('test_ms_a_mention_batched'):.1f} ms a mention"
+            + (f", one mention a request at p50 {sum(latency) / len(latency):.1f} ms" if latency else "")
+            + "."
+        )
+    return "\n".join([*lines, "", *notes]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpora", nargs="+", default=["ncbi", "cdr", "cadec"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--folds", type=int, default=5, help="groups of training documents")
+    parser.add_argument("--epochs", type=int, default=CrossEncoderConfig.epochs)
+    parser.add_argument("--train-candidates", type=int, default=CrossEncoderConfig.train_candidates)
+    parser.add_argument("--latency-mentions", type=int, default=200, help="test mentions timed one at a time")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports/cross_encoder")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the kept results")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)  # params.yaml's paths are relative to the repository
+    params = read_params(ROOT / "params.yaml")
+    config = CrossEncoderConfig(
+        params["hybrid"]["config"]["encoder"], epochs=args.epochs, train_candidates=args.train_candidates
+    )
+    store = args.out.with_suffix(".json")
+    results = json.loads(store.read_text()) if store.exists() else {}
+    if not args.report_only:
+        accelerator = make_accelerator()
+        for corpus in args.corpora:
+            for seed in args.seeds:
+                key = f"{corpus}-s{seed}"
+                if key in results:
+                    continue
+                results[key] = measure(corpus, seed, args.folds, params, accelerator, config, args.latency_mentions)
+                store.write_text(json.dumps(results, indent=1) + "\n")
+                summary = {r: round(results[key][r]["test"]["acc1"], 4) for r in READINGS}
+                print(key, summary, file=sys.stderr, flush=True)
+    args.out.with_suffix(".md").write_text(report(results, args.corpora, args.seeds), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
