@@ -33,8 +33,10 @@ classifier that never held it (kept in outputs/cross_fitted_rerank/, made there 
   - `trees, dev` (the stage's reranker) and `trees + cross-encoder, dev`: the trees trained on dev's rows, dev
     cross-validated over dev documents; the second with three more features: the cross-encoder's logit, its rank
     among the mention's candidates and its gap to the mention's best;
+  - `trees, cross-fitted` and `trees + cross-encoder, cross-fitted`: the trees trained on the training split's
+    cross-fitted rows (dev unseen by them);
   - `trees, cross-fitted + dev` and `trees + cross-encoder, cross-fitted + dev`: the trees trained on the training
-    split's cross-fitted rows and dev's.
+    split's cross-fitted rows and dev's (each dev fold's answers from trees trained without it).
 - **Cost.** The seconds of training and of scoring, and the cross-encoder's latency for one mention (its
   candidates in one batch, one process) over the first `--latency-mentions` test mentions: what a served reranker
   would add to each request.
@@ -42,8 +44,11 @@ classifier that never held it (kept in outputs/cross_fitted_rerank/, made there 
 Not measured here: the mention's sentence as context (it doubles the sequence and the cost), more epochs, and a
 cross-encoder started from a biomedical checkpoint (none is at hand).
 
-Each finished corpus and seed is kept in reports/cross_encoder.json, so that an interrupted measurement goes on
-where it stopped; writes reports/cross_encoder.md. It asserts nothing.
+The cross-encoders' scores of each corpus and seed are kept in outputs/cross_encoder/ (not a stage's output),
+keyed by the hybrid's saved normalizer, its classifier's fine-tuning folder and the cross-encoder's settings (not
+by this code: delete the folder after changing it). Each finished corpus and seed is kept in
+reports/cross_encoder.json, so that an interrupted measurement goes on where it stopped; writes
+reports/cross_encoder.md. It asserts nothing.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ import argparse
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -75,11 +81,14 @@ from ehrbert.stage import config_from, read_params
 from ehrbert.tasks import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "outputs/cross_encoder"  # each corpus and seed's cross-encoder scores, kept (not a stage's output)
 READINGS = (
     "first stage",
     "cross-encoder",
     "trees, dev",
     "trees + cross-encoder, dev",
+    "trees, cross-fitted",
+    "trees + cross-encoder, cross-fitted",
     "trees, cross-fitted + dev",
     "trees + cross-encoder, cross-fitted + dev",
 )
@@ -256,33 +265,12 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, confi
         pair_texts([train_queries[j] for j in g.held], g.answers, g.owners, g.evidence, config, k) for g in groups
     ]
 
-    # two halves of the groups: each half's cross-encoder scores the other half's rows, and both score dev and test
-    halves = [[i for i in range(len(groups)) if i % 2 == h] for h in (0, 1)]
-    group_logits: list = [None] * len(groups)
-    dev_logits, test_logits = np.zeros(len(dev_y)), np.zeros(len(test_x))
-    train_seconds = score_seconds = 0.0
-    histories, trained_lists = [], 0
-    for h, half in enumerate(halves):
-        pairs = [p for i in half for p in group_pairs[i]]
-        labels = np.concatenate([groups[i].labels for i in half])
-        owners = np.concatenate([groups[i].owners + offset for i, offset in zip(half, offsets(groups, half))])
-        lists = listwise_lists(owners, labels, config.train_candidates)
-        trained_lists += len(lists)
-        started = time.perf_counter()
-        cross, tokenizer, history = train_cross_encoder(config, pairs, labels, lists, seed, accelerator)
-        train_seconds += time.perf_counter() - started
-        histories.append(history)
-        print(f"  half {h + 1}/2: {len(lists)} lists, {train_seconds / 60:.1f} min, loss {history}", file=sys.stderr)
-        started = time.perf_counter()
-        for i in halves[1 - h]:
-            group_logits[i] = cross_scores(cross, tokenizer, group_pairs[i], config)
-        dev_logits += cross_scores(cross, tokenizer, dev_pairs, config) / 2
-        test_started = time.perf_counter()
-        test_logits += cross_scores(cross, tokenizer, test_pairs, config) / 2
-        test_seconds = time.perf_counter() - test_started
-        score_seconds += time.perf_counter() - started
-        if h == 0 and latency:
-            latency_ms = single_mention_latency(cross, tokenizer, test_pairs, test_owners, config, latency)
+    fingerprint = bench.fingerprint_of(folder, run) + json.dumps(asdict(config), sort_keys=True) + f"{latency}"
+    make = lambda: halves_scores(
+        config, groups, group_pairs, dev_pairs, test_pairs, test_owners, seed, accelerator, latency
+    )
+    scores = kept_scores(CACHE / f"{corpus}-s{seed}.pkl", fingerprint, make)
+    group_logits, dev_logits, test_logits = scores["groups"], scores["dev"], scores["test"]
 
     dev_documents = [m.doc_id for m in dev_mentions]
     dev_xc, test_xc = with_scores(dev_x, dev_owners, dev_logits), with_scores(test_x, test_owners, test_logits)
@@ -290,14 +278,19 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, confi
     plain = bench.training_rows(groups)
     augmented = bench.training_rows(with_ce)
 
-    def trees(dev_features, test_features, group_rows, train_rows) -> tuple:
-        """(dev answers, test answers, group i -> a model never trained on group i) of the trees: dev's reading
-        when `train_rows` is None, else cross-fitted + dev's."""
+    def trees(dev_features, test_features, group_rows, train_rows, with_dev: bool = True) -> tuple:
+        """(dev probabilities, test probabilities, group i -> a model never trained on group i) of the trees:
+        trained on dev (dev cross-validated) when `train_rows` is None, else on the cross-fitted training rows, and
+        dev's too `with_dev` (each dev fold then from one trained on the other folds)."""
         new = evidence.new_model
         if train_rows is None:
             cv = cross_validated(evidence, dev_features, dev_y, dev_owners, dev_documents, seed)
             fitted = new(seed).fit(dev_features, dev_y)
             return cv, fitted.predict_proba(test_features)[:, 1], lambda i: fitted
+        if not with_dev:
+            fitted = new(seed).fit(*train_rows)
+            on_dev, on_test = fitted.predict_proba(dev_features)[:, 1], fitted.predict_proba(test_features)[:, 1]
+            return on_dev, on_test, lambda i: new(seed).fit(*bench.training_rows(group_rows, i))
         cv = bench.dev_with_training_rows(evidence, (dev_features, dev_y, dev_owners), dev_documents, train_rows, seed)
         both = lambda x, y: (np.concatenate([x, dev_features]), np.concatenate([y, dev_y]))
         on_test = new(seed).fit(*both(*train_rows)).predict_proba(test_features)[:, 1]
@@ -306,20 +299,17 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, confi
     probabilities = {
         "trees, dev": trees(dev_x, test_x, groups, None),
         "trees + cross-encoder, dev": trees(dev_xc, test_xc, with_ce, None),
+        "trees, cross-fitted": trees(dev_x, test_x, groups, plain, with_dev=False),
+        "trees + cross-encoder, cross-fitted": trees(dev_xc, test_xc, with_ce, augmented, with_dev=False),
         "trees, cross-fitted + dev": trees(dev_x, test_x, groups, plain),
         "trees + cross-encoder, cross-fitted + dev": trees(dev_xc, test_xc, with_ce, augmented),
     }
     out = {
         "config": asdict(config),
         "cross_fit_seconds": round(cross_seconds, 1),
-        "training_lists": trained_lists,
-        "cross_encoder_train_seconds": round(train_seconds, 1),
-        "cross_encoder_score_seconds": round(score_seconds, 1),
-        "test_ms_a_mention_batched": round(1000 * test_seconds / max(1, len(test_mentions)), 2),
-        "loss_history": histories,
+        **scores["facts"],
+        "test_ms_a_mention_batched": round(1000 * scores["facts"]["test_seconds"] / max(1, len(test_mentions)), 2),
     }
-    if latency:
-        out["single_mention_latency"] = latency_ms
     for reading in READINGS:
         if reading == "first stage":
             dev_answers, test_answers = dev_first, test_first
@@ -365,6 +355,55 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, confi
             "used_held_out": both_fixed > both_broken and both_p < significance,
         }
     return out
+
+
+def halves_scores(config, groups, group_pairs, dev_pairs, test_pairs, test_owners, seed, accelerator, latency):
+    """The cross-encoders' logits of every training group's rows (from the half that did not train on them), of
+    dev's and of test's (both halves' mean), and the facts of their training and scoring."""
+    halves = [[i for i in range(len(groups)) if i % 2 == h] for h in (0, 1)]
+    group_logits: list = [None] * len(groups)
+    dev_logits, test_logits = np.zeros(len(dev_pairs)), np.zeros(len(test_pairs))
+    facts = {"training_lists": 0, "cross_encoder_train_seconds": 0.0, "cross_encoder_score_seconds": 0.0}
+    facts["loss_history"] = []
+    for h, half in enumerate(halves):
+        pairs = [p for i in half for p in group_pairs[i]]
+        labels = np.concatenate([groups[i].labels for i in half])
+        owners = np.concatenate([groups[i].owners + offset for i, offset in zip(half, offsets(groups, half))])
+        lists = listwise_lists(owners, labels, config.train_candidates)
+        facts["training_lists"] += len(lists)
+        started = time.perf_counter()
+        cross, tokenizer, history = train_cross_encoder(config, pairs, labels, lists, seed, accelerator)
+        facts["cross_encoder_train_seconds"] += round(time.perf_counter() - started, 1)
+        facts["loss_history"].append(history)
+        print(f"  half {h + 1}/2: {len(lists)} lists, loss {history}", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        for i in halves[1 - h]:
+            group_logits[i] = cross_scores(cross, tokenizer, group_pairs[i], config)
+        dev_logits += cross_scores(cross, tokenizer, dev_pairs, config) / 2
+        test_started = time.perf_counter()
+        test_logits += cross_scores(cross, tokenizer, test_pairs, config) / 2
+        facts["test_seconds"] = round(time.perf_counter() - test_started, 2)
+        facts["cross_encoder_score_seconds"] += round(time.perf_counter() - started, 1)
+        if h == 0 and latency:
+            facts["single_mention_latency"] = single_mention_latency(
+                cross, tokenizer, test_pairs, test_owners, config, latency
+            )
+    return {"groups": group_logits, "dev": dev_logits, "test": test_logits, "facts": facts}
+
+
+def kept_scores(cache: Path, fingerprint: str, make) -> dict:
+    """`make()`'s scores, kept in `cache` for this `fingerprint` (the first stage, the config): training the
+    cross-encoders is the measurement's costly part, the readings over their scores take seconds."""
+    if cache.exists():
+        kept = pickle.loads(cache.read_bytes())
+        if kept["fingerprint"] == fingerprint:
+            return kept["scores"]
+    scores = make()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".partial")
+    partial.write_bytes(pickle.dumps({"fingerprint": fingerprint, "scores": scores}))
+    partial.replace(cache)
+    return scores
 
 
 def offsets(groups: list, half: list[int]) -> list[int]:
