@@ -71,12 +71,11 @@ from data_paths import data_paths
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup, set_seed
 
 from ehrbert.hub import resolve_model
-from ehrbert.hybrid import HybridConfig, score
-from ehrbert.launch import make_accelerator
+from ehrbert.hybrid import HybridConfig
 from ehrbert.metrics import seen_concepts
 from ehrbert.models.hybrid import HybridNormalizer
 from ehrbert.models.rerank import RerankConfig, Reranker, reorder
-from ehrbert.rerank import cross_validated, flips
+from ehrbert.rerank import cross_validated
 from ehrbert.stage import config_from, read_params
 from ehrbert.tasks import load_task
 
@@ -320,40 +319,21 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, confi
             cv, on_test, _ = probabilities[reading]
             dev_answers = reorder(dev_first, dev_owners, cv, k)
             test_answers = reorder(test_first, test_owners, on_test, k)
-        fixed, broken, p_value = flips(dev_mentions, dev_first, dev_answers)
-        test_fixed, test_broken, _ = flips(test_mentions, test_first, test_answers)
-        dev_scores, test_scores = score(task, "dev", dev_answers, seen), score(task, "test", test_answers, seen)
-        out[reading] = {
-            "dev_acc1": dev_scores["acc1"],
-            "dev_f1": dev_scores["f1"],
-            "dev_fixed": fixed,
-            "dev_broken": broken,
-            "dev_p_value": p_value,
-            "used": reading != "first stage" and fixed > broken and p_value < significance,
-            "test": {key: test_scores[key] for key in bench.KEYS},
-            "test_fixed": test_fixed,
-            "test_broken": test_broken,
-        }
-        if reading == "first stage":
-            continue
-        gold, first, reranked = [], [], []
-        for i, group in enumerate(groups):
-            if reading == "cross-encoder":
-                p = group_logits[i]
-            else:
-                rows = with_ce[i].features if "cross-encoder" in reading else group.features
-                p = probabilities[reading][2](i).predict_proba(rows)[:, 1]
-            gold += [train_mentions[j] for j in group.held]
-            first += group.answers
-            reranked += reorder(group.answers, group.owners, p, k)
-        train_fixed, train_broken, _ = flips(gold, first, reranked)
-        both_fixed, both_broken, both_p = flips(gold + dev_mentions, first + dev_first, reranked + dev_answers)
-        out[reading] |= {
-            "train_fixed": train_fixed,
-            "train_broken": train_broken,
-            "held_out_p_value": both_p,
-            "used_held_out": both_fixed > both_broken and both_p < significance,
-        }
+        training = None
+        if reading != "first stage":  # each training group reranked by a model never trained on it
+            gold, first, reranked = [], [], []
+            for i, group in enumerate(groups):
+                if reading == "cross-encoder":
+                    p = group_logits[i]
+                else:
+                    rows = with_ce[i].features if "cross-encoder" in reading else group.features
+                    p = probabilities[reading][2](i).predict_proba(rows)[:, 1]
+                gold += [train_mentions[j] for j in group.held]
+                first += group.answers
+                reranked += reorder(group.answers, group.owners, p, k)
+            training = (gold, first, reranked)
+        dev, test = (dev_first, dev_answers), (test_first, test_answers)
+        out[reading] = bench.judged(task, seen, significance, dev, test, training, reranks=reading != "first stage")
     return out
 
 
@@ -477,19 +457,15 @@ def main(argv: list[str] | None = None) -> None:
     config = CrossEncoderConfig(
         params["hybrid"]["config"]["encoder"], epochs=args.epochs, train_candidates=args.train_candidates
     )
-    store = args.out.with_suffix(".json")
-    results = json.loads(store.read_text()) if store.exists() else {}
-    if not args.report_only:
-        accelerator = make_accelerator()
-        for corpus in args.corpora:
-            for seed in args.seeds:
-                key = f"{corpus}-s{seed}"
-                if key in results:
-                    continue
-                results[key] = measure(corpus, seed, args.folds, params, accelerator, config, args.latency_mentions)
-                store.write_text(json.dumps(results, indent=1) + "\n")
-                summary = {r: round(results[key][r]["test"]["acc1"], 4) for r in READINGS}
-                print(key, summary, file=sys.stderr, flush=True)
+    results = bench.kept_results(
+        args.out.with_suffix(".json"),
+        args,
+        "",
+        lambda corpus, seed, accelerator: measure(
+            corpus, seed, args.folds, params, accelerator, config, args.latency_mentions
+        ),
+        READINGS,
+    )
     args.out.with_suffix(".md").write_text(report(results, args.corpora, args.seeds), encoding="utf-8")
 
 

@@ -464,34 +464,45 @@ def measure(
         out["settings_chosen_on"] = "training" if on_training else "dev"
     if choices:
         out["training_choices"] = choices
-    for reading in READINGS:
-        fixed, broken, p_value = flips(dev_mentions, dev_first, dev_answers[reading])
-        test_fixed, test_broken, _ = flips(test_mentions, test_first, test_answers[reading])
-        dev_scores = score(task, "dev", dev_answers[reading], seen)
-        test_scores = score(task, "test", test_answers[reading], seen)
-        out[reading] = {
-            "dev_acc1": dev_scores["acc1"],
-            "dev_f1": dev_scores["f1"],
-            "dev_fixed": fixed,
-            "dev_broken": broken,
-            "dev_p_value": p_value,
-            "used": reading != "first stage" and fixed > broken and p_value < significance,
-            "test": {key: test_scores[key] for key in KEYS},
-            "test_fixed": test_fixed,
-            "test_broken": test_broken,
+    for reading in READINGS:  # the wider judgement where a reranker held out each training group
+        training = (
+            held_out_training(groups, task.mentions("train"), held_out[reading], k) if reading in held_out else None
+        )
+        dev, test = (dev_first, dev_answers[reading]), (test_first, test_answers[reading])
+        out[reading] = judged(task, seen, significance, dev, test, training, reranks=reading != "first stage")
+    return out
+
+
+def judged(task, seen: set[str], significance: float, dev: tuple, test: tuple, training: tuple | None, reranks: bool):
+    """One reading's judgement and scores. `dev` and `test`: (first-stage answers, the reading's answers);
+    `training`: (gold mentions, first-stage answers, the reading's answers) of the held-out training mentions,
+    for the wider judgement over them and dev together; `reranks`: False for the first stage itself, which is
+    never "used"."""
+    dev_mentions, test_mentions = task.mentions("dev"), task.mentions("test")
+    fixed, broken, p_value = flips(dev_mentions, *dev)
+    test_fixed, test_broken, _ = flips(test_mentions, *test)
+    dev_scores, test_scores = score(task, "dev", dev[1], seen), score(task, "test", test[1], seen)
+    out = {
+        "dev_acc1": dev_scores["acc1"],
+        "dev_f1": dev_scores["f1"],
+        "dev_fixed": fixed,
+        "dev_broken": broken,
+        "dev_p_value": p_value,
+        "used": reranks and fixed > broken and p_value < significance,
+        "test": {key: test_scores[key] for key in KEYS},
+        "test_fixed": test_fixed,
+        "test_broken": test_broken,
+    }
+    if training is not None:
+        gold, first, reranked = training
+        train_fixed, train_broken, _ = flips(gold, first, reranked)
+        both_fixed, both_broken, both_p = flips(gold + dev_mentions, first + dev[0], reranked + dev[1])
+        out |= {
+            "train_fixed": train_fixed,
+            "train_broken": train_broken,
+            "held_out_p_value": both_p,
+            "used_held_out": both_fixed > both_broken and both_p < significance,
         }
-        if reading in held_out:  # the wider judgement: every held-out mention of training and dev together
-            gold, first, reranked = held_out_training(groups, task.mentions("train"), held_out[reading], k)
-            train_fixed, train_broken, _ = flips(gold, first, reranked)
-            both_fixed, both_broken, both_p = flips(
-                gold + dev_mentions, first + dev_first, reranked + dev_answers[reading]
-            )
-            out[reading] |= {
-                "train_fixed": train_fixed,
-                "train_broken": train_broken,
-                "held_out_p_value": both_p,
-                "used_held_out": both_fixed > both_broken and both_p < significance,
-            }
     return out
 
 
@@ -612,22 +623,38 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--settings training chooses the hybrid's settings: --first-stage hybrid")
     os.chdir(ROOT)  # params.yaml's paths are relative to the repository
     params = read_params(ROOT / "params.yaml")
-    store = args.out.with_suffix(".json")
-    results = json.loads(store.read_text()) if store.exists() else {}
-    if not args.report_only:
-        accelerator = make_accelerator()
-        for corpus in args.corpora:
-            for seed in args.seeds:
-                key = f"{corpus}-s{seed}-{result_key(args.encoder, args.first_stage, args.settings)}"
-                if key in results:
-                    continue
-                shared, hybrid = args.encoder == "shared", args.first_stage == "hybrid"
-                on_training = args.settings == "training"
-                results[key] = measure(corpus, seed, args.folds, params, accelerator, shared, hybrid, on_training)
-                store.write_text(json.dumps(results, indent=1) + "\n")
-                summary = {r: round(results[key][r]["test"]["acc1"], 4) for r in READINGS}
-                print(key, summary, file=sys.stderr, flush=True)
+    shared, hybrid, on_training = args.encoder == "shared", args.first_stage == "hybrid", args.settings == "training"
+    key = result_key(args.encoder, args.first_stage, args.settings)
+    results = kept_results(
+        args.out.with_suffix(".json"),
+        args,
+        key,
+        lambda corpus, seed, accelerator: measure(
+            corpus, seed, args.folds, params, accelerator, shared, hybrid, on_training
+        ),
+        READINGS,
+    )
     args.out.with_suffix(".md").write_text(report(results, args.corpora, args.seeds, args.folds), encoding="utf-8")
+
+
+def kept_results(store: Path, args, suffix: str, measure, readings: tuple[str, ...]) -> dict:
+    """The results kept in `store`, with each of `args.corpora` x `args.seeds` not there yet (key
+    `<corpus>-s<seed>[-suffix]`) measured by `measure(corpus, seed, accelerator)` and kept at once, unless
+    `args.report_only`: an interrupted measurement goes on where it stopped."""
+    results = json.loads(store.read_text()) if store.exists() else {}
+    if args.report_only:
+        return results
+    accelerator = make_accelerator()
+    for corpus in args.corpora:
+        for seed in args.seeds:
+            key = f"{corpus}-s{seed}" + (f"-{suffix}" if suffix else "")
+            if key in results:
+                continue
+            results[key] = measure(corpus, seed, accelerator)
+            store.write_text(json.dumps(results, indent=1) + "\n")
+            summary = {r: round(results[key][r]["test"]["acc1"], 4) for r in readings}
+            print(key, summary, file=sys.stderr, flush=True)
+    return results
 
 
 if __name__ == "__main__":
