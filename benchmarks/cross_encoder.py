@@ -428,15 +428,20 @@ def report(results: dict, corpora: list[str], seeds: list[int]) -> str:
             chosen = [bench.choose(r, rule, READINGS) for r in rows]
             cells = [r[reading] | {"used": reading != "first stage"} for r, reading in zip(rows, chosen)]
             lines.append(bench.line(head, f"*{label}*", cells, first, held_out=False))
-        mean = lambda key, rows=rows: sum(r[key] for r in rows) / len(rows)
-        latency = [r["single_mention_latency"]["p50_ms"] for r in rows if "single_mention_latency" in r]
+        each = lambda key, rows=rows, scale=1: " / ".join(f"{r[key] / scale:.1f}" for r in rows)
+        latency = " / ".join(
+            f"{r['single_mention_latency']['p50_ms']:.1f} (p99 {r['single_mention_latency']['p99_ms']:.1f})"
+            if "single_mention_latency" in r
+            else "–"
+            for r in rows
+        )
+        lists = " / ".join(str(r["training_lists"]) for r in rows)
         notes.append(
-            f"- {corpus}: {mean('training_lists'):.0f} training lists a seed; training the two cross-encoders took "
-            f"{mean('cross_encoder_train_seconds') / 60:.1f} min a seed and scoring every row "
-            f"{mean('cross_encoder_score_seconds') / 60:.1f} min (2 CPU cores, fp32); test scored in batches at "
-            f"{mean('test_ms_a_mention_batched'):.1f} ms a mention"
-            + (f", one mention a request at p50 {sum(latency) / len(latency):.1f} ms" if latency else "")
-            + "."
+            f"- {corpus}, seed by seed ({', '.join(map(str, measured))}; wall times depend on what else shares the "
+            f"2 CPU cores, fp32): training lists {lists}; training the two cross-encoders "
+            f"{each('cross_encoder_train_seconds', scale=60)} min; scoring every row "
+            f"{each('cross_encoder_score_seconds', scale=60)} min; test scored in batches "
+            f"{each('test_ms_a_mention_batched')} ms a mention; one mention a request, p50 {latency} ms."
         )
     return "\n".join([*lines, "", *notes]) + "\n"
 
