@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ehrbert.corpora.records import COMPOSITE, Concept, Document, Mention, Vocabulary
 from ehrbert.hybrid import HybridConfig
-from ehrbert.models.hybrid import Candidates, HybridNormalizer, Settings
+from ehrbert.models.hybrid import Answer, Candidates, HybridNormalizer, Settings
 from ehrbert.models.retrieval import RetrievalConfig
 from ehrbert.tasks import Task
 
@@ -157,3 +158,39 @@ def test_cadec_is_named_again_without_a_held_group(tiny_raw_data):
         lost_somewhere |= bool(lost)
     assert lost_somewhere
     assert bench.names_without(dataclasses.replace(task, name="ncbi")) is None  # MEDIC holds no mention text
+
+
+def test_kept_groups_written_by_the_script_run_as_main_are_read_by_another_benchmark(monkeypatch, tmp_path):
+    import pickle
+    from typing import NamedTuple
+
+    class Held(NamedTuple):  # the script's own class, as `python benchmarks/cross_fitted_rerank.py` pickles it
+        held: np.ndarray
+        candidates: Candidates
+
+    Held.__module__, Held.__qualname__ = "__main__", "Held"
+    monkeypatch.setattr(sys.modules["__main__"], "Held", Held, raising=False)
+    cache = tmp_path / "ncbi-s1.pkl"
+    groups = [Held(np.array([0]), candidates([WILSON_ROW]))]
+    cache.write_bytes(pickle.dumps({"fingerprint": "a", "groups": groups, "seconds": 3.0}))
+    monkeypatch.delattr(sys.modules["__main__"], "Held")
+    kept, seconds = bench.kept_candidates(cache, "a", lambda: pytest.fail("kept groups are made again"))
+    assert seconds == 3.0 and type(kept[0]) is bench.Held and kept[0].candidates == groups[0].candidates
+
+
+def test_a_reading_is_judged_on_dev_and_on_held_out_training_mentions():
+    wilson, fabry = Mention("2", ((0, 6),), "wilson", ("D3",)), Mention("2", ((10, 15),), "fabry", ("D4",))
+    dev = Document("2", "x" * 20, [wilson, fabry])
+    test = Document("3", "x" * 20, [Mention("3", ((0, 6),), "wilson", ("D3",))])
+    task = Task("toy", VOCABULARY, {"train": [], "dev": [dev], "test": [test]}, level="document")
+    right = lambda c: Answer([c, "D5"], [0.9, 0.1], (c,))
+    first, reranked = [right("D5"), right("D4")], [right("D3"), right("D4")]  # dev: one fixed, none broken
+    held = ([wilson, fabry], [right("D5"), right("D5")], [right("D3"), right("D4")])  # training: two fixed
+    out = bench.judged(task, set(), 0.2, (first, reranked), ([right("D3")], [right("D3")]), held, reranks=True)
+    assert (out["dev_fixed"], out["dev_broken"], out["dev_p_value"]) == (1, 0, 0.5)
+    assert not out["used"]  # one fixed mention is no evidence at P < 0.2
+    assert (out["train_fixed"], out["train_broken"], out["held_out_p_value"]) == (2, 0, 0.125)
+    assert out["used_held_out"]  # three fixed, none broken over training and dev together: P = 1/8
+    assert (out["test_fixed"], out["test_broken"], out["test"]["acc1"]) == (0, 0, 1.0)
+    first_stage = bench.judged(task, set(), 0.2, (first, first), ([right("D3")], [right("D3")]), None, reranks=False)
+    assert not first_stage["used"] and "used_held_out" not in first_stage
