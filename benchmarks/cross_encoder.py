@@ -251,7 +251,8 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, confi
     )
     run = ROOT / "outputs/finetune" / bench.classifier_run(params, corpus, seed)
     cache = bench.CACHE / f"{corpus}-s{seed}-{folds}-folds.pkl"
-    held_groups, cross_seconds = bench.kept_candidates(cache, bench.fingerprint_of(folder, run), make)
+    first_stage_print = bench.fingerprint_of(folder, run)  # the hybrid's files and its classifier's run
+    held_groups, cross_seconds = bench.kept_candidates(cache, first_stage_print, make)
     groups = bench.decided_groups(task, rerank, held_groups, model.settings, rename)
     evidence = Reranker.build(rerank, task.vocabulary, task.mentions("train"), task.queries("train"))
     train_mentions, train_queries = task.mentions("train"), task.queries("train")
@@ -264,7 +265,7 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, confi
         pair_texts([train_queries[j] for j in g.held], g.answers, g.owners, g.evidence, config, k) for g in groups
     ]
 
-    fingerprint = bench.fingerprint_of(folder, run) + json.dumps(asdict(config), sort_keys=True) + f"{latency}"
+    fingerprint = first_stage_print + json.dumps(asdict(config), sort_keys=True) + f"{latency}"
     make = lambda: halves_scores(
         config, groups, group_pairs, dev_pairs, test_pairs, test_owners, seed, accelerator, latency
     )
