@@ -25,7 +25,8 @@ classifier that never held it (kept in outputs/cross_fitted_rerank/, made there 
   them; the loss is the cross-entropy of the softmax over the list against its gold candidates. The groups are cut
   into two halves (odd and even groups); a cross-encoder is trained on each half and scores the other half's
   rows, so that every training row's score comes from a model that never trained on it, as a test row's does. Dev
-  and test rows are scored by both, their logits averaged.
+  and test rows are scored by both, their logits averaged: a little smoother than one model's logit, so the trees
+  trained on training rows meet a slightly different feature on dev and test (its effect is not measured).
 - **Readings**, each judged as the rerank stage judges its own (used where it fixes more dev mentions than it
   breaks at rank 1, one-sided exact McNemar P < `significance`), and by the wider held-out judgement of
   `cross_fitted_rerank.py` (dev and every training mention, each group by a model that never trained on it):
