@@ -126,14 +126,20 @@ def pair_texts(queries, answers, owners: np.ndarray, evidence: Reranker, config:
     return [(queries[i], texts[c]) for c, i in zip(concepts, owners.tolist())]
 
 
+def mention_rows(owners: np.ndarray) -> list[np.ndarray]:
+    """The rows of each mention, in order: `Reranker.features` writes a mention's rows one after the other."""
+    if not len(owners):
+        return []
+    starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+    return [np.arange(start, end) for start, end in zip(starts.tolist(), np.r_[starts[1:], len(owners)].tolist())]
+
+
 def listwise_lists(owners: np.ndarray, labels: np.ndarray, train_candidates: int) -> list[np.ndarray]:
     """The rows of each mention that has a gold candidate: its first `train_candidates` and any gold one below;
     a mention with no gold candidate, or with only one row, teaches nothing and is left out."""
-    starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(owners) else np.zeros(0, dtype=int)
-    ends = np.r_[starts[1:], len(owners)]
     lists = []
-    for start, end in zip(starts.tolist(), ends.tolist()):
-        rows = np.arange(start, end)
+    for rows in mention_rows(owners):
+        start = rows[0]
         if not labels[rows].any():
             continue
         kept = rows[(rows - start < train_candidates) | (labels[rows] == 1)]
@@ -210,8 +216,7 @@ def with_scores(features: np.ndarray, owners: np.ndarray, logits: np.ndarray) ->
     """`features` with three more columns: the cross-encoder's logit, its rank among the mention's rows (0 =
     best) and its gap to the mention's best logit."""
     rank, gap = np.zeros(len(logits)), np.zeros(len(logits))
-    for owner in np.unique(owners):
-        rows = np.flatnonzero(owners == owner)
+    for rows in mention_rows(owners):
         order = np.argsort(-logits[rows], kind="stable")
         rank[rows[order]] = np.arange(len(rows))
         gap[rows] = logits[rows].max() - logits[rows]
@@ -222,8 +227,7 @@ def single_mention_latency(model, tokenizer, pairs, owners: np.ndarray, config, 
     """Milliseconds to score one mention's candidates (one batch, one request at a time), over the first
     `mentions` mentions: p50 and p99."""
     seconds = []
-    for owner in np.unique(owners)[:mentions]:
-        rows = np.flatnonzero(owners == owner)
+    for rows in mention_rows(owners)[:mentions]:
         started = time.perf_counter()
         cross_scores(model, tokenizer, [pairs[r] for r in rows], config)
         seconds.append(time.perf_counter() - started)
@@ -322,18 +326,12 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, confi
             dev_answers = reorder(dev_first, dev_owners, cv, k)
             test_answers = reorder(test_first, test_owners, on_test, k)
         training = None
-        if reading != "first stage":  # each training group reranked by a model never trained on it
-            gold, first, reranked = [], [], []
-            for i, group in enumerate(groups):
-                if reading == "cross-encoder":
-                    p = group_logits[i]
-                else:
-                    rows = with_ce[i].features if "cross-encoder" in reading else group.features
-                    p = probabilities[reading][2](i).predict_proba(rows)[:, 1]
-                gold += [train_mentions[j] for j in group.held]
-                first += group.answers
-                reranked += reorder(group.answers, group.owners, p, k)
-            training = (gold, first, reranked)
+        if reading == "cross-encoder":  # each training group reordered by a model never trained on it
+            training = bench.held_out_training(groups, train_mentions, lambda i: group_logits[i], k)
+        elif reading != "first stage":
+            rows = with_ce if "cross-encoder" in reading else groups
+            fitted = bench.fitted_scores(rows, probabilities[reading][2])
+            training = bench.held_out_training(groups, train_mentions, fitted, k)
         dev, test = (dev_first, dev_answers), (test_first, test_answers)
         out[reading] = bench.judged(task, seen, significance, dev, test, training, reranks=reading != "first stage")
     return out

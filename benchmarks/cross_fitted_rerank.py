@@ -366,15 +366,20 @@ def training_rows(groups: list[Group], without: int | None = None) -> tuple[np.n
     return np.concatenate([g.features for g in kept]), np.concatenate([g.labels for g in kept])
 
 
-def held_out_training(groups: list[Group], mentions: list, fitted, k: int) -> tuple[list, list, list]:
-    """(gold mentions, first-stage answers, reranked answers) of the training split, group by group, each group
-    reranked by `fitted(i)`, a reranker that never trained on group i's rows."""
+def held_out_training(groups: list[Group], mentions: list, scores, k: int) -> tuple[list, list, list]:
+    """(gold mentions, first-stage answers, reranked answers) of the training split, group by group, each group's
+    rows reordered by `scores(i)`, from a model that never trained on group i's rows."""
     gold, first, reranked = [], [], []
     for i, group in enumerate(groups):
         gold += [mentions[j] for j in group.held]
         first += group.answers
-        reranked += reorder(group.answers, group.owners, fitted(i).predict_proba(group.features)[:, 1], k)
+        reranked += reorder(group.answers, group.owners, scores(i), k)
     return gold, first, reranked
+
+
+def fitted_scores(groups: list[Group], fitted):
+    """i -> the probabilities that `fitted(i)`, a reranker never trained on group i's rows, gives those rows."""
+    return lambda i: fitted(i).predict_proba(groups[i].features)[:, 1]
 
 
 def dev_with_training_rows(reranker, dev: tuple, documents: list[str], train_rows: tuple, seed: int) -> np.ndarray:
@@ -466,7 +471,9 @@ def measure(
         out["training_choices"] = choices
     for reading in READINGS:  # the wider judgement where a reranker held out each training group
         training = (
-            held_out_training(groups, task.mentions("train"), held_out[reading], k) if reading in held_out else None
+            held_out_training(groups, task.mentions("train"), fitted_scores(groups, held_out[reading]), k)
+            if reading in held_out
+            else None
         )
         dev, test = (dev_first, dev_answers[reading]), (test_first, test_answers[reading])
         out[reading] = judged(task, seen, significance, dev, test, training, reranks=reading != "first stage")
