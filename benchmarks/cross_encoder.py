@@ -2,7 +2,7 @@
 alone and as more features of the rerank stage's trees.
 
     accelerate launch $ACCELERATE_ARGS benchmarks/cross_encoder.py [--corpora ncbi cdr cadec] [--seeds 1 2 3]
-        [--folds 5] [--epochs 1] [--train-candidates 5] [--report-only]
+        [--folds 5] [--epochs 1] [--train-candidates 5] [--context 0] [--max-length 64] [--report-only]
 
 The rerank stage's reranker (`ehrbert.models.rerank`) is gradient-boosted trees over hand-made features of a
 mention and a candidate: scores, ranks, training evidence, character n-gram and word overlap. A cross-encoder
@@ -18,7 +18,9 @@ classifier that never held it (kept in outputs/cross_fitted_rerank/, made there 
 
 - **The model.** A candidate reads as its first `names` vocabulary names, then " | " and its first `mentions`
   training mentions (from evidence without the mention's own group: `cross_fitted_rerank.decided_groups`). The
-  mention reads as its query (the first stage's preprocessed text). The start is the retrieval encoder's start
+  mention reads as its query (the first stage's preprocessed text), or with `--context N` as its query, the
+  tokenizer's separator and its sentence (at most N words each side of the mention; Punkt's sentence bounds):
+  a second configuration, kept and reported apart (`-sentence<N>`) and compared with the mention alone. The start is the retrieval encoder's start
   (`hybrid.config.encoder`, the sentence-trained MiniLM here), with a new one-output head.
 - **Training: listwise, on two halves.** Each training mention with a gold concept among its first
   `--candidates` (rerank.config) is a list: its first `--train-candidates` candidates and any gold one below
@@ -42,8 +44,7 @@ classifier that never held it (kept in outputs/cross_fitted_rerank/, made there 
   candidates in one batch, one process) over the first `--latency-mentions` test mentions: what a served reranker
   would add to each request.
 
-Not measured here: the mention's sentence as context (it doubles the sequence and the cost), more epochs, and a
-cross-encoder started from a biomedical checkpoint (none is at hand).
+Not measured here: more epochs, and a cross-encoder started from a biomedical checkpoint (none is at hand).
 
 The cross-encoders' scores of each corpus and seed are kept in outputs/cross_encoder/ (not a stage's output),
 keyed by the hybrid's saved normalizer, its classifier's fine-tuning folder and the cross-encoder's settings (not
@@ -69,6 +70,8 @@ import cross_fitted_rerank as bench  # benchmarks/ (this script's folder) is on 
 import numpy as np
 import torch
 from data_paths import data_paths
+from document_consistency import p_paired
+from nltk.tokenize.punkt import PunktSentenceTokenizer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup, set_seed
 
 from ehrbert.hub import resolve_model
@@ -105,6 +108,19 @@ class CrossEncoderConfig:
     max_length: int = 64  # word pieces of a (mention, candidate) pair
     names: int = 3  # vocabulary names a candidate reads as
     mentions: int = 3  # training mentions a candidate reads as, after its names
+    context: int = 0  # words of the mention's sentence each side of it that the mention reads with (0: none)
+
+    def key(self) -> str:
+        """The settings as the kept scores are keyed by; `context` only where it is on, so that scores kept
+        before it existed stay valid."""
+        settings = asdict(self)
+        if not self.context:
+            del settings["context"]
+        return json.dumps(settings, sort_keys=True)
+
+    def variant(self) -> str:
+        """The suffix of this configuration's kept scores and results: empty for the mention alone."""
+        return f"sentence{self.context}" if self.context else ""
 
 
 def candidate_text(evidence: Reranker, concept: str, config: CrossEncoderConfig) -> str:
@@ -114,6 +130,30 @@ def candidate_text(evidence: Reranker, concept: str, config: CrossEncoderConfig)
     seen = [t for t in (evidence.texts[j] for j in evidence.mentions.get(concept, [])) if t not in names]
     text = " ; ".join(names)
     return text + (" | " + " ; ".join(seen[: config.mentions]) if seen[: config.mentions] else "")
+
+
+def mention_contexts(task, split: str, words: int) -> list[str]:
+    """Each mention of `split` (`task.mentions` order) in its sentence: at most `words` words each side of it.
+    Sentence bounds are Punkt's (NLTK's, untrained: no data to download); a mention across a bound keeps its
+    first sentence's start and its own end."""
+    punkt = PunktSentenceTokenizer()
+    texts = {doc.doc_id: doc.text for doc in task.splits[split]}
+    bounds = {doc_id: list(punkt.span_tokenize(text)) for doc_id, text in texts.items()}
+    out = []
+    for mention in task.mentions(split):
+        text = texts[mention.doc_id]
+        start, end = next(((a, b) for a, b in bounds[mention.doc_id] if a <= mention.start < b), (mention.start, 0))
+        before = text[start : mention.start].split()[-words:] if words else []
+        after = text[mention.end : max(end, mention.end)].split()[:words]
+        out.append(" ".join([*before, text[mention.start : mention.end], *after]))
+    return out
+
+
+def mention_texts(queries: list[str], contexts: list[str] | None, separator: str) -> list[str]:
+    """What each mention reads as: its query, then the tokenizer's separator and its sentence where given."""
+    if contexts is None:
+        return list(queries)
+    return [f"{query} {separator} {context}" for query, context in zip(queries, contexts)]
 
 
 def pair_texts(queries, answers, owners: np.ndarray, evidence: Reranker, config: CrossEncoderConfig, k: int):
@@ -260,21 +300,29 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, confi
     held_groups, cross_seconds = bench.kept_candidates(cache, first_stage_print, make)
     groups = bench.decided_groups(task, rerank, held_groups, model.settings, rename)
     evidence = Reranker.build(rerank, task.vocabulary, task.mentions("train"), task.queries("train"))
-    train_mentions, train_queries = task.mentions("train"), task.queries("train")
+    train_mentions = task.mentions("train")
     dev_mentions, test_mentions = task.mentions("dev"), task.mentions("test")
     dev_first, dev_x, dev_owners, dev_y = bench.rows_for(model, evidence, task.queries("dev"), dev_mentions, depth)
     test_first, test_x, test_owners, _ = bench.rows_for(model, evidence, task.queries("test"), test_mentions, depth)
-    dev_pairs = pair_texts(task.queries("dev"), dev_first, dev_owners, evidence, config, k)
-    test_pairs = pair_texts(task.queries("test"), test_first, test_owners, evidence, config, k)
+    separator = AutoTokenizer.from_pretrained(resolve_model(config.model)).sep_token
+    read = {
+        split: mention_texts(
+            task.queries(split), mention_contexts(task, split, config.context) if config.context else None, separator
+        )
+        for split in ("train", "dev", "test")
+    }
+    dev_pairs = pair_texts(read["dev"], dev_first, dev_owners, evidence, config, k)
+    test_pairs = pair_texts(read["test"], test_first, test_owners, evidence, config, k)
     group_pairs = [
-        pair_texts([train_queries[j] for j in g.held], g.answers, g.owners, g.evidence, config, k) for g in groups
+        pair_texts([read["train"][j] for j in g.held], g.answers, g.owners, g.evidence, config, k) for g in groups
     ]
 
-    fingerprint = first_stage_print + json.dumps(asdict(config), sort_keys=True) + f"{latency}"
+    fingerprint = first_stage_print + config.key() + f"{latency}"
     make = lambda: halves_scores(
         config, groups, group_pairs, dev_pairs, test_pairs, test_owners, seed, accelerator, latency
     )
-    scores = kept_scores(CACHE / f"{corpus}-s{seed}.pkl", fingerprint, make)
+    name = f"{corpus}-s{seed}" + (f"-{config.variant()}" if config.variant() else "")
+    scores = kept_scores(CACHE / f"{name}.pkl", fingerprint, make)
     group_logits, dev_logits, test_logits = scores["groups"], scores["dev"], scores["test"]
 
     dev_documents = [m.doc_id for m in dev_mentions]
@@ -396,54 +444,110 @@ def offsets(groups: list, half: list[int]) -> list[int]:
     return starts
 
 
+def variants(results: dict) -> list[str]:
+    """The configurations kept in `results` (key `<corpus>-s<seed>[-variant]`), the mention alone first."""
+    found = {key.split("-", 2)[2] if key.count("-") >= 2 else "" for key in results}
+    return sorted(found, key=lambda v: (v != "", v))
+
+
+def variant_label(variant: str) -> str:
+    if not variant:
+        return ""
+    if variant.startswith("sentence"):
+        return f", in its sentence (±{variant.removeprefix('sentence')} words)"
+    return f", {variant}"
+
+
 def report(results: dict, corpora: list[str], seeds: list[int]) -> str:
     lines = [
         "# A cross-encoder over the hybrid's candidates",
         "",
         "`benchmarks/cross_encoder.py` (see its docstring): the hybrid stage's first stage with its dev-chosen "
-        "settings; a MiniLM cross-encoder (the mention's text against a candidate's names and training mentions) "
-        "trained listwise on the training split's cross-fitted candidates, two halves each scoring the other; the "
-        "rerank stage's trees with and without the cross-encoder's score as features, trained on dev or on the "
-        "cross-fitted training rows and dev. Mean (SD) over the seeds measured. Columns as in "
-        "[cross_fitted_rerank.md](cross_fitted_rerank.md): dev acc@1 (cross-validated over dev documents where dev "
-        "trains), dev mentions fixed / broken at rank 1 against the first stage over all seeds and the seeds on "
+        "settings; a MiniLM cross-encoder (the mention's text, alone or in its sentence, against a candidate's names "
+        "and training mentions) trained listwise on the training split's cross-fitted candidates, two halves each "
+        "scoring the other; the rerank stage's trees with and without the cross-encoder's score as features, "
+        "trained on dev or on the cross-fitted training rows and dev. Mean (SD) over the seeds measured. Columns as "
+        "in [cross_fitted_rerank.md](cross_fitted_rerank.md): dev acc@1 (cross-validated over dev documents where "
+        "dev trains), dev mentions fixed / broken at rank 1 against the first stage over all seeds and the seeds on "
         "which dev's rule (McNemar) would use the reading; the held-out training + dev rule likewise; test acc@1 "
-        "with the paired t-test's P over seeds against the first stage. The last two rows of a corpus are what each "
+        "with the paired t-test's P over seeds against the first stage. The last two rows of a block are what each "
         "rule would ship on each seed.",
         "",
         "| corpus | seeds | reading | dev acc@1 | dev fixed / broken | used on | held-out training fixed / "
         "broken | used on, held out | test acc@1 | P | seen / unseen | test F1 | test fixed / broken |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    notes = []
-    for corpus in corpora:
-        measured = [s for s in seeds if f"{corpus}-s{s}" in results]
-        if not measured:
-            continue
-        rows = [results[f"{corpus}-s{s}"] for s in measured]
-        head = f"{corpus} | {', '.join(map(str, measured))}"
-        first = [r["first stage"]["test"]["acc1"] for r in rows]
-        lines += [bench.line(head, reading, [r[reading] for r in rows], first) for reading in READINGS]
-        for rule, label in (("used", "chosen on dev"), ("used_held_out", "chosen on held-out training + dev")):
-            chosen = [bench.choose(r, rule, READINGS) for r in rows]
-            cells = [r[reading] | {"used": reading != "first stage"} for r, reading in zip(rows, chosen)]
-            lines.append(bench.line(head, f"*{label}*", cells, first, held_out=False))
-        each = lambda key, rows=rows, scale=1: " / ".join(f"{r[key] / scale:.1f}" for r in rows)
-        latency = " / ".join(
-            f"{r['single_mention_latency']['p50_ms']:.1f} (p99 {r['single_mention_latency']['p99_ms']:.1f})"
-            if "single_mention_latency" in r
-            else "–"
-            for r in rows
+    notes, compared = [], []
+    for variant in variants(results):
+        suffix = f"-{variant}" if variant else ""
+        for corpus in corpora:
+            measured = [s for s in seeds if f"{corpus}-s{s}{suffix}" in results]
+            if not measured:
+                continue
+            rows = [results[f"{corpus}-s{s}{suffix}"] for s in measured]
+            head = f"{corpus}{variant_label(variant)} | {', '.join(map(str, measured))}"
+            first = [r["first stage"]["test"]["acc1"] for r in rows]
+            lines += [bench.line(head, reading, [r[reading] for r in rows], first) for reading in READINGS]
+            for rule, label in (("used", "chosen on dev"), ("used_held_out", "chosen on held-out training + dev")):
+                chosen = [bench.choose(r, rule, READINGS) for r in rows]
+                cells = [r[reading] | {"used": reading != "first stage"} for r, reading in zip(rows, chosen)]
+                lines.append(bench.line(head, f"*{label}*", cells, first, held_out=False))
+            notes.append(cost_note(f"{corpus}{variant_label(variant)}", measured, rows))
+            if variant:
+                compared += against_alone(results, corpus, variant, seeds)
+    if compared:
+        compared = [
+            "",
+            "Each configuration against the mention alone, on the seeds both measured: test acc@1 and F1 (mean of "
+            "the seeds), the difference and its paired t-test's P over seeds.",
+            "",
+            "| corpus | configuration | seeds | reading | acc@1 | alone | difference | P | F1 | alone | difference |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+            *compared,
+        ]
+    return "\n".join([*lines, *compared, "", *notes]) + "\n"
+
+
+def against_alone(results: dict, corpus: str, variant: str, seeds: list[int]) -> list[str]:
+    """Table lines: each reading with the cross-encoder under `variant` against the same reading with the
+    mention alone, over the seeds both have."""
+    both = [s for s in seeds if f"{corpus}-s{s}-{variant}" in results and f"{corpus}-s{s}" in results]
+    if not both:
+        return []
+    out = []
+    for reading in (r for r in READINGS if "cross-encoder" in r):
+        cells = {}
+        for key in ("acc1", "f1"):
+            cells[key] = [
+                [results[f"{corpus}-s{s}{suffix}"][reading]["test"][key] for s in both]
+                for suffix in (f"-{variant}", "")
+            ]
+        (acc, acc_alone), (f1, f1_alone) = cells["acc1"], cells["f1"]
+        mean = lambda values: 100 * sum(values) / len(values)
+        out.append(
+            f"| {corpus} | {variant_label(variant).removeprefix(', ')} | {', '.join(map(str, both))} | {reading} | "
+            f"{mean(acc):.2f} | {mean(acc_alone):.2f} | {mean(acc) - mean(acc_alone):+.2f} | "
+            f"{p_paired(acc_alone, acc)} | {mean(f1):.2f} | {mean(f1_alone):.2f} | {mean(f1) - mean(f1_alone):+.2f} |"
         )
-        lists = " / ".join(str(r["training_lists"]) for r in rows)
-        notes.append(
-            f"- {corpus}, seed by seed ({', '.join(map(str, measured))}; wall times depend on what else shares the "
-            f"2 CPU cores, fp32): training lists {lists}; training the two cross-encoders "
-            f"{each('cross_encoder_train_seconds', scale=60)} min; scoring every row "
-            f"{each('cross_encoder_score_seconds', scale=60)} min; test scored in batches "
-            f"{each('test_ms_a_mention_batched')} ms a mention; one mention a request, p50 {latency} ms."
-        )
-    return "\n".join([*lines, "", *notes]) + "\n"
+    return out
+
+
+def cost_note(label: str, measured: list[int], rows: list[dict]) -> str:
+    each = lambda key, scale=1: " / ".join(f"{r[key] / scale:.1f}" for r in rows)
+    latency = " / ".join(
+        f"{r['single_mention_latency']['p50_ms']:.1f} (p99 {r['single_mention_latency']['p99_ms']:.1f})"
+        if "single_mention_latency" in r
+        else "–"
+        for r in rows
+    )
+    lists = " / ".join(str(r["training_lists"]) for r in rows)
+    return (
+        f"- {label}, seed by seed ({', '.join(map(str, measured))}; wall times depend on what else shares the "
+        f"2 CPU cores, fp32): training lists {lists}; training the two cross-encoders "
+        f"{each('cross_encoder_train_seconds', scale=60)} min; scoring every row "
+        f"{each('cross_encoder_score_seconds', scale=60)} min; test scored in batches "
+        f"{each('test_ms_a_mention_batched')} ms a mention; one mention a request, p50 {latency} ms."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -453,6 +557,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folds", type=int, default=5, help="groups of training documents")
     parser.add_argument("--epochs", type=int, default=CrossEncoderConfig.epochs)
     parser.add_argument("--train-candidates", type=int, default=CrossEncoderConfig.train_candidates)
+    parser.add_argument(
+        "--context",
+        type=int,
+        default=CrossEncoderConfig.context,
+        help="words of the mention's sentence each side of it that the mention reads with (0: none)",
+    )
+    parser.add_argument("--max-length", type=int, default=CrossEncoderConfig.max_length, help="word pieces a pair")
     parser.add_argument("--latency-mentions", type=int, default=200, help="test mentions timed one at a time")
     parser.add_argument("--out", type=Path, default=ROOT / "reports/cross_encoder")
     parser.add_argument("--report-only", action="store_true", help="write the report from the kept results")
@@ -460,12 +571,16 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(ROOT)  # params.yaml's paths are relative to the repository
     params = read_params(ROOT / "params.yaml")
     config = CrossEncoderConfig(
-        params["hybrid"]["config"]["encoder"], epochs=args.epochs, train_candidates=args.train_candidates
+        params["hybrid"]["config"]["encoder"],
+        epochs=args.epochs,
+        train_candidates=args.train_candidates,
+        max_length=args.max_length,
+        context=args.context,
     )
     results = bench.kept_results(
         args.out.with_suffix(".json"),
         args,
-        "",
+        config.variant(),
         lambda corpus, seed, accelerator: measure(
             corpus, seed, args.folds, params, accelerator, config, args.latency_mentions
         ),

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ehrbert.corpora.records import Concept, Mention, Vocabulary
+from ehrbert.corpora.records import Concept, Document, Mention, Vocabulary
 from ehrbert.launch import make_accelerator
 from ehrbert.models.hybrid import Answer
 from ehrbert.models.rerank import RerankConfig, Reranker
+from ehrbert.tasks import Task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import cross_encoder as bench  # noqa: E402
@@ -52,6 +53,51 @@ def test_pairs_follow_the_rerankers_rows():
         ("wilson's", "wilson disease"),
         ("wilson's", "melanoma"),
     ]
+
+
+def test_a_mention_reads_in_its_own_sentence_cut_to_the_words_around_it():
+    text = "Familial melanoma is rare. Most patients with the familial melanoma syndrome carry CDKN2A variants."
+    first, second = text.index("Familial melanoma"), text.index("familial melanoma syndrome")
+    mentions = [
+        Mention("d1", ((first, first + 17),), "Familial melanoma", ("D1",)),
+        Mention("d1", ((second, second + 17),), "familial melanoma", ("D1",)),
+    ]
+    task = Task("toy", VOCABULARY, {"train": [Document("d1", text, mentions)]}, "document")
+    # the first sentence ends at its period: the second mention's words come from the second sentence only
+    assert bench.mention_contexts(task, "train", 2) == [
+        "Familial melanoma is rare.",
+        "with the familial melanoma syndrome carry",
+    ]
+    assert bench.mention_contexts(task, "train", 20)[1] == text[text.index("Most") :]
+    assert bench.mention_texts(["melanoma"], None, "[SEP]") == ["melanoma"]
+    assert bench.mention_texts(["melanoma"], ["the melanoma"], "[SEP]") == ["melanoma [SEP] the melanoma"]
+
+
+def test_scores_kept_without_a_sentence_keep_their_key_and_a_sentence_changes_it():
+    alone = bench.CrossEncoderConfig("model")
+    assert "context" not in alone.key() and alone.variant() == ""
+    in_sentence = bench.CrossEncoderConfig("model", context=12, max_length=128)
+    assert in_sentence.key() != alone.key() and in_sentence.variant() == "sentence12"
+
+
+def test_the_report_compares_a_configuration_with_the_mention_alone_on_the_seeds_both_have():
+    def result(acc1: float) -> dict:
+        cell = {"test": {key: acc1 for key in ("acc1", "acc1_seen", "acc1_unseen", "f1")}, "dev_acc1": 0.9}
+        cell |= {"used": False, "used_held_out": False}
+        row = {reading: dict(cell) for reading in bench.READINGS}
+        return row | {
+            "training_lists": 10,
+            "cross_encoder_train_seconds": 60.0,
+            "cross_encoder_score_seconds": 60.0,
+            "test_ms_a_mention_batched": 40.0,
+        }
+
+    results = {"ncbi-s1": result(0.80), "ncbi-s2": result(0.82), "ncbi-s1-sentence12": result(0.85)}
+    assert bench.variants(results) == ["", "sentence12"]
+    text = bench.report(results, ["ncbi"], [1, 2])
+    assert "| ncbi, in its sentence (±12 words) | 1 | cross-encoder |" in text
+    # against the mention alone on seed 1 only (seed 2 has no sentence result): 85.00 against 80.00
+    assert "| ncbi | in its sentence (±12 words) | 1 | cross-encoder | 85.00 | 80.00 | +5.00 | – |" in text
 
 
 def test_lists_keep_the_first_candidates_and_any_gold_below_them():
