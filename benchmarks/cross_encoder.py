@@ -20,8 +20,9 @@ classifier that never held it (kept in outputs/cross_fitted_rerank/, made there 
   training mentions (from evidence without the mention's own group: `cross_fitted_rerank.decided_groups`). The
   mention reads as its query (the first stage's preprocessed text), or with `--context N` as its query, the
   tokenizer's separator and its sentence (at most N words each side of the mention; Punkt's sentence bounds):
-  a second configuration, kept and reported apart (`-sentence<N>`) and compared with the mention alone. The start is the retrieval encoder's start
-  (`hybrid.config.encoder`, the sentence-trained MiniLM here), with a new one-output head.
+  a second configuration, kept and reported apart (`-sentence<N>`) and compared with the mention alone. The
+  start is the retrieval encoder's start (`hybrid.config.encoder`, the sentence-trained MiniLM here), with a new
+  one-output head.
 - **Training: listwise, on two halves.** Each training mention with a gold concept among its first
   `--candidates` (rerank.config) is a list: its first `--train-candidates` candidates and any gold one below
   them; the loss is the cross-entropy of the softmax over the list against its gold candidates. The groups are cut
