@@ -524,13 +524,21 @@ def against_alone(results: dict, corpus: str, variant: str, seeds: list[int]) ->
                 for suffix in (f"-{variant}", "")
             ]
         (acc, acc_alone), (f1, f1_alone) = cells["acc1"], cells["f1"]
-        mean = lambda values: 100 * sum(values) / len(values)
         out.append(
             f"| {corpus} | {variant_label(variant).removeprefix(', ')} | {', '.join(map(str, both))} | {reading} | "
-            f"{mean(acc):.2f} | {mean(acc_alone):.2f} | {mean(acc) - mean(acc_alone):+.2f} | "
-            f"{p_paired(acc_alone, acc)} | {mean(f1):.2f} | {mean(f1_alone):.2f} | {mean(f1) - mean(f1_alone):+.2f} |"
+            f"{percent(acc):.2f} | {percent(acc_alone):.2f} | {difference(acc, acc_alone)} | "
+            f"{p_paired(acc_alone, acc)} | {percent(f1):.2f} | {percent(f1_alone):.2f} | {difference(f1, f1_alone)} |"
         )
     return out
+
+
+def percent(values: list[float]) -> float:
+    return 100 * sum(values) / len(values)
+
+
+def difference(values: list[float], against: list[float]) -> str:
+    """The difference of the two means in points, signed ("+0.00" rather than "-0.00")."""
+    return f"{round(percent(values) - percent(against), 2) + 0.0:+.2f}"
 
 
 def cost_note(label: str, measured: list[int], rows: list[dict]) -> str:
