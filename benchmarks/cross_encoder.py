@@ -570,7 +570,8 @@ def main(argv: list[str] | None = None) -> None:
         "--context",
         type=int,
         default=CrossEncoderConfig.context,
-        help="words of the mention's sentence each side of it that the mention reads with (0: none)",
+        help="words of the mention's sentence each side of it that the mention reads with (0: none); raise "
+        "--max-length with it (128 for 12 words: longer pairs lose the end of their longer side)",
     )
     parser.add_argument("--max-length", type=int, default=CrossEncoderConfig.max_length, help="word pieces a pair")
     parser.add_argument("--latency-mentions", type=int, default=200, help="test mentions timed one at a time")
