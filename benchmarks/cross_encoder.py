@@ -322,8 +322,7 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, confi
     make = lambda: halves_scores(
         config, groups, group_pairs, dev_pairs, test_pairs, test_owners, seed, accelerator, latency
     )
-    name = f"{corpus}-s{seed}" + (f"-{config.variant()}" if config.variant() else "")
-    scores = kept_scores(CACHE / f"{name}.pkl", fingerprint, make)
+    scores = kept_scores(CACHE / f"{bench.kept_key(corpus, seed, config.variant())}.pkl", fingerprint, make)
     group_logits, dev_logits, test_logits = scores["groups"], scores["dev"], scores["test"]
 
     dev_documents = [m.doc_id for m in dev_mentions]
@@ -480,12 +479,11 @@ def report(results: dict, corpora: list[str], seeds: list[int]) -> str:
     ]
     notes, compared = [], []
     for variant in variants(results):
-        suffix = f"-{variant}" if variant else ""
         for corpus in corpora:
-            measured = [s for s in seeds if f"{corpus}-s{s}{suffix}" in results]
+            measured = [s for s in seeds if bench.kept_key(corpus, s, variant) in results]
             if not measured:
                 continue
-            rows = [results[f"{corpus}-s{s}{suffix}"] for s in measured]
+            rows = [results[bench.kept_key(corpus, s, variant)] for s in measured]
             head = f"{corpus}{variant_label(variant)} | {', '.join(map(str, measured))}"
             first = [r["first stage"]["test"]["acc1"] for r in rows]
             lines += [bench.line(head, reading, [r[reading] for r in rows], first) for reading in READINGS]
@@ -512,7 +510,7 @@ def report(results: dict, corpora: list[str], seeds: list[int]) -> str:
 def against_alone(results: dict, corpus: str, variant: str, seeds: list[int]) -> list[str]:
     """Table lines: each reading with the cross-encoder under `variant` against the same reading with the
     mention alone, over the seeds both have."""
-    both = [s for s in seeds if f"{corpus}-s{s}-{variant}" in results and f"{corpus}-s{s}" in results]
+    both = [s for s in seeds if bench.kept_key(corpus, s, variant) in results and bench.kept_key(corpus, s) in results]
     if not both:
         return []
     out = []
@@ -520,8 +518,8 @@ def against_alone(results: dict, corpus: str, variant: str, seeds: list[int]) ->
         cells = {}
         for key in ("acc1", "f1"):
             cells[key] = [
-                [results[f"{corpus}-s{s}{suffix}"][reading]["test"][key] for s in both]
-                for suffix in (f"-{variant}", "")
+                [results[bench.kept_key(corpus, s, suffix)][reading]["test"][key] for s in both]
+                for suffix in (variant, "")
             ]
         (acc, acc_alone), (f1, f1_alone) = cells["acc1"], cells["f1"]
         out.append(

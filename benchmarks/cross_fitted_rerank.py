@@ -644,6 +644,11 @@ def main(argv: list[str] | None = None) -> None:
     args.out.with_suffix(".md").write_text(report(results, args.corpora, args.seeds, args.folds), encoding="utf-8")
 
 
+def kept_key(corpus: str, seed: int, suffix: str = "") -> str:
+    """A kept result's key: `<corpus>-s<seed>`, then `-<suffix>` where there is one."""
+    return f"{corpus}-s{seed}" + (f"-{suffix}" if suffix else "")
+
+
 def kept_results(store: Path, args, suffix: str, measure, readings: tuple[str, ...]) -> dict:
     """The results kept in `store`, with each of `args.corpora` x `args.seeds` not there yet (key
     `<corpus>-s<seed>[-suffix]`) measured by `measure(corpus, seed, accelerator)` and kept at once, unless
@@ -654,7 +659,7 @@ def kept_results(store: Path, args, suffix: str, measure, readings: tuple[str, .
     accelerator = make_accelerator()
     for corpus in args.corpora:
         for seed in args.seeds:
-            key = f"{corpus}-s{seed}" + (f"-{suffix}" if suffix else "")
+            key = kept_key(corpus, seed, suffix)
             if key in results:
                 continue
             results[key] = measure(corpus, seed, accelerator)
