@@ -78,6 +78,10 @@ def test_scores_kept_without_a_sentence_keep_their_key_and_a_sentence_changes_it
     assert "context" not in alone.key() and alone.variant() == ""
     in_sentence = bench.CrossEncoderConfig("model", context=12, max_length=128)
     assert in_sentence.key() != alone.key() and in_sentence.variant() == "sentence12"
+    longer = bench.CrossEncoderConfig("model", epochs=2)
+    assert longer.key() != alone.key() and longer.variant() == "epochs2"
+    assert bench.CrossEncoderConfig("model", epochs=3, context=12).variant() == "sentence12-epochs3"
+    assert bench.variant_label("sentence12-epochs3") == ", in its sentence (±12 words), 3 epochs"
 
 
 def test_the_report_compares_a_configuration_with_the_mention_alone_on_the_seeds_both_have():
@@ -93,11 +97,13 @@ def test_the_report_compares_a_configuration_with_the_mention_alone_on_the_seeds
         }
 
     results = {"ncbi-s1": result(0.80), "ncbi-s2": result(0.82), "ncbi-s1-sentence12": result(0.85)}
-    assert bench.variants(results) == ["", "sentence12"]
+    results["ncbi-s2-epochs2"] = result(0.81)
+    assert bench.variants(results) == ["", "epochs2", "sentence12"]
     text = bench.report(results, ["ncbi"], [1, 2])
     assert "| ncbi, in its sentence (±12 words) | 1 | cross-encoder |" in text
     # against the mention alone on seed 1 only (seed 2 has no sentence result): 85.00 against 80.00
     assert "| ncbi | in its sentence (±12 words) | 1 | cross-encoder | 85.00 | 80.00 | +5.00 | – |" in text
+    assert "| ncbi | 2 epochs | 2 | cross-encoder | 81.00 | 82.00 | -1.00 | – |" in text
 
 
 def test_lists_keep_the_first_candidates_and_any_gold_below_them():
