@@ -45,7 +45,8 @@ classifier that never held it (kept in outputs/cross_fitted_rerank/, made there 
   candidates in one batch, one process) over the first `--latency-mentions` test mentions: what a served reranker
   would add to each request.
 
-Not measured here: more epochs, and a cross-encoder started from a biomedical checkpoint (none is at hand).
+`--epochs E` above 1 is a configuration of its own too (`-epochs<E>`), compared with one epoch likewise. Not
+measured here: a cross-encoder started from a biomedical checkpoint (none is at hand).
 
 The cross-encoders' scores of each corpus and seed are kept in outputs/cross_encoder/ (not a stage's output),
 keyed by the hybrid's saved normalizer, its classifier's fine-tuning folder and the cross-encoder's settings (not
