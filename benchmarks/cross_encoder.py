@@ -123,7 +123,11 @@ class CrossEncoderConfig:
     def variant(self) -> str:
         """The suffix of this configuration's kept scores and results: `sentence<N>` with the mention's sentence,
         `epochs<E>` for more than one epoch, joined by "-"; empty for the mention alone, one epoch."""
-        parts = [f"sentence{self.context}"] * bool(self.context) + [f"epochs{self.epochs}"] * (self.epochs != 1)
+        parts = []
+        if self.context:
+            parts.append(f"sentence{self.context}")
+        if self.epochs != 1:
+            parts.append(f"epochs{self.epochs}")
         return "-".join(parts)
 
 
