@@ -79,10 +79,12 @@ test: install lint
 
 # Speed, memory and soak of the registered champion after `make run` (reports/benchmark.json and .md), and raw
 # notes through it on Spark local[2] beside one process (reports/benchmark_spark.json and .md); the second stage's
-# cost (reports/rerank_cost.md) and what document consistency adds to each variant (reports/document_consistency.md).
+# cost (reports/rerank_cost.md) and the gate on it that dev chooses (reports/rerank_gate.md), and what document
+# consistency adds to each variant (reports/document_consistency.md).
 bench: install
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/rerank_cost.py
+	$(BIN)/python benchmarks/rerank_gate.py
 	$(BIN)/python benchmarks/spark_batch.py
 	$(BIN)/python benchmarks/document_consistency.py
 

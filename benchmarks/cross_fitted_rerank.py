@@ -1,7 +1,8 @@
 """A reranker trained on cross-fitted candidates of the training split, against the rerank stage's (dev's).
 
     accelerate launch $ACCELERATE_ARGS benchmarks/cross_fitted_rerank.py [--corpora ncbi cdr cadec] [--seeds 1 2 3]
-        [--folds 5] [--encoder shared|per-group] [--report-only]
+        [--folds 5] [--encoder shared|per-group] [--first-stage retrieval|hybrid] [--settings dev|training]
+        [--report-only]
 
 The rerank stage (`ehrbert.rerank`) trains its reranker on the dev split's candidates, because the training
 split's own candidates are not what the first stage gives an unseen mention: every training mention is an index
@@ -9,8 +10,11 @@ entry, and the encoder has learned it. Dev is small (NCBI: 787 mentions), and on
 reranker. Cross-fitting makes training candidates that are like test's: the training documents are cut into
 `--folds` groups, and each group's candidates come from a first stage that never saw the group's mentions.
 
-For each corpus and seed, with the first stage as retrieval alone (`hybrid.config`: its encoder, its training
-and index; no classifier, so that the cross-fitted first stages are cheap; NCBI's champion is retrieval alone):
+For each corpus and seed, with the first stage as retrieval alone (`--first-stage retrieval`, `hybrid.config`:
+its encoder, its training and index; no classifier, so that the cross-fitted first stages are cheap), or as the
+hybrid stage's (`--first-stage hybrid`: its saved normalizer, outputs/hybrid/<corpus>-s<seed>/model, answering as
+the rerank stage's first stage, with its classifier and dev-chosen settings; below, the classifier is
+cross-fitted too):
 
 - **full**: the encoder trained on the whole training split, from the same start, params and seed as the hybrid
   stage trains it, and the index of the vocabulary and every training mention; the dev and test candidates.
@@ -20,7 +24,28 @@ and index; no classifier, so that the cross-fitted first stages are cheap; NCBI'
   rows. The encoder is `--encoder`: `per-group`, one trained the same way on the other groups' mentions (nothing
   of the first stage has seen the group; six encoders and six embeddings of the vocabulary a seed), or `shared`,
   the whole split's (it has met the group's mentions in training, about twice each at NCBI's size, but no index
-  entry or evidence holds them; one encoder a seed).
+  entry or evidence holds them; one encoder a seed). With the hybrid first stage, `shared` is the hybrid's
+  saved encoder, and `per-group` an encoder trained as the hybrid stage trains its own, without the group (then
+  no part of a group's first stage has seen its mentions); either way each group's classifier is fine-tuned
+  again without the group: the hybrid's fine-tuning run done
+  once more from its start, on the other groups' mentions, for the epochs dev chose for it
+  (`ehrbert.peers.retrain_classifier_on_train_and_dev` with those mentions as the training split and no dev).
+
+A task whose vocabulary takes names from the training split's mentions (CADEC: `names_without`) has it named
+again for each group from the other groups' documents, so that no group finds its own mention texts among the
+names.
+
+The hybrid first stage's settings (classifier weight, composite and no-concept thresholds) are `--settings`:
+`dev`, the stage's, or `training`, chosen the way the hybrid stage chooses them on dev
+(`ehrbert.hybrid.choose_settings`) but on the cross-fitted candidates of the whole training split, which no
+classifier or index entry answering them has seen. Then dev chose nothing of the first stage, and its judgement of
+a reranker is not biased toward the first stage by having chosen it. The same settings decide the training
+groups', dev's and test's first-stage answers.
+
+The hybrid's cross-fitted candidates (the fine-tuning runs are the costly part) are kept in
+outputs/cross_fitted_rerank/ (not a stage's output), keyed by a hash of the hybrid's saved normalizer and its
+classifier's fine-tuning folder, so that `--settings` and the dev settings share one cross-fitting. The key does
+not cover this code or params.yaml: delete the folder after changing either.
 
 Readings, the reranker of `ehrbert.models.rerank` with params.yaml `rerank.config`, each judged on dev as the
 stage judges its own (used where it fixes more dev mentions than it breaks at rank 1, one-sided exact McNemar
@@ -44,9 +69,16 @@ goes on where it stopped; writes reports/cross_fitted_rerank.md. It asserts noth
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import io
+import itertools
 import json
+import os
+import pickle
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -56,14 +88,18 @@ from document_consistency import p_paired
 from sklearn.model_selection import GroupKFold
 from transformers import set_seed
 
+from ehrbert.corpora.cadec_vocabulary import cadec_vocabulary
+from ehrbert.corpora.records import Vocabulary
 from ehrbert.hub import resolve_model
-from ehrbert.hybrid import HybridConfig, score
+from ehrbert.hybrid import HybridConfig, choose_settings, score
 from ehrbert.launch import make_accelerator
 from ehrbert.metrics import seen_concepts
 from ehrbert.models import retrieval
-from ehrbert.models.hybrid import HybridNormalizer, Settings, decide
+from ehrbert.models.classifier import training_record
+from ehrbert.models.hybrid import Candidates, HybridNormalizer, Settings, decide
 from ehrbert.models.name_index import NameIndex
 from ehrbert.models.rerank import RerankConfig, Reranker, reorder
+from ehrbert.peers import retrain_classifier_on_train_and_dev
 from ehrbert.rerank import cross_validated, flips
 from ehrbert.stage import config_from, read_params
 from ehrbert.stats import mean_sd
@@ -73,7 +109,18 @@ ROOT = Path(__file__).resolve().parents[1]
 READINGS = ("first stage", "dev", "cross-fitted", "cross-fitted + dev")
 KEYS = ("acc1", "acc1_seen", "acc1_unseen", "f1")
 ENCODERS = ("per-group", "shared")  # the cross-fitted first stages' encoder: trained without the group, or not
+FIRST_STAGES = ("retrieval", "hybrid")  # retrieval alone, or the hybrid stage's (classifier cross-fitted too)
+SETTINGS = ("dev", "training")  # the hybrid first stage's settings: the stage's (chosen on dev), or chosen on training
+CACHE = ROOT / "outputs/cross_fitted_rerank"  # the hybrid's cross-fitted candidates, kept (not a stage's output)
 FLIPS = ("dev_fixed", "dev_broken", "train_fixed", "train_broken", "test_fixed", "test_broken")
+
+
+class Held(NamedTuple):
+    """One group of training documents and its candidates from a first stage that never held it (before any
+    settings decide them: what `--settings training` chooses on, and what is kept between runs)."""
+
+    held: np.ndarray  # its mentions' positions in the training split
+    candidates: Candidates
 
 
 class Group(NamedTuple):
@@ -84,6 +131,7 @@ class Group(NamedTuple):
     features: np.ndarray
     owners: np.ndarray
     labels: np.ndarray
+    evidence: Reranker  # the reranker's evidence (vocabulary names, training mentions) built without the group
 
 
 def first_stage(task, config: HybridConfig, seed: int, mentions: list, queries: list[str], accelerator):
@@ -99,43 +147,217 @@ def first_stage(task, config: HybridConfig, seed: int, mentions: list, queries: 
 
 
 def rows_for(model, reranker: Reranker, queries: list[str], mentions: list, depth: int) -> tuple:
-    """(answers, features, owners, labels) of `queries` under `model`, with `reranker`'s evidence."""
-    candidates = model.candidates(queries)
-    answers = decide(candidates, Settings(), k=depth)
+    """(answers, features, owners, labels) of `queries` under `model` (with its settings), with `reranker`'s
+    evidence."""
+    return decided_rows(model.candidates(queries), model.settings, reranker, queries, mentions, depth)
+
+
+def decided_rows(candidates: Candidates, settings: Settings, reranker: Reranker, queries, mentions, depth) -> tuple:
+    """(answers, features, owners, labels) of `queries`' `candidates` decided by `settings`."""
+    answers = decide(candidates, settings, k=depth)
     features, owners = reranker.features(queries, answers, candidates)
     return answers, features, owners, Reranker.labels(answers, owners, mentions, reranker.config.candidates)
 
 
 def indexed_without(full: HybridNormalizer, task, config: HybridConfig, mentions: list, queries: list[str]):
-    """`full`'s encoder over an index of the vocabulary and `mentions` alone (their vectors taken from `full`'s
-    index, which holds every training mention)."""
+    """`full`'s encoder over an index of the task's vocabulary and `mentions` alone (their vectors taken from
+    `full`'s index, which holds every training mention, or embedded where a name is not there: a vocabulary named
+    without the group can name a concept otherwise, `names_without`)."""
     index = NameIndex.build(task.vocabulary, mentions, queries)
-    index.embeddings = full.index.embeddings[[full.index.position[text] for text in index.texts]]
+    if all(text in full.index.position for text in index.texts):
+        index.embeddings = full.index.embeddings[[full.index.position[text] for text in index.texts]]
+    else:
+        index.embed(full.encoder, full.tokenizer, config.retrieval)
     return HybridNormalizer(
-        full.encoder, full.tokenizer, index, config.retrieval, classifier_top_k=config.classifier_top_k
+        full.encoder,
+        full.tokenizer,
+        index,
+        config.retrieval,
+        classifier_max_length=full.classifier_max_length,
+        classifier_top_k=full.classifier_top_k,
+        settings=full.settings,
     )
 
 
-def cross_fitted_groups(
-    task, config: HybridConfig, rerank: RerankConfig, seed: int, folds: int, accelerator, full=None
-) -> list[Group]:
-    """Every group of training documents, each answered by a first stage and evidence without it: an encoder
-    trained without the group, or with `full` (the whole split's first stage) its encoder, shared."""
+class TrainingSubset:
+    """A task whose training split is some of another task's training mentions and whose dev split is empty:
+    what `retrain_classifier_on_train_and_dev` fine-tunes on for a group's classifier."""
+
+    def __init__(self, task, mentions: list, queries: list[str]):
+        self.vocabulary = task.vocabulary
+        self.splits_ = {"train": (mentions, queries), "dev": ([], [])}
+
+    def mentions(self, split: str) -> list:
+        return self.splits_[split][0]
+
+    def queries(self, split: str) -> list[str]:
+        return self.splits_[split][1]
+
+
+def classifier_run(params: dict, corpus: str, seed: int) -> str:
+    """The name of the fine-tuning run whose classifier the hybrid stage interpolates: its folder is
+    outputs/finetune/<name>, its metrics metrics/finetune/<name>.json."""
+    return f"{params['hybrid']['config']['classifier_model']}-{corpus}-s{seed}"
+
+
+def classifier_without(task, corpus: str, seed: int, params: dict, mentions: list, queries: list[str], accelerator):
+    """(model, tokenizer) of the hybrid's classifier fine-tuned again on `mentions` alone (see above)."""
+    run = classifier_run(params, corpus, seed)
+    record = training_record(ROOT / "outputs/finetune" / run)
+    start = Path(next(m["path"] for m in params["finetune"]["models"] if m["name"] == record["model"]))
+    model, tokenizer, _ = retrain_classifier_on_train_and_dev(  # paths relative to the repository, as params.yaml
+        TrainingSubset(task, mentions, queries),
+        Path(f"outputs/finetune/{run}"),
+        Path(f"metrics/finetune/{run}.json"),
+        start,
+        params,
+        seed,
+        accelerator,
+    )
+    return model, tokenizer
+
+
+def trained_without(full: HybridNormalizer, task, config: HybridConfig, seed: int, mentions, queries, accelerator):
+    """`first_stage` on `mentions` alone (an encoder trained and an index built without the others), answering
+    with `full`'s classifier length, depth and settings."""
+    model = first_stage(task, config, seed, mentions, queries, accelerator)
+    model.classifier_max_length, model.classifier_top_k = full.classifier_max_length, full.classifier_top_k
+    model.settings = full.settings
+    return model
+
+
+Rename = Callable[[set[str]], Vocabulary]  # a group's document IDs -> the vocabulary named without them
+
+
+def names_without(task) -> Rename | None:
+    """For a task whose vocabulary takes names from its training split's mentions, the function that names it
+    again without a group's documents; None for a task whose vocabulary holds no mention text (MEDIC).
+
+    CADEC's is such a task (`ehrbert.corpora.cadec_vocabulary`): a MedDRA concept is named by the training ADRs'
+    texts and notes. Named from the whole training split, the vocabulary would hold a held-out group's own mention
+    texts as names of their gold concepts (82 % of CADEC's training mentions, against 53 % of dev's), and the
+    group's candidates would be far easier than dev's or test's. The task's own posts (every split) are named
+    again, as `ehrbert.tasks.load_cadec_task` names them, with the group's left out of the training split's."""
+    if task.name != "cadec":
+        return None
+    documents = [doc for split in task.splits.values() for doc in split]
+
+    def rename(held: set[str]) -> Vocabulary:
+        named = [doc for doc in task.splits["train"] if doc.doc_id not in held]
+        return cadec_vocabulary(documents, name_documents=named)
+
+    return rename
+
+
+def group_task(task, rename: Rename | None, held: np.ndarray):
+    """`task` with its vocabulary named without the documents of the training mentions at `held` (`names_without`),
+    or `task` itself."""
+    if rename is None:
+        return task
+    mentions = task.mentions("train")
+    return dataclasses.replace(task, vocabulary=rename({mentions[i].doc_id for i in held}))
+
+
+def cross_fitted_candidates(
+    task, config: HybridConfig, seed: int, folds: int, accelerator, full, shared: bool, classifier, rename=None
+):
+    """Every group of training documents with its candidates from a first stage without it: with `shared`, `full`'s
+    (the whole split's first stage) encoder over an index without the group, else an encoder trained without the
+    group (`trained_without`); with `classifier(mentions, queries)`, also a classifier fine-tuned on the other
+    groups' mentions; with `rename`, the vocabulary named without the group (`names_without`)."""
     mentions, queries = task.mentions("train"), task.queries("train")
     groups = [m.doc_id for m in mentions]
     out = []
     for k, (rest, held) in enumerate(GroupKFold(folds).split(queries, groups=groups)):
         started = time.perf_counter()
         rest_mentions, rest_queries = [mentions[i] for i in rest], [queries[i] for i in rest]
-        if full is None:
-            model = first_stage(task, config, seed, rest_mentions, rest_queries, accelerator)
+        without = group_task(task, rename, held)
+        if shared:
+            model = indexed_without(full, without, config, rest_mentions, rest_queries)
         else:
-            model = indexed_without(full, task, config, rest_mentions, rest_queries)
-        evidence = Reranker.build(rerank, task.vocabulary, rest_mentions, rest_queries)
-        rows = rows_for(model, evidence, [queries[i] for i in held], [mentions[i] for i in held], rerank.depth)
-        out.append(Group(held, *rows))
+            model = trained_without(full, without, config, seed, rest_mentions, rest_queries, accelerator)
+        if classifier is not None:
+            model.classifier, model.classifier_tokenizer = classifier(rest_mentions, rest_queries)
+        out.append(Held(held, model.candidates([queries[i] for i in held])))
         print(f"  group {k + 1}/{folds}: {len(held)} mentions, {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return out
+
+
+def decided_groups(
+    task, rerank: RerankConfig, held_groups: list[Held], settings: Settings, rename: Rename | None = None
+) -> list[Group]:
+    """Each group's first-stage answers under `settings`, and the reranker's rows for them from evidence (mention
+    counts, shares, the training mentions compared with, the vocabulary's names: `names_without`) built without
+    the group."""
+    mentions, queries = task.mentions("train"), task.queries("train")
+    out = []
+    for held, candidates in held_groups:
+        rest = np.setdiff1d(np.arange(len(mentions)), held)
+        vocabulary = group_task(task, rename, held).vocabulary
+        evidence = Reranker.build(rerank, vocabulary, [mentions[i] for i in rest], [queries[i] for i in rest])
+        group_queries, group_mentions = [queries[i] for i in held], [mentions[i] for i in held]
+        rows = decided_rows(candidates, settings, evidence, group_queries, group_mentions, rerank.depth)
+        out.append(Group(held, *rows, evidence))
+    return out
+
+
+def in_split_order(held_groups: list[Held]) -> Candidates:
+    """The groups' candidates as one `Candidates` in the training split's order (a field that every group leaves
+    empty, the classifier's without one, stays empty)."""
+    order = np.argsort(np.concatenate([group.held for group in held_groups]))
+
+    def merged(name: str) -> list:
+        values = [value for group in held_groups for value in getattr(group.candidates, name)]
+        return [values[i] for i in order] if values else []
+
+    return Candidates(**{f.name: merged(f.name) for f in dataclasses.fields(Candidates)})
+
+
+def chosen_on_training(task, config: HybridConfig, held_groups: list[Held], seen: set[str]) -> tuple[Settings, dict]:
+    """The first stage's settings chosen as the hybrid stage chooses them on dev (`ehrbert.hybrid.choose_settings`),
+    but on the training split's cross-fitted candidates: its last variant's settings, and every choice's table."""
+    as_dev = dataclasses.replace(task, splits={**task.splits, "dev": task.splits["train"]})
+    variants = choose_settings(as_dev, in_split_order(held_groups), config, seen)
+    return variants[-1][1], {k: v for _, _, tables in variants for k, v in tables.items()}
+
+
+def kept_candidates(cache: Path, fingerprint: str, make) -> tuple[list[Held], float]:
+    """(groups, the seconds they took) kept in `cache` for this `fingerprint` of the first stage, else `make()`'s,
+    then kept: the classifiers fine-tuned again make them the measurement's costly part."""
+    if cache.exists():
+        kept = KeptGroups(io.BytesIO(cache.read_bytes())).load()
+        if kept["fingerprint"] == fingerprint:
+            return kept["groups"], kept["seconds"]
+    groups, seconds = timed(make)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".partial")
+    partial.write_bytes(pickle.dumps({"fingerprint": fingerprint, "groups": groups, "seconds": seconds}))
+    partial.replace(cache)
+    return groups, seconds
+
+
+class KeptGroups(pickle.Unpickler):
+    """Reads kept groups whatever module wrote them: this script run as `__main__`, or imported by another
+    benchmark (`cross_encoder.py`)."""
+
+    def find_class(self, module: str, name: str):
+        return Held if name == "Held" else super().find_class(module, name)
+
+
+def timed(make) -> tuple:
+    """(make(), the seconds it took)."""
+    started = time.perf_counter()
+    return make(), time.perf_counter() - started
+
+
+def fingerprint_of(*folders: Path) -> str:
+    """sha256 over every file of `folders` (paths and contents)."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(folder)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def training_rows(groups: list[Group], without: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -144,15 +366,20 @@ def training_rows(groups: list[Group], without: int | None = None) -> tuple[np.n
     return np.concatenate([g.features for g in kept]), np.concatenate([g.labels for g in kept])
 
 
-def held_out_training(groups: list[Group], mentions: list, fitted, k: int) -> tuple[list, list, list]:
-    """(gold mentions, first-stage answers, reranked answers) of the training split, group by group, each group
-    reranked by `fitted(i)`, a reranker that never trained on group i's rows."""
+def held_out_training(groups: list[Group], mentions: list, scores, k: int) -> tuple[list, list, list]:
+    """(gold mentions, first-stage answers, reranked answers) of the training split, group by group, each group's
+    rows reordered by `scores(i)`, from a model that never trained on group i's rows."""
     gold, first, reranked = [], [], []
     for i, group in enumerate(groups):
         gold += [mentions[j] for j in group.held]
         first += group.answers
-        reranked += reorder(group.answers, group.owners, fitted(i).predict_proba(group.features)[:, 1], k)
+        reranked += reorder(group.answers, group.owners, scores(i), k)
     return gold, first, reranked
+
+
+def fitted_scores(groups: list[Group], fitted):
+    """i -> the probabilities that `fitted(i)`, a reranker never trained on group i's rows, gives those rows."""
+    return lambda i: fitted(i).predict_proba(groups[i].features)[:, 1]
 
 
 def dev_with_training_rows(reranker, dev: tuple, documents: list[str], train_rows: tuple, seed: int) -> np.ndarray:
@@ -167,20 +394,40 @@ def dev_with_training_rows(reranker, dev: tuple, documents: list[str], train_row
     return out
 
 
-def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, shared: bool) -> dict:
+def measure(
+    corpus: str, seed: int, folds: int, params: dict, accelerator, shared: bool, hybrid: bool, on_training: bool
+) -> dict:
     """Every reading's dev judgement and dev and test scores for one corpus and seed (`shared`: the cross-fitted
-    first stages share the whole split's encoder)."""
+    first stages share the whole split's encoder; `hybrid`: the first stage is the hybrid stage's, its
+    classifier cross-fitted too; `on_training`: its settings chosen on the cross-fitted training candidates)."""
     task = load_task(corpus, data_paths(params["data"], ROOT), params["cadec_split"])
     config = config_from(HybridConfig, params["hybrid"]["config"], "hybrid.config", ROOT / "params.yaml")
     rerank = config_from(RerankConfig, params["rerank"]["config"], "rerank.config", ROOT / "params.yaml")
     significance, depth, k = rerank.significance, rerank.depth, rerank.candidates
     seen = seen_concepts(task.mentions("train"))
 
-    model = first_stage(task, config, seed, task.mentions("train"), task.queries("train"), accelerator)
-    started = time.perf_counter()
-    groups = cross_fitted_groups(task, config, rerank, seed, folds, accelerator, model if shared else None)
+    classifier, cache = None, None
+    if hybrid:
+        folder = ROOT / f"outputs/hybrid/{corpus}-s{seed}/model"
+        if not folder.is_dir():
+            raise SystemExit(f"{folder}: no saved normalizer; run `dvc repro hybrid@{corpus}-{seed}` first")
+        model = HybridNormalizer.load(folder)  # its default: the rerank stage's first stage
+        classifier = lambda mentions, queries: classifier_without(
+            task, corpus, seed, params, mentions, queries, accelerator
+        )
+        run = ROOT / "outputs/finetune" / classifier_run(params, corpus, seed)
+        name = f"{corpus}-s{seed}-{folds}-folds{'' if shared else '-per-group'}.pkl"
+        cache = (CACHE / name, fingerprint_of(folder, run))
+    else:
+        model = first_stage(task, config, seed, task.mentions("train"), task.queries("train"), accelerator)
+    rename = names_without(task)
+    make = lambda: cross_fitted_candidates(task, config, seed, folds, accelerator, model, shared, classifier, rename)
+    held_groups, cross_seconds = kept_candidates(*cache, make) if cache else timed(make)
+    choices = {}
+    if on_training:
+        model.settings, choices = chosen_on_training(task, config, held_groups, seen)
+    groups = decided_groups(task, rerank, held_groups, model.settings, rename)
     train_rows = training_rows(groups)
-    cross_seconds = time.perf_counter() - started
     evidence = Reranker.build(rerank, task.vocabulary, task.mentions("train"), task.queries("train"))
     dev_mentions, test_mentions = task.mentions("dev"), task.mentions("test")
     dev_first, dev_x, dev_owners, dev_y = rows_for(model, evidence, task.queries("dev"), dev_mentions, depth)
@@ -217,34 +464,52 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, share
         "cross-fitted + dev": lambda i: evidence.new_model(seed).fit(*with_dev(*training_rows(groups, i))),
     }
     out = {"cross_fit_seconds": round(cross_seconds, 1), "training_rows": len(train_rows[1]), "dev_rows": len(dev_y)}
-    for reading in READINGS:
-        fixed, broken, p_value = flips(dev_mentions, dev_first, dev_answers[reading])
-        test_fixed, test_broken, _ = flips(test_mentions, test_first, test_answers[reading])
-        dev_scores = score(task, "dev", dev_answers[reading], seen)
-        test_scores = score(task, "test", test_answers[reading], seen)
-        out[reading] = {
-            "dev_acc1": dev_scores["acc1"],
-            "dev_f1": dev_scores["f1"],
-            "dev_fixed": fixed,
-            "dev_broken": broken,
-            "dev_p_value": p_value,
-            "used": reading != "first stage" and fixed > broken and p_value < significance,
-            "test": {key: test_scores[key] for key in KEYS},
-            "test_fixed": test_fixed,
-            "test_broken": test_broken,
+    if hybrid:
+        out["settings"] = dataclasses.asdict(model.settings)
+        out["settings_chosen_on"] = "training" if on_training else "dev"
+    if choices:
+        out["training_choices"] = choices
+    for reading in READINGS:  # the wider judgement where a reranker held out each training group
+        training = (
+            held_out_training(groups, task.mentions("train"), fitted_scores(groups, held_out[reading]), k)
+            if reading in held_out
+            else None
+        )
+        dev, test = (dev_first, dev_answers[reading]), (test_first, test_answers[reading])
+        out[reading] = judged(task, seen, significance, dev, test, training, reranks=reading != "first stage")
+    return out
+
+
+def judged(task, seen: set[str], significance: float, dev: tuple, test: tuple, training: tuple | None, reranks: bool):
+    """One reading's judgement and scores. `dev` and `test`: (first-stage answers, the reading's answers);
+    `training`: (gold mentions, first-stage answers, the reading's answers) of the held-out training mentions,
+    for the wider judgement over them and dev together; `reranks`: False for the first stage itself, which is
+    never "used"."""
+    dev_mentions, test_mentions = task.mentions("dev"), task.mentions("test")
+    fixed, broken, p_value = flips(dev_mentions, *dev)
+    test_fixed, test_broken, _ = flips(test_mentions, *test)
+    dev_scores, test_scores = score(task, "dev", dev[1], seen), score(task, "test", test[1], seen)
+    out = {
+        "dev_acc1": dev_scores["acc1"],
+        "dev_f1": dev_scores["f1"],
+        "dev_fixed": fixed,
+        "dev_broken": broken,
+        "dev_p_value": p_value,
+        "used": reranks and fixed > broken and p_value < significance,
+        "test": {key: test_scores[key] for key in KEYS},
+        "test_fixed": test_fixed,
+        "test_broken": test_broken,
+    }
+    if training is not None:
+        gold, first, reranked = training
+        train_fixed, train_broken, _ = flips(gold, first, reranked)
+        both_fixed, both_broken, both_p = flips(gold + dev_mentions, first + dev[0], reranked + dev[1])
+        out |= {
+            "train_fixed": train_fixed,
+            "train_broken": train_broken,
+            "held_out_p_value": both_p,
+            "used_held_out": both_fixed > both_broken and both_p < significance,
         }
-        if reading in held_out:  # the wider judgement: every held-out mention of training and dev together
-            gold, first, reranked = held_out_training(groups, task.mentions("train"), held_out[reading], k)
-            train_fixed, train_broken, _ = flips(gold, first, reranked)
-            both_fixed, both_broken, both_p = flips(
-                gold + dev_mentions, first + dev_first, reranked + dev_answers[reading]
-            )
-            out[reading] |= {
-                "train_fixed": train_fixed,
-                "train_broken": train_broken,
-                "held_out_p_value": both_p,
-                "used_held_out": both_fixed > both_broken and both_p < significance,
-            }
     return out
 
 
@@ -252,9 +517,12 @@ def report(results: dict, corpora: list[str], seeds: list[int], folds: int) -> s
     lines = [
         "# A reranker trained on cross-fitted candidates",
         "",
-        f"`benchmarks/cross_fitted_rerank.py` (see its docstring): first stage retrieval alone; {folds} groups of "
+        f"`benchmarks/cross_fitted_rerank.py` (see its docstring): first stage retrieval alone, or the hybrid "
+        "stage's (`hybrid`: its classifier and dev-chosen settings, or with `settings on training` those settings "
+        f"chosen on the cross-fitted training candidates instead); {folds} groups of "
         "training documents, each group's candidates from a first stage indexed without it, its encoder trained "
-        "without it (`per-group`) or the whole split's (`shared`). Mean (SD) over the seeds measured. Dev: acc@1 "
+        "without it (`per-group`) or the whole split's (`shared`), the hybrid's classifier fine-tuned again without "
+        "it. Mean (SD) over the seeds measured. Dev: acc@1 "
         "(the `dev` reading's cross-validated over dev documents), mentions fixed / broken at rank 1 against the "
         "first stage over all seeds, and the seeds on which the stage's rule (McNemar) would use it. Test: always "
         "used, with the paired t-test's P over seeds against the first stage, and the mentions fixed / broken. "
@@ -270,19 +538,29 @@ def report(results: dict, corpora: list[str], seeds: list[int], folds: int) -> s
     ]
     notes = []
     for corpus in corpora:
-        for encoder in ENCODERS:
-            measured = [s for s in seeds if f"{corpus}-s{s}-{encoder}" in results]
+        for first_stage_name, encoder, settings in itertools.product(FIRST_STAGES, ENCODERS, SETTINGS):
+            key = result_key(encoder, first_stage_name, settings)
+            suffix = encoder + ("" if first_stage_name == "retrieval" else f", {first_stage_name}")
+            suffix += ", settings on training" if settings == "training" else ""
+            measured = [s for s in seeds if f"{corpus}-s{s}-{key}" in results]
             if not measured:
                 continue
-            rows = [results[f"{corpus}-s{s}-{encoder}"] for s in measured]
-            lines += table_rows(f"{corpus} | {encoder} | {', '.join(map(str, measured))}", rows)
+            rows = [results[f"{corpus}-s{s}-{key}"] for s in measured]
+            lines += table_rows(f"{corpus} | {suffix} | {', '.join(map(str, measured))}", rows)
             seconds = sum(r["cross_fit_seconds"] for r in rows) / len(rows)
             notes.append(
-                f"- {corpus}, {encoder}: {rows[0]['training_rows']} cross-fitted training rows against "
+                f"- {corpus}, {suffix}: {rows[0]['training_rows']} cross-fitted training rows against "
                 f"{rows[0]['dev_rows']} dev rows a seed; the {folds} cross-fitted first stages took "
                 f"{seconds / 60:.1f} min a seed (2 CPU cores)."
             )
     return "\n".join([*lines, "", *notes]) + "\n"
+
+
+def result_key(encoder: str, first_stage_name: str, settings: str = "dev") -> str:
+    """The results' key suffix of a first stage (retrieval alone keeps the keys it had before the hybrid, and the
+    stage's dev-chosen settings theirs before `--settings`)."""
+    key = encoder if first_stage_name == "retrieval" else f"{encoder}-{first_stage_name}"
+    return key if settings == "dev" else f"{key}-{settings}"
 
 
 def table_rows(head: str, rows: list[dict]) -> list[str]:
@@ -297,15 +575,16 @@ def table_rows(head: str, rows: list[dict]) -> list[str]:
     return lines
 
 
-def choose(row: dict, rule: str) -> str:
+def choose(row: dict, rule: str, readings: tuple[str, ...] = READINGS) -> str:
     """The reading `rule` ("used": dev's judgement; "used_held_out": held-out training and dev's) would ship for
-    one seed: of those it admits, the one with the most mentions fixed net of those broken where it judged
-    (the plainer reading on a tie); the first stage when it admits none."""
+    one seed: of `readings` (the first stage first) it admits, the one with the most mentions fixed net of those
+    broken where it judged (the plainer reading, earlier in `readings`, on a tie); the first stage when it admits
+    none."""
     net = lambda c: (
         c["dev_fixed"] - c["dev_broken"] + (c["train_fixed"] - c["train_broken"] if rule == "used_held_out" else 0)
     )
-    admitted = [reading for reading in READINGS[1:] if row[reading][rule]]
-    return max(admitted, key=lambda reading: (net(row[reading]), -READINGS.index(reading)), default="first stage")
+    admitted = [reading for reading in readings[1:] if row[reading][rule]]
+    return max(admitted, key=lambda reading: (net(row[reading]), -readings.index(reading)), default=readings[0])
 
 
 def line(head: str, label: str, cells: list[dict], first: list[float], held_out: bool = True) -> str:
@@ -334,24 +613,60 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--encoder", choices=ENCODERS, default="shared", help="the cross-fitted first stages' encoder (see above)"
     )
+    parser.add_argument(
+        "--first-stage", choices=FIRST_STAGES, default="retrieval", help="retrieval alone or the hybrid's (see above)"
+    )
+    parser.add_argument(
+        "--settings",
+        choices=SETTINGS,
+        default="dev",
+        help="the hybrid first stage's settings: the stage's, chosen on dev, or chosen on the cross-fitted training "
+        "candidates in the same way (dev then judges a reranker without having chosen the first stage)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "reports/cross_fitted_rerank")
     parser.add_argument("--report-only", action="store_true", help="write the report from the kept results")
     args = parser.parse_args(argv)
+    if args.settings == "training" and args.first_stage != "hybrid":
+        parser.error("--settings training chooses the hybrid's settings: --first-stage hybrid")
+    os.chdir(ROOT)  # params.yaml's paths are relative to the repository
     params = read_params(ROOT / "params.yaml")
-    store = args.out.with_suffix(".json")
-    results = json.loads(store.read_text()) if store.exists() else {}
-    if not args.report_only:
-        accelerator = make_accelerator()
-        for corpus in args.corpora:
-            for seed in args.seeds:
-                key = f"{corpus}-s{seed}-{args.encoder}"
-                if key in results:
-                    continue
-                results[key] = measure(corpus, seed, args.folds, params, accelerator, args.encoder == "shared")
-                store.write_text(json.dumps(results, indent=1) + "\n")
-                summary = {r: round(results[key][r]["test"]["acc1"], 4) for r in READINGS}
-                print(key, summary, file=sys.stderr, flush=True)
+    shared, hybrid, on_training = args.encoder == "shared", args.first_stage == "hybrid", args.settings == "training"
+    key = result_key(args.encoder, args.first_stage, args.settings)
+    results = kept_results(
+        args.out.with_suffix(".json"),
+        args,
+        key,
+        lambda corpus, seed, accelerator: measure(
+            corpus, seed, args.folds, params, accelerator, shared, hybrid, on_training
+        ),
+        READINGS,
+    )
     args.out.with_suffix(".md").write_text(report(results, args.corpora, args.seeds, args.folds), encoding="utf-8")
+
+
+def kept_key(corpus: str, seed: int, suffix: str = "") -> str:
+    """A kept result's key: `<corpus>-s<seed>`, then `-<suffix>` where there is one."""
+    return f"{corpus}-s{seed}" + (f"-{suffix}" if suffix else "")
+
+
+def kept_results(store: Path, args, suffix: str, measure, readings: tuple[str, ...]) -> dict:
+    """The results kept in `store`, with each of `args.corpora` x `args.seeds` not there yet (key
+    `<corpus>-s<seed>[-suffix]`) measured by `measure(corpus, seed, accelerator)` and kept at once, unless
+    `args.report_only`: an interrupted measurement goes on where it stopped."""
+    results = json.loads(store.read_text()) if store.exists() else {}
+    if args.report_only:
+        return results
+    accelerator = make_accelerator()
+    for corpus in args.corpora:
+        for seed in args.seeds:
+            key = kept_key(corpus, seed, suffix)
+            if key in results:
+                continue
+            results[key] = measure(corpus, seed, accelerator)
+            store.write_text(json.dumps(results, indent=1) + "\n")
+            summary = {r: round(results[key][r]["test"]["acc1"], 4) for r in readings}
+            print(key, summary, file=sys.stderr, flush=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -39,6 +39,23 @@ def subset(candidates: Candidates, rows: list[int]) -> Candidates:
     return Candidates(*(pick(getattr(candidates, f.name)) for f in dataclasses.fields(Candidates)))
 
 
+def margin(answer) -> float:
+    """The first stage's top-2 margin (infinite for one candidate: nothing to reorder)."""
+    return answer.scores[0] - answer.scores[1] if len(answer.scores) > 1 else math.inf
+
+
+def rerank_gated(reranker, queries: list[str], first: list, candidates, margins: list[float], gate: float) -> list:
+    """What a model with this gate answers: the first stage's `first` answers, reranked (features and trees
+    for those mentions only) where the margin is below `gate`."""
+    rows = [i for i, m in enumerate(margins) if m < gate]
+    answers = list(first)
+    if rows:
+        picked = reranker.rerank([queries[i] for i in rows], [first[i] for i in rows], subset(candidates, rows))
+        for i, answer in zip(rows, picked):
+            answers[i] = answer
+    return answers
+
+
 def measure(uri: str, params: dict, repeats: int, single_calls: int) -> dict:
     pyfunc = mlflow.pyfunc.load_model(uri)
     model = pyfunc.unwrap_python_model().model
@@ -52,27 +69,16 @@ def measure(uri: str, params: dict, repeats: int, single_calls: int) -> dict:
     reranker, k = model.reranker, model.reranker.config.depth
     candidates = model.candidates(queries)
     first = decide(candidates, model.settings, k=k)
-    margins = [a.scores[0] - a.scores[1] if len(a.scores) > 1 else math.inf for a in first]
+    margins = [margin(a) for a in first]
     gates = []
     for gate in GATES:
-        rows = [i for i, m in enumerate(margins) if m < gate]
-
-        def rerank(rows=rows) -> list:
-            answers = list(first)
-            if rows:
-                for i, a in zip(
-                    rows,
-                    reranker.rerank([queries[i] for i in rows], [first[i] for i in rows], subset(candidates, rows)),
-                ):
-                    answers[i] = a
-            return answers
-
+        rerank = lambda g=gate: rerank_gated(reranker, queries, first, candidates, margins, g)
         answers = rerank()
         seconds = median_time(rerank, repeats)
         gates.append(
             {
                 "gate": "never" if gate == 0 else ("always" if math.isinf(gate) else gate),
-                "reranked_share": round(len(rows) / len(queries), 3),
+                "reranked_share": round(sum(m < gate for m in margins) / len(queries), 3),
                 "acc1": round(accuracy_at_k(mentions, [a.ranked for a in answers], 1), 4),
                 "rerank_ms_per_mention": round(1000 * seconds / len(queries), 3),
             }
