@@ -289,7 +289,7 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, confi
     task = load_task(corpus, data_paths(params["data"], ROOT), params["cadec_split"])
     hybrid_config = config_from(HybridConfig, params["hybrid"]["config"], "hybrid.config", ROOT / "params.yaml")
     rerank = config_from(RerankConfig, params["rerank"]["config"], "rerank.config", ROOT / "params.yaml")
-    significance, depth, k = rerank.significance, rerank.depth, rerank.candidates
+    significance, k = rerank.significance, rerank.candidates
     seen = seen_concepts(task.mentions("train"))
     folder = ROOT / f"outputs/hybrid/{corpus}-s{seed}/model"
     if not folder.is_dir():
@@ -298,20 +298,18 @@ def measure(corpus: str, seed: int, folds: int, params: dict, accelerator, confi
     classifier = lambda mentions, queries: bench.classifier_without(
         task, corpus, seed, params, mentions, queries, accelerator
     )
-    rename = bench.names_without(task)
-    make = lambda: bench.cross_fitted_candidates(
-        task, hybrid_config, seed, folds, accelerator, model, True, classifier, rename
-    )
+    without = bench.first_stage_without(model, hybrid_config, seed, True, accelerator)
+    make = lambda: bench.cross_fitted_candidates(task, folds, without, classifier, bench.names_without(task))
     run = ROOT / "outputs/finetune" / bench.classifier_run(params, corpus, seed)
     cache = bench.CACHE / f"{corpus}-s{seed}-{folds}-folds.pkl"
     first_stage_print = bench.fingerprint_of(folder, run)  # the hybrid's files and its classifier's run
     held_groups, cross_seconds = bench.kept_candidates(cache, first_stage_print, make)
-    groups = bench.decided_groups(task, rerank, held_groups, model.settings, rename)
+    groups = bench.decided_groups(task, rerank, held_groups, model.settings)
     evidence = Reranker.build(rerank, task.vocabulary, task.mentions("train"), task.queries("train"))
     train_mentions = task.mentions("train")
     dev_mentions, test_mentions = task.mentions("dev"), task.mentions("test")
-    dev_first, dev_x, dev_owners, dev_y = bench.rows_for(model, evidence, task.queries("dev"), dev_mentions, depth)
-    test_first, test_x, test_owners, _ = bench.rows_for(model, evidence, task.queries("test"), test_mentions, depth)
+    dev_first, dev_x, dev_owners, dev_y = bench.rows_for(model, evidence, task.queries("dev"), dev_mentions)
+    test_first, test_x, test_owners, _ = bench.rows_for(model, evidence, task.queries("test"), test_mentions)
     separator = AutoTokenizer.from_pretrained(resolve_model(config.model)).sep_token
     read = {
         split: mention_texts(

@@ -78,29 +78,41 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from data_paths import data_paths  # benchmarks/ (this script's folder) is on the path
 from document_consistency import p_paired
-from sklearn.model_selection import GroupKFold
 from transformers import set_seed
 
-from ehrbert.corpora.cadec_vocabulary import cadec_vocabulary
-from ehrbert.corpora.records import Vocabulary
+from ehrbert.cross_fit import (  # the cross_fit stage's cross-fitting, shared with this measurement
+    Held,
+    TrainingSubset,
+    cross_fitted_candidates,
+    in_split_order,
+    indexed_without,
+    names_without,
+)
 from ehrbert.hub import resolve_model
 from ehrbert.hybrid import HybridConfig, choose_settings, score
 from ehrbert.launch import make_accelerator
 from ehrbert.metrics import seen_concepts
 from ehrbert.models import retrieval
 from ehrbert.models.classifier import training_record
-from ehrbert.models.hybrid import Candidates, HybridNormalizer, Settings, decide
+from ehrbert.models.hybrid import HybridNormalizer, Settings
 from ehrbert.models.name_index import NameIndex
 from ehrbert.models.rerank import RerankConfig, Reranker, reorder
 from ehrbert.peers import retrain_classifier_on_train_and_dev
-from ehrbert.rerank import cross_validated, flips
+from ehrbert.rerank import (  # the rerank stage's rows and held-out judgement
+    Group,
+    cross_validated,
+    decided_groups,
+    dev_with_training_rows,
+    flips,
+    held_out_training,
+    rows,
+    training_rows,
+)
 from ehrbert.stage import config_from, read_params
 from ehrbert.stats import mean_sd
 from ehrbert.tasks import load_task
@@ -115,25 +127,6 @@ CACHE = ROOT / "outputs/cross_fitted_rerank"  # the hybrid's cross-fitted candid
 FLIPS = ("dev_fixed", "dev_broken", "train_fixed", "train_broken", "test_fixed", "test_broken")
 
 
-class Held(NamedTuple):
-    """One group of training documents and its candidates from a first stage that never held it (before any
-    settings decide them: what `--settings training` chooses on, and what is kept between runs)."""
-
-    held: np.ndarray  # its mentions' positions in the training split
-    candidates: Candidates
-
-
-class Group(NamedTuple):
-    """One group of training documents, answered by a first stage and evidence that never held it."""
-
-    held: np.ndarray  # its mentions' positions in the training split
-    answers: list  # their first-stage answers
-    features: np.ndarray
-    owners: np.ndarray
-    labels: np.ndarray
-    evidence: Reranker  # the reranker's evidence (vocabulary names, training mentions) built without the group
-
-
 def first_stage(task, config: HybridConfig, seed: int, mentions: list, queries: list[str], accelerator):
     """Retrieval alone, trained and indexed on `mentions` (with their `queries`) as the hybrid stage does it."""
     set_seed(seed)
@@ -144,54 +137,6 @@ def first_stage(task, config: HybridConfig, seed: int, mentions: list, queries: 
     index = NameIndex.build(task.vocabulary, mentions, queries)
     index.embed(encoder, tokenizer, config.retrieval)
     return HybridNormalizer(encoder, tokenizer, index, config.retrieval, classifier_top_k=config.classifier_top_k)
-
-
-def rows_for(model, reranker: Reranker, queries: list[str], mentions: list, depth: int) -> tuple:
-    """(answers, features, owners, labels) of `queries` under `model` (with its settings), with `reranker`'s
-    evidence."""
-    return decided_rows(model.candidates(queries), model.settings, reranker, queries, mentions, depth)
-
-
-def decided_rows(candidates: Candidates, settings: Settings, reranker: Reranker, queries, mentions, depth) -> tuple:
-    """(answers, features, owners, labels) of `queries`' `candidates` decided by `settings`."""
-    answers = decide(candidates, settings, k=depth)
-    features, owners = reranker.features(queries, answers, candidates)
-    return answers, features, owners, Reranker.labels(answers, owners, mentions, reranker.config.candidates)
-
-
-def indexed_without(full: HybridNormalizer, task, config: HybridConfig, mentions: list, queries: list[str]):
-    """`full`'s encoder over an index of the task's vocabulary and `mentions` alone (their vectors taken from
-    `full`'s index, which holds every training mention, or embedded where a name is not there: a vocabulary named
-    without the group can name a concept otherwise, `names_without`)."""
-    index = NameIndex.build(task.vocabulary, mentions, queries)
-    if all(text in full.index.position for text in index.texts):
-        index.embeddings = full.index.embeddings[[full.index.position[text] for text in index.texts]]
-    else:
-        index.embed(full.encoder, full.tokenizer, config.retrieval)
-    return HybridNormalizer(
-        full.encoder,
-        full.tokenizer,
-        index,
-        config.retrieval,
-        classifier_max_length=full.classifier_max_length,
-        classifier_top_k=full.classifier_top_k,
-        settings=full.settings,
-    )
-
-
-class TrainingSubset:
-    """A task whose training split is some of another task's training mentions and whose dev split is empty:
-    what `retrain_classifier_on_train_and_dev` fine-tunes on for a group's classifier."""
-
-    def __init__(self, task, mentions: list, queries: list[str]):
-        self.vocabulary = task.vocabulary
-        self.splits_ = {"train": (mentions, queries), "dev": ([], [])}
-
-    def mentions(self, split: str) -> list:
-        return self.splits_[split][0]
-
-    def queries(self, split: str) -> list[str]:
-        return self.splits_[split][1]
 
 
 def classifier_run(params: dict, corpus: str, seed: int) -> str:
@@ -226,91 +171,23 @@ def trained_without(full: HybridNormalizer, task, config: HybridConfig, seed: in
     return model
 
 
-Rename = Callable[[set[str]], Vocabulary]  # a group's document IDs -> the vocabulary named without them
+def first_stage_without(full: HybridNormalizer, config: HybridConfig, seed: int, shared: bool, accelerator):
+    """A group's first stage from (the task without the group, the other groups' mentions, their queries): `full`'s
+    encoder over an index without the group (`shared`), or an encoder trained without it (`trained_without`)."""
+    if shared:
+        return lambda task, mentions, queries: indexed_without(full, task, mentions, queries)
+    return lambda task, mentions, queries: trained_without(full, task, config, seed, mentions, queries, accelerator)
 
 
-def names_without(task) -> Rename | None:
-    """For a task whose vocabulary takes names from its training split's mentions, the function that names it
-    again without a group's documents; None for a task whose vocabulary holds no mention text (MEDIC).
-
-    CADEC's is such a task (`ehrbert.corpora.cadec_vocabulary`): a MedDRA concept is named by the training ADRs'
-    texts and notes. Named from the whole training split, the vocabulary would hold a held-out group's own mention
-    texts as names of their gold concepts (82 % of CADEC's training mentions, against 53 % of dev's), and the
-    group's candidates would be far easier than dev's or test's. The task's own posts (every split) are named
-    again, as `ehrbert.tasks.load_cadec_task` names them, with the group's left out of the training split's."""
-    if task.name != "cadec":
-        return None
-    documents = [doc for split in task.splits.values() for doc in split]
-
-    def rename(held: set[str]) -> Vocabulary:
-        named = [doc for doc in task.splits["train"] if doc.doc_id not in held]
-        return cadec_vocabulary(documents, name_documents=named)
-
-    return rename
+def rows_for(model: HybridNormalizer, reranker: Reranker, queries: list[str], mentions: list) -> tuple:
+    """(answers, features, owners, labels) of `queries` under `model` (with its settings), with `reranker`'s
+    evidence."""
+    return rows(reranker, model.candidates(queries), model.settings, queries, mentions)
 
 
-def group_task(task, rename: Rename | None, held: np.ndarray):
-    """`task` with its vocabulary named without the documents of the training mentions at `held` (`names_without`),
-    or `task` itself."""
-    if rename is None:
-        return task
-    mentions = task.mentions("train")
-    return dataclasses.replace(task, vocabulary=rename({mentions[i].doc_id for i in held}))
-
-
-def cross_fitted_candidates(
-    task, config: HybridConfig, seed: int, folds: int, accelerator, full, shared: bool, classifier, rename=None
-):
-    """Every group of training documents with its candidates from a first stage without it: with `shared`, `full`'s
-    (the whole split's first stage) encoder over an index without the group, else an encoder trained without the
-    group (`trained_without`); with `classifier(mentions, queries)`, also a classifier fine-tuned on the other
-    groups' mentions; with `rename`, the vocabulary named without the group (`names_without`)."""
-    mentions, queries = task.mentions("train"), task.queries("train")
-    groups = [m.doc_id for m in mentions]
-    out = []
-    for k, (rest, held) in enumerate(GroupKFold(folds).split(queries, groups=groups)):
-        started = time.perf_counter()
-        rest_mentions, rest_queries = [mentions[i] for i in rest], [queries[i] for i in rest]
-        without = group_task(task, rename, held)
-        if shared:
-            model = indexed_without(full, without, config, rest_mentions, rest_queries)
-        else:
-            model = trained_without(full, without, config, seed, rest_mentions, rest_queries, accelerator)
-        if classifier is not None:
-            model.classifier, model.classifier_tokenizer = classifier(rest_mentions, rest_queries)
-        out.append(Held(held, model.candidates([queries[i] for i in held])))
-        print(f"  group {k + 1}/{folds}: {len(held)} mentions, {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return out
-
-
-def decided_groups(
-    task, rerank: RerankConfig, held_groups: list[Held], settings: Settings, rename: Rename | None = None
-) -> list[Group]:
-    """Each group's first-stage answers under `settings`, and the reranker's rows for them from evidence (mention
-    counts, shares, the training mentions compared with, the vocabulary's names: `names_without`) built without
-    the group."""
-    mentions, queries = task.mentions("train"), task.queries("train")
-    out = []
-    for held, candidates in held_groups:
-        rest = np.setdiff1d(np.arange(len(mentions)), held)
-        vocabulary = group_task(task, rename, held).vocabulary
-        evidence = Reranker.build(rerank, vocabulary, [mentions[i] for i in rest], [queries[i] for i in rest])
-        group_queries, group_mentions = [queries[i] for i in held], [mentions[i] for i in held]
-        rows = decided_rows(candidates, settings, evidence, group_queries, group_mentions, rerank.depth)
-        out.append(Group(held, *rows, evidence))
-    return out
-
-
-def in_split_order(held_groups: list[Held]) -> Candidates:
-    """The groups' candidates as one `Candidates` in the training split's order (a field that every group leaves
-    empty, the classifier's without one, stays empty)."""
-    order = np.argsort(np.concatenate([group.held for group in held_groups]))
-
-    def merged(name: str) -> list:
-        values = [value for group in held_groups for value in getattr(group.candidates, name)]
-        return [values[i] for i in order] if values else []
-
-    return Candidates(**{f.name: merged(f.name) for f in dataclasses.fields(Candidates)})
+def fitted_scores(groups: list[Group], fitted):
+    """i -> the probabilities that `fitted(i)`, a reranker never trained on group i's rows, gives those rows."""
+    return lambda i: fitted(i).predict_proba(groups[i].features)[:, 1]
 
 
 def chosen_on_training(task, config: HybridConfig, held_groups: list[Held], seen: set[str]) -> tuple[Settings, dict]:
@@ -360,40 +237,6 @@ def fingerprint_of(*folders: Path) -> str:
     return digest.hexdigest()
 
 
-def training_rows(groups: list[Group], without: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(features, labels) of every group's rows but `without`'s."""
-    kept = [g for i, g in enumerate(groups) if i != without]
-    return np.concatenate([g.features for g in kept]), np.concatenate([g.labels for g in kept])
-
-
-def held_out_training(groups: list[Group], mentions: list, scores, k: int) -> tuple[list, list, list]:
-    """(gold mentions, first-stage answers, reranked answers) of the training split, group by group, each group's
-    rows reordered by `scores(i)`, from a model that never trained on group i's rows."""
-    gold, first, reranked = [], [], []
-    for i, group in enumerate(groups):
-        gold += [mentions[j] for j in group.held]
-        first += group.answers
-        reranked += reorder(group.answers, group.owners, scores(i), k)
-    return gold, first, reranked
-
-
-def fitted_scores(groups: list[Group], fitted):
-    """i -> the probabilities that `fitted(i)`, a reranker never trained on group i's rows, gives those rows."""
-    return lambda i: fitted(i).predict_proba(groups[i].features)[:, 1]
-
-
-def dev_with_training_rows(reranker, dev: tuple, documents: list[str], train_rows: tuple, seed: int) -> np.ndarray:
-    """Each dev pair's probability from a reranker trained on the training rows and the other dev documents."""
-    features, labels, owners = dev
-    groups = np.asarray([documents[i] for i in owners])
-    out = np.zeros(len(features))
-    for rest, held in GroupKFold(reranker.config.folds).split(features, labels, groups):
-        x = np.concatenate([train_rows[0], features[rest]])
-        y = np.concatenate([train_rows[1], labels[rest]])
-        out[held] = reranker.new_model(seed).fit(x, y).predict_proba(features[held])[:, 1]
-    return out
-
-
 def measure(
     corpus: str, seed: int, folds: int, params: dict, accelerator, shared: bool, hybrid: bool, on_training: bool
 ) -> dict:
@@ -403,7 +246,7 @@ def measure(
     task = load_task(corpus, data_paths(params["data"], ROOT), params["cadec_split"])
     config = config_from(HybridConfig, params["hybrid"]["config"], "hybrid.config", ROOT / "params.yaml")
     rerank = config_from(RerankConfig, params["rerank"]["config"], "rerank.config", ROOT / "params.yaml")
-    significance, depth, k = rerank.significance, rerank.depth, rerank.candidates
+    significance, k = rerank.significance, rerank.candidates
     seen = seen_concepts(task.mentions("train"))
 
     classifier, cache = None, None
@@ -420,18 +263,18 @@ def measure(
         cache = (CACHE / name, fingerprint_of(folder, run))
     else:
         model = first_stage(task, config, seed, task.mentions("train"), task.queries("train"), accelerator)
-    rename = names_without(task)
-    make = lambda: cross_fitted_candidates(task, config, seed, folds, accelerator, model, shared, classifier, rename)
+    without = first_stage_without(model, config, seed, shared, accelerator)
+    make = lambda: cross_fitted_candidates(task, folds, without, classifier, names_without(task))
     held_groups, cross_seconds = kept_candidates(*cache, make) if cache else timed(make)
     choices = {}
     if on_training:
         model.settings, choices = chosen_on_training(task, config, held_groups, seen)
-    groups = decided_groups(task, rerank, held_groups, model.settings, rename)
+    groups = decided_groups(task, rerank, held_groups, model.settings)
     train_rows = training_rows(groups)
     evidence = Reranker.build(rerank, task.vocabulary, task.mentions("train"), task.queries("train"))
     dev_mentions, test_mentions = task.mentions("dev"), task.mentions("test")
-    dev_first, dev_x, dev_owners, dev_y = rows_for(model, evidence, task.queries("dev"), dev_mentions, depth)
-    test_first, test_x, test_owners, _ = rows_for(model, evidence, task.queries("test"), test_mentions, depth)
+    dev_first, dev_x, dev_owners, dev_y = rows_for(model, evidence, task.queries("dev"), dev_mentions)
+    test_first, test_x, test_owners, _ = rows_for(model, evidence, task.queries("test"), test_mentions)
     documents = [m.doc_id for m in dev_mentions]
 
     def on_test(model) -> list:

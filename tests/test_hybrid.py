@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from ehrbert import finetune, hybrid, peers, registry, rerank, serving
+from ehrbert import cross_fit, finetune, hybrid, peers, registry, rerank, serving
 from ehrbert.composite import split_coordination
 from ehrbert.corpora.records import COMPOSITE, Concept, Mention, Vocabulary
 from ehrbert.models import retrieval
@@ -348,27 +348,66 @@ def test_stage_logs_each_variant_and_serves_unseen_concepts_and_raw_text(
         served_retrieval.predict(frame), serving.normalize_mentions(retrieval_only, None, names, frame)
     )
 
-    # the second stage (ehrbert.rerank) on the hybrid's folder: trained on its dev candidates, chosen on dev, one
-    # run; its folder answers as hybrid_rerank by default and as every earlier variant too
-    rerank.main(
+    # the training split's cross-fitted candidates (ehrbert.cross_fit): each group answered without its mentions
+    params["rerank"]["cross_fit"]["groups"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cross_fit.main(
         argv(
             corpus="ncbi",
             seed="1",
             params="params.yaml",
             hybrid="out",
-            hybrid_run_record="run.json",
-            out_dir="second",
-            metrics="second.json",
-            run_record="second-run.json",
+            classifier="ft",
+            classifier_metrics="ft.json",
+            classifier_init=str(tiny_bert),
+            out_dir="xfit",
+            metrics="xfit.json",
             **ncbi_data,
         )
     )
+    held_groups = cross_fit.read_candidates(tmp_path / "xfit", 5134)  # NCBI's training mentions, each held once
+    assert len(held_groups) == 3 and all(len(g.candidates.classifier) == len(g.held) for g in held_groups)
+    xfit = json.loads((tmp_path / "xfit.json").read_text())
+    assert sum(xfit["group_mentions"]) == 5134 and 0 < xfit["train_acc1_cross_fitted"] < 1
+    with pytest.raises(SystemExit, match="not each of the training split's 100 mentions"):
+        cross_fit.read_candidates(tmp_path / "xfit", 100)
+
+    # the second stage (ehrbert.rerank) on the hybrid's folder: each reading (dev's rows, the cross-fitted training
+    # rows, both) judged on dev and the held-out training mentions, one run; its folder answers as hybrid_rerank
+    # by default and as every earlier variant too
+    rerank_argv = dict(
+        corpus="ncbi",
+        seed="1",
+        params="params.yaml",
+        hybrid="out",
+        hybrid_run_record="run.json",
+        out_dir="second",
+        metrics="second.json",
+        run_record="second-run.json",
+        **ncbi_data,
+    )
+    with pytest.raises(SystemExit, match="needs the training split's cross-fitted candidates: --cross-fitted"):
+        rerank.main(argv(**rerank_argv))
+    rerank.main(argv(cross_fitted="xfit", **rerank_argv))
     second = json.loads((tmp_path / "second.json").read_text())["hybrid_rerank"]
-    assert second["rerank_used"] and second["dev_fixed"] > second["dev_broken"] and second["dev_p_value"] < 0.05
+    assert second["judge"] == "held_out" and set(second["readings"]) == set(rerank.READINGS)
+    for entry in second["readings"].values():  # every training mention and dev's, judged once each
+        assert entry["training"]["fixed"] <= entry["held_out"]["fixed"]
+        assert entry["held_out"]["admitted"] == (
+            entry["held_out"]["fixed"] > entry["held_out"]["broken"] and entry["held_out"]["p_value"] < 0.05
+        )
+    shipped = second["readings"][second["reading"]]["held_out"]
+    assert second["rerank_used"] and shipped["admitted"]
+    assert shipped["net"] == max(e["held_out"]["net"] for e in second["readings"].values() if e["held_out"]["admitted"])
     assert second["test"]["acc1"] > final["acc1"]  # a random tiny encoder leaves much to the lexical features
     runs = mlflow.search_runs(experiment_names=["finetune-ncbi"]).set_index("tags.model")
     assert runs.loc["hybrid_rerank", "tags.first_stage_run"] == runs.loc["hybrid_no_concept", "run_id"]
     assert runs.loc["hybrid_rerank", "params.rerank_used"] == "True"
+    assert runs.loc["hybrid_rerank", "params.rerank_reading"] == second["reading"]
+    assert (
+        runs.loc["hybrid_rerank", "metrics.cross_fitted_held_out_fixed"]
+        == (second["readings"]["cross_fitted"]["held_out"]["fixed"])
+    )
     assert json.loads((tmp_path / "second-run.json").read_text())["model_dir"] == "second/model"
     reranked = HybridNormalizer.load(tmp_path / "second" / "model")
     assert reranked.rerank and HybridNormalizer.variants_in(tmp_path / "second" / "model")[-1] == "hybrid_rerank"

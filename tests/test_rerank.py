@@ -7,7 +7,9 @@ tests/test_hybrid.py, after the hybrid stage it reads.
 import numpy as np
 import pytest
 
+from ehrbert import rerank
 from ehrbert.corpora.records import COMPOSITE, Concept, Mention, Vocabulary
+from ehrbert.cross_fit import CANDIDATES_FILE, Held, read_candidates, write_candidates
 from ehrbert.models.hybrid import Answer, Candidates, Settings, decide
 from ehrbert.models.rerank import FEATURES, RerankConfig, Reranker, Trees, reorder
 from ehrbert.rerank import cross_validated, flips
@@ -169,3 +171,50 @@ def test_cross_validation_needs_two_documents_and_both_labels():
     assert cross_validated(reranker, empty, np.zeros(0, int), np.zeros(0, int), [], seed=1).tolist() == []
     learned = cross_validated(reranker, features, labels, owners, [f"d{i % 4}" for i in range(40)], seed=1)
     assert learned.min() >= 0 and learned.max() <= 1
+
+
+def test_the_shipped_reading_is_the_admitted_one_that_fixes_most():
+    judged = {
+        "dev": rerank.judgement(30, 10, 0.001, 0.05),
+        "cross_fitted": rerank.judgement(50, 20, 0.0001, 0.05),
+        "cross_fitted_dev": rerank.judgement(45, 15, 0.0001, 0.05),  # the same net as cross_fitted: the earlier wins
+    }
+    assert rerank.choose(judged) == "cross_fitted"
+    assert rerank.choose({**judged, "cross_fitted": rerank.judgement(50, 20, 0.2, 0.05)}) == "cross_fitted_dev"
+    not_significant = rerank.judgement(6, 2, 0.14, 0.05)
+    more_broken = rerank.judgement(2, 6, 0.99, 0.05)
+    assert not not_significant["admitted"] and not more_broken["admitted"]
+    assert rerank.choose({"dev": not_significant, "cross_fitted": more_broken}) is None  # the first stage answers
+
+
+def test_readings_and_judge_are_checked_in_params(tmp_path):
+    params = {"rerank": {"training": ["cross_fitted", "dev"], "judge": "held_out"}}
+    assert rerank.reading_names(params, tmp_path / "params.yaml") == (("dev", "cross_fitted"), "held_out")
+    with pytest.raises(SystemExit, match=r"params.yaml: rerank.training must be a non-empty list of \['dev'"):
+        rerank.reading_names({"rerank": {"training": ["test"], "judge": "dev"}}, tmp_path / "params.yaml")
+    with pytest.raises(SystemExit, match="rerank.judge must be one of"):
+        rerank.reading_names({"rerank": {"training": ["dev"], "judge": "test"}}, tmp_path / "params.yaml")
+
+
+def test_cross_fitted_candidates_are_written_and_read_back_checked(tmp_path):
+    (_, _, candidates), _ = _dev_and_test()
+    first, second = np.arange(0, 40, 2), np.arange(1, 40, 2)
+    pick = lambda rows: Candidates(
+        [candidates.retrieval[i] for i in rows],
+        [candidates.best_tuple[i] for i in rows],
+        [],
+        [candidates.parts[i] for i in rows],
+        [candidates.floor[i] for i in rows],
+    )
+    groups = [Held(first, pick(first)), Held(second, pick(second))]
+    write_candidates(tmp_path / "xfit" / CANDIDATES_FILE, groups)
+    again = read_candidates(tmp_path / "xfit", 40)
+    assert [g.held.tolist() for g in again] == [first.tolist(), second.tolist()]
+    assert [g.candidates for g in again] == [g.candidates for g in groups]  # tuples come back as tuples
+    with pytest.raises(SystemExit, match="not each of the training split's 41 mentions once"):
+        read_candidates(tmp_path / "xfit", 41)
+    with pytest.raises(SystemExit, match="run the cross_fit stage first"):
+        read_candidates(tmp_path / "elsewhere", 40)
+    (tmp_path / "xfit" / CANDIDATES_FILE).write_text('{"groups": [{"held": [0]}]}')
+    with pytest.raises(SystemExit, match=r"candidates.json: not cross-fitted candidates .*'candidates'"):
+        read_candidates(tmp_path / "xfit", 1)
