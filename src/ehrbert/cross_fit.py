@@ -19,7 +19,7 @@ The stage (one corpus x one seed, `main`) writes outputs/cross_fit/<corpus>-s<se
 positions in the training split and its candidates (`ehrbert.models.hybrid.Candidates`, before any settings
 decide them), read back by `read_candidates`; and a metrics file with the groups' sizes and the first stage's
 acc@1 on each held-out group under the hybrid's settings. The rerank stage (`ehrbert.rerank`) builds its
-training rows from them. The fine-tuning runs are the costly part: NCBI about 14 min a seed on 2 CPU cores.
+training rows from them. The fine-tuning runs are the costly part: NCBI about 5 min a seed on 2 CPU cores.
 """
 
 from __future__ import annotations
