@@ -147,13 +147,19 @@ def held_out_training(groups: list[Group], mentions: list, scores, k: int) -> tu
     return gold, first, reranked
 
 
-def probabilities(reranker: Reranker, trained: tuple, features: np.ndarray, seed: int) -> np.ndarray:
-    """Each of `features`' pairs' probability from a reranker trained on the `trained` rows (features, labels); the
-    first stage's order where those rows hold one class only (nothing to learn)."""
+def scorer(reranker: Reranker, trained: tuple, seed: int):
+    """features -> each pair's probability from a reranker trained once on the `trained` rows (features, labels);
+    the first stage's order where those rows hold one class only (nothing to learn)."""
     x, y = trained
     if len(y) == 0 or y.min() == y.max():
-        return -features[:, 3] if len(features) else np.zeros(0)
-    return reranker.new_model(seed).fit(x, y).predict_proba(features)[:, 1]
+        return lambda features: -features[:, 3] if len(features) else np.zeros(0)
+    model = reranker.new_model(seed).fit(x, y)
+    return lambda features: model.predict_proba(features)[:, 1]
+
+
+def probabilities(reranker: Reranker, trained: tuple, features: np.ndarray, seed: int) -> np.ndarray:
+    """Each of `features`' pairs' probability from a reranker trained on the `trained` rows (`scorer`)."""
+    return scorer(reranker, trained, seed)(features)
 
 
 def reading_rows(reading: str, dev: tuple, groups: list[Group], without: int | None = None) -> tuple:
@@ -198,7 +204,8 @@ def training_probabilities(reranker: Reranker, reading: str, dev: tuple, groups:
     """i -> the probabilities of training group i's rows from `reading`'s reranker trained without them (`dev`'s:
     the one trained on all of dev)."""
     if reading == "dev":
-        return lambda i: probabilities(reranker, dev[:2], groups[i].features, seed)
+        score = scorer(reranker, dev[:2], seed)
+        return lambda i: score(groups[i].features)
     return lambda i: probabilities(reranker, reading_rows(reading, dev, groups, i), groups[i].features, seed)
 
 
