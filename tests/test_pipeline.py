@@ -23,9 +23,11 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 
+from ehrbert.analysis.champion_errors import CAUSES
 from ehrbert.models import classifier, hybrid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +207,18 @@ def test_a_task_declared_only_in_params_is_trained_compared_and_registered(proje
     champion = mlflow.MlflowClient().get_model_version_by_alias("ehrbert-ncbi_bioc", "champion")
     assert champion.tags["corpus"] == "ncbi_bioc" and champion.tags["model"] == compared["ncbi"]["champion"]["model"]
     assert "ncbi_bioc" in (work / "reports" / "table2.csv").read_text()
+    # each champion's test errors by cause: as many as its acc@1 leaves, the same for both tasks
+    errors, runs = (pd.read_csv(work / "reports" / f"{name}.csv") for name in ("champion_errors", "runs"))
+    for task in ("ncbi", "ncbi_bioc"):
+        rows, champion = errors[errors["corpus"] == task], compared[task]["champion"]
+        run = runs[(runs["corpus"] == task) & (runs["mentions"] == "gold") & (runs["model"] == champion["model"])]
+        acc1 = run.loc[run["seed"] == champion["seed"], "acc1"].item()
+        assert list(rows["cause"]) == list(CAUSES) and set(rows["model"]) == {champion["model"]}
+        assert rows["errors"].sum() == round((1 - acc1) * rows["mentions"].iloc[0]) > 0
+    assert (
+        errors[errors["corpus"] == "ncbi"]["errors"].tolist()
+        == errors[errors["corpus"] == "ncbi_bioc"]["errors"].tolist()
+    )
     # the peers' protocol reads the hybrid's model of the same seed
     reading = json.loads((work / "metrics" / "peers" / "ncbi-s1.json").read_text())
     assert f"| ncbi | {reading['queries']} |" in (work / "reports" / "peers.md").read_text()
