@@ -5,12 +5,14 @@
 For each corpus and seed it loads the second stage's saved normalizer (outputs/rerank/<corpus>-s<seed>/model,
 which holds every first-stage variant too; `dvc repro rerank@<corpus>-<seed>` makes it), computes the dev and
 test candidates once, and answers as each variant: `retrieval`, `hybrid`, `hybrid_composite`,
-`hybrid_no_concept` and, where the stage chose its reranker, `hybrid_rerank` (its dev answers cross-validated
-over dev documents, as the rerank stage judges it). For each variant the rule of
-`ehrbert.models.consistency` is chosen on dev (params.yaml `consistency`: the grid; used where dev's one-sided
-exact McNemar P is below `significance`), once by each objective (the task's F1, acc@1; params.yaml names the
-one a stage would use), and applied to test. Test acc@1 (seen / unseen concepts) and the task's F1 are set
-beside the variant's own, with the mentions it fixed and broke on test.
+`hybrid_no_concept` and `hybrid_rerank` (the first stage where the stage shipped no reranker; else its dev
+answers from rerankers that never saw their document, as the rerank stage judged the reading it shipped:
+`ehrbert.rerank.dev_probabilities` over dev's rows, the cross-fitted training rows of outputs/cross_fit, or
+both). For each
+variant the rule of `ehrbert.models.consistency` is chosen on dev (params.yaml `consistency`: the grid; used
+where dev's one-sided exact McNemar P is below `significance`), once by each objective (the task's F1, acc@1;
+params.yaml names the one a stage would use), and applied to test. Test acc@1 (seen / unseen concepts) and the
+task's F1 are set beside the variant's own, with the mentions it fixed and broke on test.
 
 Writes reports/document_consistency.json (per corpus and seed, objective and variant) and .md. It asserts nothing.
 """
@@ -28,13 +30,14 @@ from pathlib import Path
 from data_paths import data_paths  # benchmarks/ (this script's folder) is on the path
 from scipy.stats import binomtest, ttest_rel
 
+from ehrbert.cross_fit import read_candidates
 from ehrbert.hybrid import score
 from ehrbert.metrics import seen_concepts
 from ehrbert.models.consistency import OBJECTIVES, Consistency, ConsistencyConfig, apply, choose
 from ehrbert.models.hybrid import HybridNormalizer, decide
 from ehrbert.models.rerank import Reranker, reorder
 from ehrbert.rerank import VARIANT as RERANKED
-from ehrbert.rerank import cross_validated, flips
+from ehrbert.rerank import decided_groups, dev_probabilities, flips
 from ehrbert.stage import config_from, read_params
 from ehrbert.stats import mean_sd
 from ehrbert.tasks import load_task
@@ -53,16 +56,22 @@ def variant_answers(model: HybridNormalizer, variant: str, queries: list[str], c
     return answers
 
 
-def held_out_reranked(model: HybridNormalizer, variant: str, task, splits: dict, depth: int, seed: int) -> list:
-    """The reranked variant's dev answers as the rerank stage judged them: each dev document's from a reranker
-    fitted on the other dev documents (the saved reranker was fitted on all of dev, so its dev answers are not a
-    fair place to choose anything)."""
+def held_out_reranked(model: HybridNormalizer, variant: str, task, splits: dict, depth: int, run: tuple) -> list:
+    """The reranked variant's dev answers as the rerank stage judged the reading it shipped (`run`: corpus, seed):
+    each dev document's from a reranker that never trained on it (the saved reranker may have trained on all of
+    dev, so its dev answers are not a fair place to choose anything)."""
+    corpus, seed = run
     queries, documents, candidates = splits["dev"]
     reranker = model.reranker
     answers = decide(candidates, model.variants[variant], k=max(depth, reranker.config.depth))
     features, owners = reranker.features(queries, answers, candidates)
     labels = Reranker.labels(answers, owners, task.mentions("dev"), reranker.config.candidates)
-    probabilities = cross_validated(reranker, features, labels, owners, documents, seed)
+    reading = json.loads((ROOT / f"metrics/rerank/{corpus}-s{seed}.json").read_text())[RERANKED]["reading"]
+    groups = []
+    if reading != "dev":
+        held = read_candidates(ROOT / f"outputs/cross_fit/{corpus}-s{seed}", len(task.mentions("train")))
+        groups = decided_groups(task, reranker.config, held, model.variants[variant])
+    probabilities = dev_probabilities(reranker, reading, (features, labels, owners), documents, groups, seed)
     return reorder(answers, owners, probabilities, reranker.config.candidates)
 
 
@@ -79,13 +88,13 @@ def measure(corpus: str, seed: int, params: dict, config: ConsistencyConfig) -> 
         queries = task.queries(split)
         documents = [m.doc_id for m in task.mentions(split)]
         splits[split] = (queries, documents, model.candidates(queries))
-    variants = [v for v in model.variants if v != RERANKED or RERANKED in model.reranked]
+    variants = list(model.variants)  # `hybrid_rerank` answers as the first stage where the stage shipped no reranker
     out = {}
     for variant in variants:
         queries, _, candidates = splits["test"]
         answers = {"test": variant_answers(model, variant, queries, candidates, config.depth)}
         if variant in model.reranked:
-            answers["dev"] = held_out_reranked(model, variant, task, splits, config.depth, seed)
+            answers["dev"] = held_out_reranked(model, variant, task, splits, config.depth, (corpus, seed))
         else:
             queries, _, candidates = splits["dev"]
             answers["dev"] = variant_answers(model, variant, queries, candidates, config.depth)
