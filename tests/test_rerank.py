@@ -11,7 +11,16 @@ from ehrbert import rerank
 from ehrbert.corpora.records import COMPOSITE, Concept, Mention, Vocabulary
 from ehrbert.cross_fit import CANDIDATES_FILE, Held, read_candidates, write_candidates
 from ehrbert.models.hybrid import Answer, Candidates, Settings, decide
-from ehrbert.models.rerank import FEATURES, RerankConfig, Reranker, Trees, reorder
+from ehrbert.models.rerank import (
+    FEATURES,
+    RerankConfig,
+    Reranker,
+    SavedVectorizer,
+    Trees,
+    char_ngrams,
+    new_vectorizer,
+    reorder,
+)
 from ehrbert.rerank import cross_validated, flips
 
 CONFIG = RerankConfig(candidates=3, max_iter=50, min_samples_leaf=2)
@@ -106,6 +115,22 @@ def test_the_saved_trees_answer_as_scikit_learn_does(tmp_path):
     held_out[rng.random(held_out.shape) < 0.05] = np.nan
     trees = Trees.load(tmp_path / "trees.npz")
     assert trees.probability(held_out) == pytest.approx(model.predict_proba(held_out)[:, 1], abs=1e-9)
+
+
+def test_the_saved_vectorizer_gives_scikit_learns_rows_without_importing_it():
+    """A loaded reranker's TF-IDF (`SavedVectorizer`) against the fitted scikit-learn vectorizer it was saved from,
+    on texts with short words, repeated n-grams, tabs, capitals, accents and n-grams never seen in fitting."""
+    fitted = [f"familial cond{i} syndrome" for i in range(30)] + ["a b", "IL-2 receptor", "ataxia telangiectasia"]
+    vectorizer = new_vectorizer()
+    vectorizer.fit(fitted)
+    saved = SavedVectorizer(sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get), vectorizer.idf_)
+    texts = [*fitted, "", "x", "Ab  ab\tAB", "ataxia ataxia ataxia", "naïve ÜBER-cond1", "qqqq zzzz"]
+    expected, got = vectorizer.transform(texts).toarray(), saved.transform(texts).toarray()
+    assert got.dtype == np.float32 and got == pytest.approx(expected, abs=1e-6)
+    assert not got[texts.index("qqqq zzzz")].any() and (got[texts.index("ataxia ataxia ataxia")] > 0).any()
+    assert char_ngrams("Ab c") == [" a", "ab", "b ", " ab", "ab ", " ab ", " c", "c ", " c "]
+    analyzer = vectorizer.build_analyzer()
+    assert all(char_ngrams(text) == analyzer(text) for text in texts)
 
 
 def test_a_saved_reranker_is_checked_when_loaded(tmp_path):
