@@ -5,8 +5,8 @@
 `benchmarks/rerank_cost.py` draws the test curve of a gate on the first stage's top-2 margin (rerank a mention
 only where its margin is below the gate); this script asks which point of it dev would choose. For each corpus
 and seed whose rerank stage chose its reranker (outputs/rerank/<corpus>-s<seed>/model; `dvc repro
-rerank@<corpus>-<seed>` makes it), the dev answers of the reranker are cross-validated over dev documents, as
-the stage judges it (`document_consistency.held_out_reranked`), and every gate of `rerank_cost.GATES` is scored
+rerank@<corpus>-<seed>` makes it), the dev answers of the reranker are those the stage judged its shipped reading
+by, from rerankers that never saw their document (`document_consistency.held_out_reranked`), and every gate of `rerank_cost.GATES` is scored
 on dev. Two rules choose a gate from dev alone:
 
 - *best*: the highest dev acc@1, ties to the smaller gate (fewer mentions reranked);
@@ -104,7 +104,7 @@ def measure(corpus: str, seed: int, params: dict, repeats: int, calls: int) -> d
         splits[split] = (queries, [m.doc_id for m in task.mentions(split)], model.candidates(queries))
     dev_candidates = splits["dev"][2]
     dev_first = decide(dev_candidates, model.settings, k=depth)
-    dev_reranked = held_out_reranked(model, VARIANT, task, splits, depth, seed)
+    dev_reranked = held_out_reranked(model, VARIANT, task, splits, depth, (corpus, seed))
     dev_margins = [margin(a) for a in dev_first]
     dev_mentions = task.mentions("dev")
     dev = {}
@@ -144,8 +144,8 @@ def report(results: dict, corpora: list[str], seeds: list[int]) -> str:
         "# The second stage where the first stage is unsure: the gate chosen on dev",
         "",
         "`python benchmarks/rerank_gate.py` (see its docstring). A mention is reranked only where the first "
-        "stage's top-2 margin is below the gate. Dev acc@1 is the reranker's cross-validated over dev documents "
-        "(as the rerank stage judges it); test is the saved reranker's. *best*: the highest dev acc@1, ties to "
+        "stage's top-2 margin is below the gate. Dev acc@1 is the shipped reading's, from rerankers that never saw "
+        "their document (as the rerank stage judges it); test is the saved reranker's. *best*: the highest dev acc@1, ties to "
         "the smaller gate; *lossless*: the smallest gate with the ungated reranker's dev acc@1 or more. Times: "
         "the reranker's step alone, fp32 on 2 CPU cores.",
     ]

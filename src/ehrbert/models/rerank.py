@@ -397,9 +397,10 @@ class SavedVectorizer:
             columns = sorted(counts)
             weights = 1 + np.log(np.asarray([counts[c] for c in columns], dtype=np.float32))
             weights *= self.idf_[columns]
-            norm = np.sqrt(np.dot(weights.astype(np.float64), weights))
+            # scikit-learn's arithmetic, for the same bits: float32 squares summed in order in float64
+            norm = math.sqrt(sum((weights * weights).astype(np.float64).tolist()))
             indices += columns
-            values.append(weights / norm if norm > 0 else weights)
+            values.append((weights.astype(np.float64) / norm).astype(np.float32) if norm > 0 else weights)
             indptr.append(len(indices))
         data = np.concatenate(values).astype(np.float32) if indices else np.zeros(0, np.float32)
         return sparse.csr_matrix((data, indices, indptr), shape=(len(texts), len(self.idf_)))
