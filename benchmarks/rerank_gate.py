@@ -6,8 +6,8 @@
 only where its margin is below the gate); this script asks which point of it dev would choose. For each corpus
 and seed whose rerank stage chose its reranker (outputs/rerank/<corpus>-s<seed>/model; `dvc repro
 rerank@<corpus>-<seed>` makes it), the dev answers of the reranker are those the stage judged its shipped reading
-by, from rerankers that never saw their document (`document_consistency.held_out_reranked`), and every gate of `rerank_cost.GATES` is scored
-on dev. Two rules choose a gate from dev alone:
+by, from rerankers that never saw their document (`document_consistency.held_out_reranked`), and every gate of
+`rerank_cost.GATES` is scored on dev. Two rules choose a gate from dev alone:
 
 - *best*: the highest dev acc@1, ties to the smaller gate (fewer mentions reranked);
 - *lossless*: the smallest gate whose dev acc@1 is at least the ungated reranker's.
@@ -144,10 +144,10 @@ def report(results: dict, corpora: list[str], seeds: list[int]) -> str:
         "# The second stage where the first stage is unsure: the gate chosen on dev",
         "",
         "`python benchmarks/rerank_gate.py` (see its docstring). A mention is reranked only where the first "
-        "stage's top-2 margin is below the gate. Dev acc@1 is the shipped reading's, from rerankers that never saw "
-        "their document (as the rerank stage judges it); test is the saved reranker's. *best*: the highest dev acc@1, ties to "
-        "the smaller gate; *lossless*: the smallest gate with the ungated reranker's dev acc@1 or more. Times: "
-        "the reranker's step alone, fp32 on 2 CPU cores.",
+        "stage's top-2 margin is below the gate. Dev acc@1 is the shipped reading's, from rerankers that never "
+        "saw their document (as the rerank stage judges it); test is the saved reranker's. *best*: the highest "
+        "dev acc@1, ties to the smaller gate; *lossless*: the smallest gate with the ungated reranker's dev acc@1 "
+        "or more. Times: the reranker's step alone, fp32 on 2 CPU cores.",
     ]
     for corpus in corpora:
         rows = [results.get(f"{corpus}-s{s}") for s in seeds]
