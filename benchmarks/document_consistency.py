@@ -8,10 +8,9 @@ test candidates once, and answers as each variant: `retrieval`, `hybrid`, `hybri
 `hybrid_no_concept` and `hybrid_rerank` (the first stage where the stage shipped no reranker; else its dev
 answers from rerankers that never saw their document, as the rerank stage judged the reading it shipped:
 `ehrbert.rerank.dev_probabilities` over dev's rows, the cross-fitted training rows of outputs/cross_fit, or
-both). For each
-variant the rule of `ehrbert.models.consistency` is chosen on dev (params.yaml `consistency`: the grid; used
-where dev's one-sided exact McNemar P is below `significance`), once by each objective (the task's F1, acc@1;
-params.yaml names the one a stage would use), and applied to test. Test acc@1 (seen / unseen concepts) and the
+both). For each variant the rule of `ehrbert.models.consistency` is chosen on dev (params.yaml `consistency`: the
+grid; used where dev's one-sided exact McNemar P is below `significance`), once by each objective (the task's F1,
+acc@1; params.yaml names the one a stage would use), and applied to test. Test acc@1 (seen / unseen concepts) and the
 task's F1 are set beside the variant's own, with the mentions it fixed and broke on test.
 
 Writes reports/document_consistency.json (per corpus and seed, objective and variant) and .md. It asserts nothing.

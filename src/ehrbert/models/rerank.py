@@ -402,7 +402,7 @@ class SavedVectorizer:
             indices += columns
             values.append((weights.astype(np.float64) / norm).astype(np.float32) if norm > 0 else weights)
             indptr.append(len(indices))
-        data = np.concatenate(values).astype(np.float32) if indices else np.zeros(0, np.float32)
+        data = np.concatenate(values) if values else np.zeros(0, np.float32)
         return sparse.csr_matrix((data, indices, indptr), shape=(len(texts), len(self.idf_)))
 
 
