@@ -84,6 +84,7 @@ def test_read_medic_rows(tmp_path):
         synonyms=("Abdominal Injury", "Injuries, Abdominal", "Injury, Abdominal"),
         alt_ids=(),
         definition="General or unspecified injuries involving organs in the abdominal cavity.",
+        parents=("D014947",),  # ParentIDs, normalized
     )
     assert vocabulary["C536605"].alt_ids == ("DO:DOID:0111060", "OMIM:145701")
     assert vocabulary.canonical("OMIM:145701") == "C536605"

@@ -4,6 +4,8 @@ The stage itself (`ehrbert.rerank` on NCBI disease with a tiny random encoder, r
 tests/test_hybrid.py, after the hybrid stage it reads.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from ehrbert.cross_fit import CANDIDATES_FILE, Held, read_candidates, write_cand
 from ehrbert.models.hybrid import Answer, Candidates, Settings, decide
 from ehrbert.models.rerank import (
     FEATURES,
+    HIERARCHY_FEATURES,
     RerankConfig,
     Reranker,
     SavedVectorizer,
@@ -85,6 +88,26 @@ def test_features_describe_each_pair_and_labels_mark_the_gold():
     assert column["name_similarity"][exact][0] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_features_of_a_batch_have_the_bits_of_each_mention_alone():
+    """The TF-IDF cosines are computed for blocks of queries at once (`Reranker._similarities`); each must equal
+    the one computed for its mention alone, as a served one-mention call computes it, across block edges too."""
+    reranker, (features, owners, _), _ = _trained()
+    (_, dev_queries, dev), _ = _dev_and_test()
+    answers = decide(dev, Settings(), k=CONFIG.candidates)
+    alone = []
+    for i, query in enumerate(dev_queries):
+        one = Candidates(dev.retrieval[i : i + 1], dev.best_tuple[i : i + 1], [], [[]], dev.floor[i : i + 1])
+        alone.append(reranker.features([query], answers[i : i + 1], one)[0])
+    assert np.array_equal(np.concatenate(alone), features)
+    reranker._words.clear()
+    blocks = [
+        reranker._similarities(reranker.vectorizer.transform(dev_queries).tocsr(), groups, block=b)
+        for groups in [[[reranker.names.get(c, []) for c in a.ranked[:3]] for a in answers]]
+        for b in (1, 7, 64)
+    ]
+    assert blocks[0] == blocks[1] == blocks[2]
+
+
 def test_the_reranker_learns_a_convention_on_dev_and_fixes_unseen_test_mentions(tmp_path):
     reranker, _, (test_mentions, test_queries, test) = _trained()
     first = decide(test, Settings(), k=CONFIG.candidates)
@@ -99,6 +122,41 @@ def test_the_reranker_learns_a_convention_on_dev_and_fixes_unseen_test_mentions(
     loaded = Reranker.load(tmp_path / "reranker")
     again = loaded.rerank(test_queries, first, test)
     assert [(a.ranked, a.scores) for a in again] == [(a.ranked, a.scores) for a in reranked]
+
+
+def test_hierarchy_features_place_each_candidate_among_the_others(tmp_path):
+    vocabulary = Vocabulary(
+        [
+            Concept("ROOT", "disease"),
+            Concept("P", "cancer", parents=("ROOT",)),
+            Concept("C", "familial cancer", parents=("P", "P")),
+            Concept("X", "injury", parents=("ROOT", "GONE")),  # a parent outside the vocabulary is left out
+        ]
+    )
+    mentions = [Mention("t", ((0, 6),), "cancer", ("P",))]
+    reranker = Reranker.build(CONFIG, vocabulary, mentions, ["cancer"], hierarchy=True)
+    assert reranker.parents == {"P": ["ROOT"], "C": ["P"], "X": ["ROOT"]}
+    assert reranker.feature_names == FEATURES + HIERARCHY_FEATURES
+    candidates = Candidates([{"C": 0.9, "P": 0.8, "X": 0.5}], [("C",)], [], [[]], [0.5])
+    answers = decide(candidates, Settings(), k=3)
+    features, _ = reranker.features(["familial cancer"], answers, candidates)
+    # C first; P is its parent, an ancestor of the first and C's one listed ancestor; X is a sibling of P
+    assert features[:, len(FEATURES) :].tolist() == [[0, 0, 1, 0, 2], [1, 0, 0, 1, 1], [0, 0, 0, 0, 1]]
+    flat = Reranker.build(CONFIG, vocabulary, mentions, ["cancer"])
+    assert flat.parents is None and np.array_equal(
+        flat.features(["familial cancer"], answers, candidates)[0], features[:, : len(FEATURES)]
+    )
+
+    reranker.fit(np.tile(features, (4, 1)), np.asarray([0, 1, 0] * 4), seed=1)
+    reranker.save(tmp_path / "reranker")
+    loaded = Reranker.load(tmp_path / "reranker")
+    assert loaded.parents == reranker.parents
+    assert np.array_equal(loaded.features(["familial cancer"], answers, candidates)[0], features)
+    data = json.loads((tmp_path / "reranker" / "reranker.json").read_text())
+    del data["parents"]
+    (tmp_path / "reranker" / "reranker.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="hierarchy features without parents"):
+        Reranker.load(tmp_path / "reranker")
 
 
 def test_the_saved_trees_answer_as_scikit_learn_does(tmp_path):

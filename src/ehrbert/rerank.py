@@ -24,6 +24,9 @@ shipped (the earlier in `READINGS` on a tie), and none when none is admitted.
   group's cross-fitted first stage. NCBI's dev holds 787 mentions and its training split 5,134: a gain of a few
   tenths of a point is out of dev's reach alone and within this judgement's; no test mention takes part.
 
+`rerank.hierarchy` switches on the reranker's hierarchy features (`ehrbert.models.rerank.HIERARCHY_FEATURES`)
+for every reading; `benchmarks/rerank_hierarchy.py` measures the switch against the pipeline's own runs.
+
 Either way the stage logs one MLflow run, variant ``hybrid_rerank``, beside the hybrid's variants
 (`ehrbert.compare` puts it in Table 2 and the component table, with p-values against ``hybrid_no_concept``);
 when no reading is shipped it answers as the first stage does, and its `rerank_used` and `rerank_reading` params
@@ -114,7 +117,9 @@ def rows(reranker: Reranker, candidates: Candidates, settings: Settings, queries
     return answers, features, owners, Reranker.labels(answers, owners, mentions, reranker.config.candidates)
 
 
-def decided_groups(task, config: RerankConfig, held_groups: list[Held], settings: Settings) -> list[Group]:
+def decided_groups(
+    task, config: RerankConfig, held_groups: list[Held], settings: Settings, hierarchy: bool = False
+) -> list[Group]:
     """Each cross-fitted group's first-stage answers under `settings`, and the reranker's rows for them from
     evidence (mention counts, shares, the training mentions compared with, the vocabulary's names:
     `ehrbert.cross_fit.names_without`) built without the group."""
@@ -124,7 +129,9 @@ def decided_groups(task, config: RerankConfig, held_groups: list[Held], settings
     for held, candidates in held_groups:
         rest = np.setdiff1d(np.arange(len(mentions)), held)
         vocabulary = group_task(task, rename, held).vocabulary
-        evidence = Reranker.build(config, vocabulary, [mentions[i] for i in rest], [queries[i] for i in rest])
+        evidence = Reranker.build(
+            config, vocabulary, [mentions[i] for i in rest], [queries[i] for i in rest], hierarchy=hierarchy
+        )
         group_queries, group_mentions = [queries[i] for i in held], [mentions[i] for i in held]
         out.append(Group(held, *rows(evidence, candidates, settings, group_queries, group_mentions), evidence))
     return out
@@ -251,6 +258,14 @@ def reading_names(params: dict, source: Path) -> tuple[tuple[str, ...], str]:
     return tuple(r for r in READINGS if r in training), judge
 
 
+def hierarchy_switch(params: dict, source: Path) -> bool:
+    """params.yaml `rerank.hierarchy` (true or false; absent: false): the reranker's hierarchy features."""
+    hierarchy = params["rerank"].get("hierarchy", False)
+    if not isinstance(hierarchy, bool):
+        raise SystemExit(f"{source}: rerank.hierarchy must be true or false, got {hierarchy!r}")
+    return hierarchy
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", required=True, help="a task the hybrid stage trained (hybrid.corpora)")
@@ -271,10 +286,12 @@ def main(argv: list[str] | None = None) -> None:
     config = config_from(RerankConfig, params["rerank"]["config"], "rerank.config", args.params)
     hybrid_config = config_from(HybridConfig, params["hybrid"]["config"], "hybrid.config", args.params)
     readings, judge = reading_names(params, args.params)
+    hierarchy = hierarchy_switch(params, args.params)
     stage_params = {
         "rerank.config": params["rerank"]["config"],
         "rerank.training": list(readings),
         "rerank.judge": judge,
+        "rerank.hierarchy": hierarchy,
         "cadec_split": params["cadec_split"],
     }
 
@@ -288,7 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     test = model.candidates(test_queries)
 
     started = time.perf_counter()
-    reranker = Reranker.build(config, task.vocabulary, task.mentions("train"), task.queries("train"))
+    reranker = Reranker.build(
+        config, task.vocabulary, task.mentions("train"), task.queries("train"), hierarchy=hierarchy
+    )
     dev_mentions = task.mentions("dev")
     documents = [m.doc_id for m in dev_mentions]
     dev_answers, features, owners, labels = rows(reranker, dev, model.settings, dev_queries, dev_mentions)
@@ -301,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
                 "cross-fitted candidates: --cross-fitted (the cross_fit stage's folder)"
             )
         held_groups = read_candidates(args.cross_fitted, len(task.mentions("train")))
-        groups = decided_groups(task, config, held_groups, model.settings)
+        groups = decided_groups(task, config, held_groups, model.settings, hierarchy)
     dev_first = accuracy_at_k(dev_mentions, [a.ranked for a in dev_answers], 1)
     judgements, reranked_dev = {}, {}
     for reading in readings:

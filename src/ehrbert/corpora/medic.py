@@ -68,6 +68,7 @@ def _ctd_concept(path: Path, line_no: int, line: str) -> Concept:
         synonyms=_split_names(row["Synonyms"]),
         alt_ids=_split_ids(row["AltDiseaseIDs"]),
         definition=row["Definition"].strip(),
+        parents=_split_ids(row["ParentIDs"]),
     )
 
 

@@ -51,6 +51,7 @@ class Concept:
     synonyms: tuple[str, ...] = ()
     alt_ids: tuple[str, ...] = ()  # normalized alternative IDs that denote this concept
     definition: str = ""
+    parents: tuple[str, ...] = ()  # normalized IDs of its direct parents, where the vocabulary is a hierarchy (MEDIC)
 
     @property
     def names(self) -> tuple[str, ...]:

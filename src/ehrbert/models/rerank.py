@@ -13,7 +13,10 @@ scores the pair with a gradient-boosted tree model (scikit-learn's `HistGradient
 - the candidate's training evidence: how many training mentions it has, and what share of the training
   mentions with exactly this query text it annotates;
 - the mention against the candidate's names and its training mentions: exact name, character 2-4-gram
-  TF-IDF cosine (best name, best training mention), word coverage both ways, a name inside the mention.
+  TF-IDF cosine (best name, best training mention), word coverage both ways, a name inside the mention;
+- optionally (`hierarchy`), the candidate's place in the vocabulary's hierarchy against the other candidates
+  (`HIERARCHY_FEATURES`): whether it is an ancestor or a descendant of the first-ranked one, how many of the
+  others are its ancestors or descendants, its depth.
 
 It is trained on the first stage's candidates for the dev split: mentions that neither the encoders nor the
 index saw, the candidates the first stage really produces at test time (the training split's candidates are
@@ -70,6 +73,15 @@ FEATURES = (
     "query_coverage",  # best share of the query's words found in a name
     "name_inside",  # a name occurs in the query as whole words
     "length",  # words in the query
+)
+# With `hierarchy` (params.yaml rerank.hierarchy), where the vocabulary is a hierarchy (MEDIC's parents): where the
+# candidate stands among the others, for conventions such as "a subtype is annotated as its parent".
+HIERARCHY_FEATURES = (
+    "ancestor_of_first",  # the candidate is an ancestor of the first-ranked one
+    "descendant_of_first",  # ... a descendant of it
+    "ancestors_listed",  # how many of the other candidates are its ancestors
+    "descendants_listed",  # ... its descendants
+    "depth",  # how many ancestors it has
 )
 ABSENT_RANK = 99
 TREE_FIELDS = ("feature", "threshold", "left", "right", "is_leaf", "value", "missing_go_to_left")
@@ -169,18 +181,33 @@ class Reranker:
         vectorizer,
         vectors,
         model=None,
+        parents: dict[str, list[str]] | None = None,
     ):
         self.config = config
         self.texts = texts  # every name and training query, once; rows of `vectors`
         self.names, self.mentions = names, mentions  # concept -> rows of its names / of its training mentions
         self.mention_counts, self.query_counts = mention_counts, query_counts
         self.vectorizer, self.vectors, self.model = vectorizer, vectors, model
+        self._words: dict[str, tuple[list[str], list[set[str]]]] = {}  # `_name_words`
+        # concept -> its direct parents; None: no hierarchy features. Ancestors are found as asked (`_ancestors`).
+        self.parents = parents
+        self._above: dict[str, frozenset[str]] = {}
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return FEATURES + HIERARCHY_FEATURES if self.parents is not None else FEATURES
 
     @classmethod
     def build(
-        cls, config: RerankConfig, vocabulary: Vocabulary, mentions: Sequence[Mention], queries: Sequence[str]
+        cls,
+        config: RerankConfig,
+        vocabulary: Vocabulary,
+        mentions: Sequence[Mention],
+        queries: Sequence[str],
+        hierarchy: bool = False,
     ) -> Reranker:
-        """The features' evidence from the vocabulary and the training split (no model yet: `fit`)."""
+        """The features' evidence from the vocabulary and the training split (no model yet: `fit`); with
+        `hierarchy`, the vocabulary's parents too (each in its canonical ID; none for a flat vocabulary)."""
         row: dict[str, int] = {}
         names: dict[str, list[int]] = defaultdict(list)
         training: dict[str, list[int]] = defaultdict(list)
@@ -209,6 +236,7 @@ class Reranker:
             {q: dict(c) for q, c in query_counts.items()},
             vectorizer,
             vectors,
+            parents=hierarchy_of(vocabulary) if hierarchy else None,
         )
 
     # --- features ------------------------------------------------------------------------------------
@@ -219,11 +247,16 @@ class Reranker:
         """(one row of FEATURES per (mention, candidate) pair, the mention index of each row); the candidates
         are each answer's first `config.candidates`, in first-stage order."""
         rows, owners = [], []
+        live = [i for i, answer in enumerate(answers) if answer.ranked[: self.config.candidates]]
         query_vectors = self.vectorizer.transform(list(queries)).tocsr()
-        for i, (query, answer) in enumerate(zip(queries, answers)):
+        groups = []  # per live mention: the rows of each candidate's names, then of each one's training mentions
+        for i in live:
+            ranked = answers[i].ranked[: self.config.candidates]
+            groups.append([self.names.get(c, []) for c in ranked] + [self.mentions.get(c, []) for c in ranked])
+        similarities = self._similarities(query_vectors[live], groups)
+        for i, similarity in zip(live, similarities):
+            query, answer = queries[i], answers[i]
             ranked = answer.ranked[: self.config.candidates]
-            if not ranked:
-                continue
             cosine = candidates.retrieval[i]
             probability = candidates.classifier[i] if candidates.classifier else {}
             cosine_rank = {c: r for r, c in enumerate(sorted(cosine, key=lambda c: -cosine[c]))}
@@ -234,12 +267,8 @@ class Reranker:
             padded = f" {query} "
             shares = self.query_counts.get(query, {})
             total = sum(shares.values())
-            name_rows = [self.names.get(c, []) for c in ranked]
-            mention_rows = [self.mentions.get(c, []) for c in ranked]
-            similarity = self._similarities(query_vectors[i], name_rows + mention_rows)
             for r, concept in enumerate(ranked):
-                own_names = [self.texts[j] for j in name_rows[r]]
-                name_words = [set(name.split()) for name in own_names]
+                own_names, name_words = self._name_words(concept)
                 coverage = [len(words & w) for w in name_words]
                 rows.append(
                     [
@@ -263,18 +292,66 @@ class Reranker:
                     ]
                 )
                 owners.append(i)
-        return np.asarray(rows, dtype=np.float64).reshape(-1, len(FEATURES)), np.asarray(owners, dtype=np.int64)
+                if self.parents is not None:
+                    rows[-1] += self._placement(concept, ranked)
+        width = len(self.feature_names)
+        return np.asarray(rows, dtype=np.float64).reshape(-1, width), np.asarray(owners, dtype=np.int64)
 
-    def _similarities(self, query_vector, groups: list[list[int]]) -> list[float]:
-        """The best cosine between the query's TF-IDF vector and the rows of each group (0 for an empty group)."""
-        flat = [j for group in groups for j in group]
-        if not flat:
-            return [0.0] * len(groups)
-        cosines = (self.vectors[flat] @ query_vector.T).toarray().ravel()
-        out, start = [], 0
-        for group in groups:
-            out.append(float(cosines[start : start + len(group)].max()) if group else 0.0)
-            start += len(group)
+    def _ancestors(self, concept: str) -> frozenset[str]:
+        found = self._above.get(concept)
+        if found is None:
+            above, todo = set(), list(self.parents.get(concept, []))
+            while todo:
+                parent = todo.pop()
+                if parent not in above and parent != concept:
+                    above.add(parent)
+                    todo += self.parents.get(parent, [])
+            found = self._above[concept] = frozenset(above)
+        return found
+
+    def _placement(self, concept: str, ranked: list[str]) -> list[float]:
+        """`HIERARCHY_FEATURES` of one candidate among its mention's `ranked` ones."""
+        above = self._ancestors(concept)
+        others = [c for c in ranked if c != concept]
+        first = ranked[0]
+        return [
+            float(first != concept and concept in self._ancestors(first)),
+            float(first != concept and first in above),
+            float(sum(c in above for c in others)),
+            float(sum(concept in self._ancestors(c) for c in others)),
+            float(len(above)),
+        ]
+
+    def _name_words(self, concept: str) -> tuple[list[str], list[set[str]]]:
+        """A concept's names and the set of words of each, kept once asked for (the served model asks again for
+        the same few thousand concepts)."""
+        found = self._words.get(concept)
+        if found is None:
+            own_names = [self.texts[j] for j in self.names.get(concept, [])]
+            found = self._words[concept] = (own_names, [set(name.split()) for name in own_names])
+        return found
+
+    def _similarities(self, query_vectors, groups: list[list[list[int]]], block: int = 64) -> list[list[float]]:
+        """Per query (a row of `query_vectors`), the best cosine between its TF-IDF vector and the rows of each of
+        its groups (0 for an empty group). `block` queries share one sparse product, whose every cosine is summed
+        in the same order, and so has the same bits, as the query's product alone."""
+        out: list[list[float]] = []
+        for start in range(0, len(groups), block):
+            part = groups[start : start + block]
+            sizes = np.asarray([len(group) for own in part for group in own], dtype=np.int64)
+            flat = np.asarray([j for own in part for group in own for j in group], dtype=np.int64)
+            best = np.zeros(len(sizes), dtype=np.float32)
+            if len(flat):
+                unique, inverse = np.unique(flat, return_inverse=True)
+                product = (self.vectors[unique] @ query_vectors[start : start + len(part)].T).toarray()
+                per_query = [sum(len(group) for group in own) for own in part]
+                cosines = product[inverse, np.repeat(np.arange(len(part)), per_query)]
+                filled = sizes > 0
+                best[filled] = np.maximum.reduceat(cosines, (np.cumsum(sizes) - sizes)[filled])
+            values, at = best.tolist(), 0
+            for own in part:
+                out.append(values[at : at + len(own)])
+                at += len(own)
         return out
 
     @staticmethod
@@ -318,7 +395,7 @@ class Reranker:
         data = {
             "format": FORMAT,
             "config": asdict(self.config),
-            "features": list(FEATURES),
+            "features": list(self.feature_names),
             "ngrams": sorted(self.vectorizer.vocabulary_, key=self.vectorizer.vocabulary_.get),
             "texts": self.texts,
             "names": self.names,
@@ -326,6 +403,8 @@ class Reranker:
             "mention_counts": self.mention_counts,
             "query_counts": self.query_counts,
         }
+        if self.parents is not None:
+            data["parents"] = self.parents
         (folder / "reranker.json").write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
         sparse.save_npz(folder / "tfidf.npz", self.vectors)
         np.save(folder / "idf.npy", self.vectorizer.idf_)
@@ -340,8 +419,10 @@ class Reranker:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("format") != FORMAT:
             raise ValueError(f"{path}: not a {FORMAT} file (format {data.get('format')!r})")
-        if data["features"] != list(FEATURES):
+        if data["features"] not in (list(FEATURES), list(FEATURES + HIERARCHY_FEATURES)):
             raise ValueError(f"{path}: its trees read other features ({data['features']}) than this code's")
+        if (data["features"] != list(FEATURES)) != ("parents" in data):
+            raise ValueError(f"{path}: hierarchy features {'without' if 'parents' not in data else 'and no'} parents")
         vectorizer = SavedVectorizer(data["ngrams"], np.load(folder / "idf.npy"))
         return cls(
             RerankConfig(**data["config"]),
@@ -353,7 +434,19 @@ class Reranker:
             vectorizer,
             sparse.load_npz(folder / "tfidf.npz").tocsr(),
             Trees.load(folder / "trees.npz"),
+            parents=data.get("parents"),
         )
+
+
+def hierarchy_of(vocabulary: Vocabulary) -> dict[str, list[str]]:
+    """Each concept's direct parents in the vocabulary (canonical IDs, those it holds), for concepts that have any."""
+    out = {}
+    for concept in vocabulary.concepts:
+        parents = [vocabulary.canonical(p) for p in concept.parents]
+        parents = [p for p in dict.fromkeys(parents) if p in vocabulary and p != concept.concept_id]
+        if parents:
+            out[concept.concept_id] = parents
+    return out
 
 
 def new_vectorizer(vocabulary: dict[str, int] | None = None):
