@@ -15,3 +15,12 @@ def data_paths(data: dict, root: Path) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_data_arguments(parser)
     return parser.parse_args([f"--{key.replace('_', '-')}={root / data[key]}" for key in KEYS])
+
+
+def stage_arguments(data: dict) -> list[str]:
+    """The data arguments a stage's command line takes, from params.yaml's `data` (paths as written there,
+    relative to the repository), and the declared tasks' folder."""
+    return [part for key in KEYS for part in (f"--{key.replace('_', '-')}", data[key])] + [
+        "--tasks-dir",
+        "outputs/tasks",
+    ]

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
+from data_paths import stage_arguments  # benchmarks/ (this script's folder) is on the path
 
 from ehrbert.stage import read_params
 from ehrbert.stats import mean_sd
@@ -43,13 +44,11 @@ def run_stage(corpus: str, seed: int, hard: int, refresh: int, params: dict, scr
     folder = scratch / f"{corpus}-s{seed}-h{hard}-r{refresh}"
     folder.mkdir(parents=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    data, classifier = params["data"], params["hybrid"]["config"]["classifier_model"]
+    classifier = params["hybrid"]["config"]["classifier_model"]
     argv = [
         "--corpus", corpus, "--seed", str(seed), "--params", str(folder / "params.yaml"),
         "--classifier", str(ROOT / f"outputs/finetune/{classifier}-{corpus}-s{seed}"),
-        "--ncbi-dir", data["ncbi_dir"], "--ncbi-vocabulary", data["ncbi_vocabulary"],
-        "--cdr-dir", data["cdr_dir"], "--cdr-vocabulary", data["cdr_vocabulary"],
-        "--cadec-dir", data["cadec_dir"], "--tasks-dir", "outputs/tasks",
+        *stage_arguments(params["data"]),
         "--out-dir", str(folder / "out"), "--metrics", str(folder / "metrics.json"),
         "--run-record", str(folder / "run.json"),
     ]  # fmt: skip

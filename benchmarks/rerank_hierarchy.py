@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import yaml
+from data_paths import stage_arguments  # benchmarks/ (this script's folder) is on the path
 from scipy.stats import ttest_rel
 
 from ehrbert.stage import read_params
@@ -58,14 +59,11 @@ def run_stage(corpus: str, seed: int, hierarchy: bool, params: dict, scratch: Pa
     folder = scratch / f"{corpus}-s{seed}-{hierarchy}"
     folder.mkdir(parents=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    data = params["data"]
     argv = [
         "--corpus", corpus, "--seed", str(seed), "--params", str(folder / "params.yaml"),
         "--hybrid", str(paths["hybrid"]), "--hybrid-run-record", str(paths["hybrid_run"]),
         "--cross-fitted", str(paths["cross_fitted"]),
-        "--ncbi-dir", data["ncbi_dir"], "--ncbi-vocabulary", data["ncbi_vocabulary"],
-        "--cdr-dir", data["cdr_dir"], "--cdr-vocabulary", data["cdr_vocabulary"],
-        "--cadec-dir", data["cadec_dir"], "--tasks-dir", "outputs/tasks",
+        *stage_arguments(params["data"]),
         "--out-dir", str(folder / "out"), "--metrics", str(folder / "metrics.json"),
         "--run-record", str(folder / "run.json"),
     ]  # fmt: skip
