@@ -89,8 +89,7 @@ def test_features_describe_each_pair_and_labels_mark_the_gold():
 
 
 def test_features_of_a_batch_have_the_bits_of_each_mention_alone():
-    """The TF-IDF cosines are computed for blocks of queries at once (`Reranker._similarities`); each must equal
-    the one computed for its mention alone, as a served one-mention call computes it, across block edges too."""
+    """A served one-mention call computes the same features as the batch the stage scored."""
     reranker, (features, owners, _), _ = _trained()
     (_, dev_queries, dev), _ = _dev_and_test()
     answers = decide(dev, Settings(), k=CONFIG.candidates)
@@ -99,13 +98,24 @@ def test_features_of_a_batch_have_the_bits_of_each_mention_alone():
         one = Candidates(dev.retrieval[i : i + 1], dev.best_tuple[i : i + 1], [], [[]], dev.floor[i : i + 1])
         alone.append(reranker.features([query], answers[i : i + 1], one)[0])
     assert np.array_equal(np.concatenate(alone), features)
-    reranker._words.clear()
-    blocks = [
-        reranker._similarities(reranker.vectorizer.transform(dev_queries).tocsr(), groups, block=b)
-        for groups in [[[reranker.names.get(c, []) for c in a.ranked[:3]] for a in answers]]
-        for b in (1, 7, 64)
-    ]
-    assert blocks[0] == blocks[1] == blocks[2]
+
+
+def test_similarities_have_the_bits_of_the_sparse_product():
+    """`Reranker._similarities` sums each cosine from the matrices' arrays; every one must equal scipy's
+    `vectors @ query.T` to the bit (long names: many n-grams, where another order of summing would show)."""
+    rng = np.random.default_rng(3)
+    words = ["carcinoma", "familial", "adenomatous", "polyposis", "coli", "syndrome", "hereditary", "breast", "ovarian"]
+    names = [" ".join(rng.choice(words, size=rng.integers(1, 9))) for _ in range(60)]
+    vocabulary = Vocabulary([Concept(f"C{i}", name) for i, name in enumerate(dict.fromkeys(names))])
+    reranker = Reranker.build(CONFIG, vocabulary, [], [])
+    queries = [" ".join(rng.choice(words, size=rng.integers(1, 7))) for _ in range(40)]
+    vectors = reranker.vectorizer.transform(queries).tocsr()
+    concepts = list(reranker.names)
+    groups = [[reranker.names[c] for c in rng.choice(concepts, size=5)] + [[]] for _ in queries]
+    found = reranker._similarities(vectors, groups)
+    for i, own in enumerate(groups):
+        expected = [float((reranker.vectors[group] @ vectors[i].T).toarray().max()) if group else 0.0 for group in own]
+        assert found[i] == expected
 
 
 def test_the_reranker_learns_a_convention_on_dev_and_fixes_unseen_test_mentions(tmp_path):

@@ -331,27 +331,33 @@ class Reranker:
             found = self._words[concept] = (own_names, [set(name.split()) for name in own_names])
         return found
 
-    def _similarities(self, query_vectors, groups: list[list[list[int]]], block: int = 64) -> list[list[float]]:
-        """Per query (a row of `query_vectors`), the best cosine between its TF-IDF vector and the rows of each of
-        its groups (0 for an empty group). `block` queries share one sparse product, whose every cosine is summed
-        in the same order, and so has the same bits, as the query's product alone."""
+    def _similarities(self, query_vectors, groups: list[list[list[int]]]) -> list[list[float]]:
+        """Per query (a row of the CSR matrix `query_vectors`), the best cosine between its TF-IDF vector and the
+        rows of each of its groups (0 for an empty group).
+
+        Computed from the matrices' arrays, without a sparse product (whose set-up cost most of a one-mention
+        call's reranking): each row's products with the query, in the row's order, summed one after the other in
+        float32, as scipy's product sums them, so that every cosine has the same bits as `vectors @ query.T`."""
+        vectors = self.vectors
+        query = np.zeros(vectors.shape[1], dtype=np.float32)  # one query's vector at a time, dense
         out: list[list[float]] = []
-        for start in range(0, len(groups), block):
-            part = groups[start : start + block]
-            sizes = np.asarray([len(group) for own in part for group in own], dtype=np.int64)
-            flat = np.asarray([j for own in part for group in own for j in group], dtype=np.int64)
-            best = np.zeros(len(sizes), dtype=np.float32)
-            if len(flat):
-                unique, inverse = np.unique(flat, return_inverse=True)
-                product = (self.vectors[unique] @ query_vectors[start : start + len(part)].T).toarray()
-                per_query = [sum(len(group) for group in own) for own in part]
-                cosines = product[inverse, np.repeat(np.arange(len(part)), per_query)]
-                filled = sizes > 0
-                best[filled] = np.maximum.reduceat(cosines, (np.cumsum(sizes) - sizes)[filled])
-            values, at = best.tolist(), 0
-            for own in part:
-                out.append(values[at : at + len(own)])
-                at += len(own)
+        for i, own in enumerate(groups):
+            sizes = np.fromiter((len(group) for group in own), dtype=np.int64, count=len(own))
+            rows = np.fromiter((j for group in own for j in group), dtype=np.int64, count=int(sizes.sum()))
+            best = np.zeros(len(own), dtype=np.float32)
+            if len(rows):
+                columns = query_vectors.indices[query_vectors.indptr[i] : query_vectors.indptr[i + 1]]
+                query[columns] = query_vectors.data[query_vectors.indptr[i] : query_vectors.indptr[i + 1]]
+                begins, lengths = vectors.indptr[rows], vectors.indptr[rows + 1] - vectors.indptr[rows]
+                filled = np.arange(lengths.max()) < lengths[:, None]  # each row's entries, padded with zeros
+                at = (begins[:, None] + np.arange(lengths.max()))[filled]
+                products = np.zeros(filled.shape, dtype=np.float32)
+                products[filled] = vectors.data[at] * query[vectors.indices[at]]
+                cosines = np.cumsum(products, axis=1, dtype=np.float32)[:, -1]  # in order, as scipy sums
+                query[columns] = 0.0
+                nonempty = sizes > 0
+                best[nonempty] = np.maximum.reduceat(cosines, (np.cumsum(sizes) - sizes)[nonempty])
+            out.append(best.tolist())
         return out
 
     @staticmethod
