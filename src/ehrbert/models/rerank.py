@@ -335,9 +335,9 @@ class Reranker:
         """Per query (a row of the CSR matrix `query_vectors`), the best cosine between its TF-IDF vector and the
         rows of each of its groups (0 for an empty group).
 
-        Computed from the matrices' arrays, without a sparse product (whose set-up cost most of a one-mention
-        call's reranking): each row's products with the query, in the row's order, summed one after the other in
-        float32, as scipy's product sums them, so that every cosine has the same bits as `vectors @ query.T`."""
+        Computed from the matrices' arrays, without building a sparse product per mention: each row's products
+        with the query, in the row's order, summed one after the other in float32, as scipy's product sums them,
+        so that every cosine has the same bits as `vectors @ query.T`."""
         vectors = self.vectors
         query = np.zeros(vectors.shape[1], dtype=np.float32)  # one query's vector at a time, dense
         out: list[list[float]] = []
