@@ -5,6 +5,8 @@ loaded by name; the declarations and inputs that cannot work are errors naming t
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gzip
 import json
 
 import pytest
@@ -12,9 +14,18 @@ import yaml
 
 from ehrbert import export, prepare_task
 from ehrbert.corpora.annotations import read_annotations, write_bioc
-from ehrbert.corpora.records import COMBINED, COMPOSITE, Document, Mention
+from ehrbert.corpora.records import COMBINED, COMPOSITE, Document, Mention, Vocabulary
 from ehrbert.corpora.terminology import read_vocabulary, write_tsv
-from ehrbert.tasks import PREPARED_FILE, SPLITS, TaskSpec, load_pubtator_task, load_task, read_declared_task
+from ehrbert.tasks import (
+    PREPARED_FILE,
+    SPLITS,
+    TaskSpec,
+    load_prepared,
+    load_pubtator_task,
+    load_task,
+    read_declared_task,
+    save_prepared,
+)
 
 EXAMPLE = {
     "vocabulary": {"file": "vocabulary.tsv", "format": "tsv"},
@@ -67,6 +78,27 @@ def test_a_built_in_task_exported_declared_and_prepared_is_the_built_in_task(tmp
     )
     assert (tmp_path / "tasks" / "mine" / PREPARED_FILE).read_bytes() == first  # a rerun writes the same bytes
     assert not list((tmp_path / "tasks").glob(".*"))  # no partial folder left behind
+
+
+def test_a_prepared_task_keeps_the_hierarchy_and_a_flat_one_is_written_without_it(tmp_path, raw_data):
+    """MEDIC's parents survive prepare -> load (the reranker's hierarchy features read them); a concept without
+    parents is written without the field, so that a flat vocabulary's prepared bytes do not change."""
+    task = load_pubtator_task("ncbi", raw_data / "ncbi_disease", raw_data / "medic" / "CTD_diseases.tsv.gz")
+    save_prepared(task, tmp_path / "medic")
+    back = load_prepared(tmp_path / "medic")
+    assert [c.parents for c in back.vocabulary.concepts] == [c.parents for c in task.vocabulary.concepts]
+    assert sum(bool(c.parents) for c in back.vocabulary.concepts) > 0.9 * len(task.vocabulary)
+    flat = dataclasses.replace(
+        task,
+        vocabulary=Vocabulary(
+            [dataclasses.replace(c, parents=()) for c in task.vocabulary.concepts], task.vocabulary.name
+        ),
+    )
+    save_prepared(flat, tmp_path / "flat")
+    with gzip.open(tmp_path / "flat" / PREPARED_FILE, "rt", encoding="utf-8") as handle:
+        record = json.load(handle)
+    assert all("parents" not in c for c in record["vocabulary"]["concepts"])
+    assert all(c.parents == () for c in load_prepared(tmp_path / "flat").vocabulary.concepts)
 
 
 def test_the_tsv_vocabulary_keeps_alternative_ids_and_bioc_keeps_relations(tmp_path, raw_data):

@@ -33,7 +33,8 @@ def test_tsv_obo_and_mrconso_read_back_medic_concepts(tmp_path, medic_concepts):
     stanzas = ["format-version: 1.4\nontology: medic-sample\n"]
     for c in concepts:
         synonyms = "".join(f'synonym: "{s}" EXACT []\n' for s in c.synonyms)
-        stanzas.append(f"[Term]\nid: {c.concept_id}\nname: {c.name}\n{synonyms}")
+        parents = "".join(f"is_a: {p} {{source=MEDIC}} ! a parent\n" for p in c.parents)
+        stanzas.append(f"[Term]\nid: {c.concept_id}\nname: {c.name}\n{synonyms}{parents}")
     stanzas.append(f"[Term]\nid: {medic_concepts[40].concept_id}\nname: {medic_concepts[40].name}\nis_obsolete: true\n")
     stanzas.append("[Typedef]\nid: part_of\nname: part of\n")
     obo.write_text("\n".join(stanzas))
@@ -54,6 +55,9 @@ def test_tsv_obo_and_mrconso_read_back_medic_concepts(tmp_path, medic_concepts):
         for read, original in zip(vocabulary.concepts, concepts):
             assert read.name == original.name, fmt
             assert set(read.synonyms) == set(original.synonyms) - {original.name}, fmt
+        if fmt == "obo":  # is_a: the term's parents, qualifiers and comment left out
+            assert [c.parents for c in vocabulary.concepts] == [c.parents for c in concepts]
+            assert any(c.parents for c in concepts)
         if fmt == "mrconso":
             assert vocabulary.concepts[0].concept_id == "C0000000"
         else:
@@ -79,6 +83,7 @@ def test_biosyn_dictionary_lines(tmp_path, medic_concepts):
         ("obo", "[Term]\nid: HP:1\nname: a\n\n[Term]\nid: HP:2\n", 5, "term HP:2 has no name"),
         ("obo", "[Term]\nid: HP:1\nname: a\n\n[Term]\nid: HP:1\nname: b\n", 5, "concept ID HP:1 was already given"),
         ("obo", "[Term]\nid: HP:1\nname: a\nsynonym: unquoted EXACT []\n", 4, "synonym must start with a quoted"),
+        ("obo", "[Term]\nid: HP:1\nname: a\nis_a: ! nothing\n", 4, "is_a without a parent ID"),
         ("mrconso", "C1|ENG|P|L1|PF|S1|Y|A1\n", 1, "expected 18 '|'-separated fields"),
         ("biosyn", "D1||fever\nD2|cough\n", 2, "expected `ID||name`"),
     ],

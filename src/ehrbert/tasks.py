@@ -191,12 +191,24 @@ def save_prepared(task: Task, folder: Path) -> None:
     record = {
         "name": task.name,
         "level": task.level,
-        "vocabulary": {"name": task.vocabulary.name, "concepts": [asdict(c) for c in task.vocabulary.concepts]},
+        "vocabulary": {
+            "name": task.vocabulary.name,
+            "concepts": [_concept_record(c) for c in task.vocabulary.concepts],
+        },
         "splits": {split: [asdict(doc) for doc in documents] for split, documents in task.splits.items()},
     }
     with folder_written_whole(folder) as partial:
         with open(partial / PREPARED_FILE, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
             out.write(json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8"))
+
+
+def _concept_record(concept: Concept) -> dict:
+    """`concept` as a prepared task's record; `parents` only where it has any, so that a flat vocabulary's prepared
+    task is byte for byte what it was before hierarchies were read."""
+    record = asdict(concept)
+    if not record["parents"]:
+        del record["parents"]
+    return record
 
 
 def load_prepared(folder: Path) -> Task:
@@ -205,7 +217,14 @@ def load_prepared(folder: Path) -> Task:
         record = json.load(handle)
 
     def concept(c: dict) -> Concept:
-        return Concept(c["concept_id"], c["name"], tuple(c["synonyms"]), tuple(c["alt_ids"]), c["definition"])
+        return Concept(
+            c["concept_id"],
+            c["name"],
+            tuple(c["synonyms"]),
+            tuple(c["alt_ids"]),
+            c["definition"],
+            tuple(c.get("parents", ())),
+        )
 
     def mention(m: dict) -> Mention:
         spans = tuple(tuple(span) for span in m["spans"])

@@ -5,7 +5,8 @@
   (a MeSH concept's OMIM IDs, an OBO ``alt_id``) are IDs that annotations may use for the concept. `write_tsv`
   writes this format.
 - ``obo``: OBO 1.4 ``[Term]`` stanzas (HPO, MONDO, ...): ``id``, ``name``, ``synonym: "..." SCOPE [...]``,
-  ``alt_id``, ``def``; obsolete terms (``is_obsolete: true``) are left out, with their count logged.
+  ``alt_id``, ``def``, ``is_a`` (the term's parents: the hierarchy the reranker's `rerank.hierarchy` features
+  read); obsolete terms (``is_obsolete: true``) are left out, with their count logged.
 - ``mrconso``: UMLS ``MRCONSO.RRF`` (18 ``|``-separated fields), the rows of the sources `sources` (SAB) and
   the `language` (LAT) asked for, suppressed rows (SUPPRESS other than ``N``) left out; a concept per CUI, its
   preferred name the row with TS=P, STT=PF, ISPREF=Y (else its first row), every other string a synonym.
@@ -44,11 +45,15 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, line.rstrip("\n").rstrip("\r")
 
 
-def _concepts(path: Path, entries: Iterable[tuple[int, str, str, tuple[str, ...], tuple[str, ...], str]]):
-    """Concepts from (line, id, name, synonyms, alt_ids, definition), in file order; IDs and names checked."""
+Entry = tuple[int, str, str, tuple[str, ...], tuple[str, ...], str, tuple[str, ...]]
+
+
+def _concepts(path: Path, entries: Iterable[Entry]):
+    """Concepts from (line, id, name, synonyms, alt_ids, definition, parents), in file order; IDs and names
+    checked."""
     concepts: list[Concept] = []
     seen: dict[str, int] = {}
-    for number, concept_id, name, synonyms, alt_ids, definition in entries:
+    for number, concept_id, name, synonyms, alt_ids, definition, parents in entries:
         concept_id, name = concept_id.strip(), name.strip()
         if not concept_id:
             raise FormatError(path, number, "empty concept ID")
@@ -58,7 +63,11 @@ def _concepts(path: Path, entries: Iterable[tuple[int, str, str, tuple[str, ...]
         if not name:
             raise FormatError(path, number, f"concept {concept_id} has an empty name")
         synonyms = tuple(s.strip() for s in synonyms if s.strip() and s.strip() != name)
-        concepts.append(Concept(concept_id, name, tuple(dict.fromkeys(synonyms)), alt_ids, definition))
+        concepts.append(
+            Concept(
+                concept_id, name, tuple(dict.fromkeys(synonyms)), alt_ids, definition, tuple(dict.fromkeys(parents))
+            )
+        )
     return concepts
 
 
@@ -74,7 +83,7 @@ def read_tsv(path: Path) -> list[Concept]:
             )
         synonyms = tuple(fields[2].split("|")) if len(fields) >= 3 else ()
         alt_ids = tuple(a.strip() for a in fields[3].split("|") if a.strip()) if len(fields) == 4 else ()
-        entries.append((number, fields[0], fields[1], synonyms, alt_ids, ""))
+        entries.append((number, fields[0], fields[1], synonyms, alt_ids, "", ()))
     return _concepts(path, entries)
 
 
@@ -108,6 +117,7 @@ def read_obo(path: Path) -> list[Concept]:
         else:
             entries.append(
                 (term["line"], term["id"], term["name"], tuple(term["synonyms"]), tuple(term["alt"]), term["def"])
+                + (tuple(term["parents"]),)
             )
 
     for number, line in _lines(path):
@@ -115,7 +125,7 @@ def read_obo(path: Path) -> list[Concept]:
         if stripped.startswith("["):
             close()
             term = (
-                {"line": number, "synonyms": [], "alt": [], "def": "", "obsolete": False}
+                {"line": number, "synonyms": [], "alt": [], "parents": [], "def": "", "obsolete": False}
                 if stripped == "[Term]"
                 else None
             )
@@ -137,6 +147,10 @@ def read_obo(path: Path) -> list[Concept]:
             term["synonyms"].append(quoted[1].replace('\\"', '"'))
         elif tag == "alt_id":
             term["alt"].append(value)
+        elif tag == "is_a":
+            if not value:
+                raise FormatError(path, number, "is_a without a parent ID")
+            term["parents"].append(value.split()[0])  # `is_a: ID {qualifiers}`
         elif tag == "def":
             quoted = _OBO_QUOTED.match(value)
             term["def"] = quoted[1] if quoted else value
@@ -179,7 +193,7 @@ def read_mrconso(path: Path, sources: Iterable[str] = (), language: str = "ENG")
     entries = []
     for cui, strings in names.items():
         preferred = next((s for is_preferred, s in strings if is_preferred), strings[0][1])
-        entries.append((first_line[cui], cui, preferred, tuple(s for _, s in strings), (), ""))
+        entries.append((first_line[cui], cui, preferred, tuple(s for _, s in strings), (), "", ()))
     return _concepts(path, entries)
 
 
