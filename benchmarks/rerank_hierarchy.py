@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     if tracking:
         os.environ["MLFLOW_TRACKING_URI"] = tracking
     store.write_text(json.dumps(results, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(report(results, args.corpora, args.seeds, setting))
+    measured = list(dict.fromkeys(key.rsplit("-s", 1)[0] for key in results))  # earlier runs' corpora stay reported
+    args.out.with_suffix(".md").write_text(report(results, measured, args.seeds, setting))
 
 
 if __name__ == "__main__":
