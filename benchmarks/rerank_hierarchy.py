@@ -28,6 +28,7 @@ import yaml
 from data_paths import stage_arguments  # benchmarks/ (this script's folder) is on the path
 from scipy.stats import ttest_rel
 
+from ehrbert import rerank
 from ehrbert.stage import read_params
 from ehrbert.stats import mean_sd
 
@@ -51,8 +52,6 @@ def inputs(corpus: str, seed: int) -> dict[str, Path]:
 
 def run_stage(corpus: str, seed: int, hierarchy: bool, params: dict, scratch: Path) -> dict:
     """One rerank stage run with `rerank.hierarchy` set; its metrics and wall time."""
-    from ehrbert import rerank
-
     paths = inputs(corpus, seed)
     params = json.loads(json.dumps(params))
     params["rerank"]["hierarchy"] = hierarchy
@@ -91,12 +90,13 @@ def summary(row: dict) -> dict:
     }
 
 
-def report(results: dict, corpora: list[str], seeds: list[int], pipeline_setting: bool) -> str:
+def report(results: dict, corpora: list[str], seeds: list[int], pipeline_setting: dict[str, bool]) -> str:
+    pipeline = ", ".join(f"{c} `{'on' if pipeline_setting[c] else 'off'}`" for c in corpora)
     lines = [
         "# The reranker's hierarchy features",
         "",
         "`python benchmarks/rerank_hierarchy.py` (see its docstring). Each row is one seed; `off`/`on`: "
-        f"`rerank.hierarchy` (the pipeline's own run is `{'on' if pipeline_setting else 'off'}`). Held-out: the "
+        f"`rerank.hierarchy` (the pipeline's own run: {pipeline}). Held-out: the "
         "mentions fixed and broken at rank 1 by the shipped reading, training and dev mentions held out "
         "(the stage's rule); dev F1 and test scores of what the stage ships. Mean (SD) over seeds; P: paired t-test "
         "over seeds, on/off (test scores are reported, not used to choose).",
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     params = read_params(ROOT / "params.yaml")
-    setting = params["rerank"].get("hierarchy", False)
+    setting = {corpus: rerank.hierarchy_switch(params, ROOT / "params.yaml", corpus) for corpus in args.corpora}
     for corpus in args.corpora:
         for seed in args.seeds:
             inputs(corpus, seed)
@@ -150,17 +150,21 @@ def main(argv: list[str] | None = None) -> None:
         for corpus in args.corpora:
             for seed in args.seeds:
                 pipeline = json.loads((ROOT / f"metrics/rerank/{corpus}-s{seed}.json").read_text())
-                results[f"{corpus}-s{seed}-{'on' if setting else 'off'}"] = {"metrics": pipeline, "seconds": None}
-                key = f"{corpus}-s{seed}-{'off' if setting else 'on'}"
+                results[f"{corpus}-s{seed}-{'on' if setting[corpus] else 'off'}"] = {
+                    "metrics": pipeline,
+                    "seconds": None,
+                }
+                key = f"{corpus}-s{seed}-{'off' if setting[corpus] else 'on'}"
                 if key not in results:
-                    results[key] = run_stage(corpus, seed, not setting, params, Path(scratch))
+                    results[key] = run_stage(corpus, seed, not setting[corpus], params, Path(scratch))
                     store.write_text(json.dumps(results, indent=1) + "\n")
                     print(key, summary(results[key]), results[key]["seconds"], file=sys.stderr, flush=True)
     if tracking:
         os.environ["MLFLOW_TRACKING_URI"] = tracking
     store.write_text(json.dumps(results, indent=1) + "\n")
     measured = list(dict.fromkeys(key.rsplit("-s", 1)[0] for key in results))  # earlier runs' corpora stay reported
-    args.out.with_suffix(".md").write_text(report(results, measured, args.seeds, setting))
+    pipeline = {corpus: rerank.hierarchy_switch(params, ROOT / "params.yaml", corpus) for corpus in measured}
+    args.out.with_suffix(".md").write_text(report(results, measured, args.seeds, pipeline))
 
 
 if __name__ == "__main__":

@@ -289,6 +289,19 @@ def test_readings_and_judge_are_checked_in_params(tmp_path):
         rerank.reading_names({"rerank": {"training": ["dev"], "judge": "test"}}, tmp_path / "params.yaml")
 
 
+def test_the_hierarchy_switch_is_one_value_or_the_corpora_that_use_it(tmp_path):
+    source = tmp_path / "params.yaml"
+    corpora = {"corpora": ["ncbi", "cdr", "cadec"]}
+    assert not rerank.hierarchy_switch({"rerank": corpora}, source, "cdr")  # absent: off
+    assert rerank.hierarchy_switch({"rerank": {**corpora, "hierarchy": True}}, source, "ncbi")
+    chosen = {"rerank": {**corpora, "hierarchy": ["cdr"]}}
+    assert [rerank.hierarchy_switch(chosen, source, c) for c in corpora["corpora"]] == [False, True, False]
+    with pytest.raises(SystemExit, match=r"params.yaml: rerank.hierarchy names \['bc5cdr'\], which are not in"):
+        rerank.hierarchy_switch({"rerank": {**corpora, "hierarchy": ["bc5cdr"]}}, source, "cdr")
+    with pytest.raises(SystemExit, match="rerank.hierarchy must be true, false or a list of corpora, got 'yes'"):
+        rerank.hierarchy_switch({"rerank": {**corpora, "hierarchy": "yes"}}, source, "cdr")
+
+
 def test_cross_fitted_candidates_are_written_and_read_back_checked(tmp_path):
     (_, _, candidates), _ = _dev_and_test()
     first, second = np.arange(0, 40, 2), np.arange(1, 40, 2)

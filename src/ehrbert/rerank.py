@@ -25,7 +25,8 @@ shipped (the earlier in `READINGS` on a tie), and none when none is admitted.
   tenths of a point is out of dev's reach alone and within this judgement's; no test mention takes part.
 
 `rerank.hierarchy` switches on the reranker's hierarchy features (`ehrbert.models.rerank.HIERARCHY_FEATURES`)
-for every reading; `benchmarks/rerank_hierarchy.py` measures the switch against the pipeline's own runs.
+for every reading, for every corpus or for the corpora it lists; `benchmarks/rerank_hierarchy.py` measures the
+switch against the pipeline's own runs.
 
 Either way the stage logs one MLflow run, variant ``hybrid_rerank``, beside the hybrid's variants
 (`ehrbert.compare` puts it in Table 2 and the component table, with p-values against ``hybrid_no_concept``);
@@ -258,12 +259,20 @@ def reading_names(params: dict, source: Path) -> tuple[tuple[str, ...], str]:
     return tuple(r for r in READINGS if r in training), judge
 
 
-def hierarchy_switch(params: dict, source: Path) -> bool:
-    """params.yaml `rerank.hierarchy` (true or false; absent: false): the reranker's hierarchy features."""
+def hierarchy_switch(params: dict, source: Path, corpus: str) -> bool:
+    """params.yaml `rerank.hierarchy` for `corpus`: the reranker's hierarchy features. True or false for every
+    corpus (absent: false), or the list of the corpora (of `rerank.corpora`) that use them: dev may take them for
+    one corpus and not another."""
     hierarchy = params["rerank"].get("hierarchy", False)
-    if not isinstance(hierarchy, bool):
-        raise SystemExit(f"{source}: rerank.hierarchy must be true or false, got {hierarchy!r}")
-    return hierarchy
+    if isinstance(hierarchy, bool):
+        return hierarchy
+    if not isinstance(hierarchy, list) or not all(isinstance(name, str) for name in hierarchy):
+        raise SystemExit(f"{source}: rerank.hierarchy must be true, false or a list of corpora, got {hierarchy!r}")
+    known = params["rerank"].get("corpora", [])
+    unknown = [name for name in hierarchy if name not in known]
+    if unknown:
+        raise SystemExit(f"{source}: rerank.hierarchy names {unknown}, which are not in rerank.corpora {known}")
+    return corpus in hierarchy
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -286,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     config = config_from(RerankConfig, params["rerank"]["config"], "rerank.config", args.params)
     hybrid_config = config_from(HybridConfig, params["hybrid"]["config"], "hybrid.config", args.params)
     readings, judge = reading_names(params, args.params)
-    hierarchy = hierarchy_switch(params, args.params)
+    hierarchy = hierarchy_switch(params, args.params, args.corpus)
     stage_params = {
         "rerank.config": params["rerank"]["config"],
         "rerank.training": list(readings),
