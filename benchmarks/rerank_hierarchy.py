@@ -138,12 +138,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     params = read_params(ROOT / "params.yaml")
-    setting = {corpus: rerank.hierarchy_switch(params, ROOT / "params.yaml", corpus) for corpus in args.corpora}
     for corpus in args.corpora:
         for seed in args.seeds:
             inputs(corpus, seed)
     store = args.out.with_suffix(".json")
     results = json.loads(store.read_text()) if store.exists() else {}
+    earlier = [key.rsplit("-s", 1)[0] for key in results]  # earlier runs' corpora stay reported
+    measured = list(dict.fromkeys(earlier + args.corpora))
+    setting = {corpus: rerank.hierarchy_switch(params, ROOT / "params.yaml", corpus) for corpus in measured}
     tracking = os.environ.get("MLFLOW_TRACKING_URI")
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch}/mlflow.db"  # the measurement's runs: thrown away
@@ -162,9 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     if tracking:
         os.environ["MLFLOW_TRACKING_URI"] = tracking
     store.write_text(json.dumps(results, indent=1) + "\n")
-    measured = list(dict.fromkeys(key.rsplit("-s", 1)[0] for key in results))  # earlier runs' corpora stay reported
-    pipeline = {corpus: rerank.hierarchy_switch(params, ROOT / "params.yaml", corpus) for corpus in measured}
-    args.out.with_suffix(".md").write_text(report(results, measured, args.seeds, pipeline))
+    args.out.with_suffix(".md").write_text(report(results, measured, args.seeds, setting))
 
 
 if __name__ == "__main__":

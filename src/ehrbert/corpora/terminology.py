@@ -116,8 +116,15 @@ def read_obo(path: Path) -> list[Concept]:
             raise FormatError(path, term["line"], f"term {term['id']} has no name")
         else:
             entries.append(
-                (term["line"], term["id"], term["name"], tuple(term["synonyms"]), tuple(term["alt"]), term["def"])
-                + (tuple(term["parents"]),)
+                (
+                    term["line"],
+                    term["id"],
+                    term["name"],
+                    tuple(term["synonyms"]),
+                    tuple(term["alt"]),
+                    term["def"],
+                    tuple(term["parents"]),
+                )
             )
 
     for number, line in _lines(path):
