@@ -58,14 +58,15 @@ READINGS = {
 
 
 def inputs(corpus: str, seed: int, classifier_model: str) -> dict[str, Path]:
-    """The pipeline's outputs one seed reads; a missing one stops it, naming the stage to run."""
+    """The pipeline's outputs one seed reads, relative to the repository as params.yaml names them (the retrained
+    classifier's start is checked against `finetune.models`); a missing one stops it, naming the stage to run."""
     paths = {
-        "rerank": ROOT / f"outputs/rerank/{corpus}-s{seed}/model",
-        "classifier": ROOT / f"outputs/finetune/{classifier_model}-{corpus}-s{seed}",
-        "classifier_metrics": ROOT / f"metrics/finetune/{classifier_model}-{corpus}-s{seed}.json",
-        "start": ROOT / f"outputs/pretrain/{classifier_model}",
+        "rerank": Path(f"outputs/rerank/{corpus}-s{seed}/model"),
+        "classifier": Path(f"outputs/finetune/{classifier_model}-{corpus}-s{seed}"),
+        "classifier_metrics": Path(f"metrics/finetune/{classifier_model}-{corpus}-s{seed}.json"),
+        "start": Path(f"outputs/pretrain/{classifier_model}"),
     }
-    missing = [str(p.relative_to(ROOT)) for p in paths.values() if not p.exists()]
+    missing = [str(p) for p in paths.values() if not (ROOT / p).exists()]
     if missing:
         raise SystemExit(f"missing {', '.join(missing)}: run `dvc repro rerank@{corpus}-{seed}` first")
     return paths
